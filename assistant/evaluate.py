@@ -1,0 +1,153 @@
+"""`assistant evaluate`: score a model on any manifest (our JSONL, FSC CSV, SLURP JSONL).
+
+    assistant evaluate --model runs/sft_default/best --manifest data/generated/default/test.jsonl --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from assistant.data.manifest import Utterance, read_manifest
+from assistant.inference import Prediction, predict_files
+from assistant.metrics import grouped_accuracy, score_frames
+
+
+def predict_manifest(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
+                     desc: str = "decode") -> list[Prediction]:
+    preds = []
+    bar = tqdm(total=len(utterances), desc=desc, unit="utt", leave=False, disable=None)
+    for p in predict_files(model, [u.audio for u in utterances], schema, batch_size=batch_size):
+        preds.append(p)
+        bar.update(1)
+    bar.close()
+    return preds
+
+
+def evaluation_report(utterances: list[Utterance], preds: list[Prediction]) -> dict:
+    """Metrics over the readable utterances; unreadable files are counted, not scored."""
+    pairs = [(u, p) for u, p in zip(utterances, preds) if not p.error]
+    gold = [{"intent": u.intent, "slots": u.slots, "text": u.text} for u, _ in pairs]
+    pred = [{"valid": p.valid, "intent": p.intent, "slots": p.slots, "transcript": p.transcript} for _, p in pairs]
+    score = score_frames(gold, pred)
+    correct = [p.valid and p.intent == u.intent for u, p in pairs]
+    return {
+        **asdict(score),
+        "n_unreadable": len(preds) - len(pairs),
+        "per_speaker": grouped_accuracy([u.speaker for u, _ in pairs], correct),
+        "per_intent": grouped_accuracy([u.intent for u, _ in pairs], correct),
+        "mean_latency_s": sum(p.latency_s for _, p in pairs) / max(len(pairs), 1),
+    }
+
+
+def evaluate_model(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
+                   desc: str = "evaluate") -> tuple[dict, list[Prediction]]:
+    preds = predict_manifest(model, utterances, schema, batch_size, desc)
+    return evaluation_report(utterances, preds), preds
+
+
+def write_predictions(utterances: list[Utterance], preds: list[Prediction], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for u, p in zip(utterances, preds):
+            row = {"id": u.id, "audio": u.audio, "speaker": u.speaker, "gold_intent": u.intent,
+                   "gold_slots": u.slots, "gold_text": u.text, **p.to_dict()}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def plot_confusion(utterances: list[Utterance], preds: list[Prediction], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = sorted({u.intent for u in utterances})
+    index = {l: i for i, l in enumerate(labels)}
+    other = len(labels)  # predictions outside the gold label set (invalid / unseen intents)
+    m = np.zeros((len(labels), len(labels) + 1), dtype=int)
+    for u, p in zip(utterances, preds):
+        if not p.error:
+            m[index[u.intent], index.get(p.intent, other) if p.valid else other] += 1
+    size = max(6, 0.22 * len(labels))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels) + 1), labels + ["(invalid/other)"], rotation=90, fontsize=6)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set_xlabel("predicted intent")
+    ax.set_ylabel("gold intent")
+    ax.set_title("Intent confusion (row-normalised)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"utterances       {report['n']}  (unreadable: {report['n_unreadable']})",
+        f"intent accuracy  {report['intent_accuracy']:.4f}",
+        f"frame accuracy   {report['frame_accuracy']:.4f}  (intent + all slots exact)",
+        f"slot F1          {report['slot_f1']:.4f}",
+        f"SLU-F1           {report['slu_f1']:.4f}",
+        f"WER              {report['wer']:.4f}",
+        f"invalid outputs  {report['invalid_rate']:.4f}",
+    ]
+    worst = sorted(report["per_intent"].items(), key=lambda kv: kv[1]["accuracy"])[:5]
+    lines.append("weakest intents  " + ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in worst))
+    worst_spk = sorted(report["per_speaker"].items(), key=lambda kv: kv[1]["accuracy"])[:5]
+    lines.append("weakest speakers " + ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in worst_spk))
+    return "\n".join(lines)
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="assistant evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="a folder saved by `assistant train` / `assistant rsft`")
+    ap.add_argument("--manifest", required=True, help="JSONL manifest, FSC CSV or SLURP JSONL")
+    ap.add_argument("--audio-root", default=None, help="SLURP only: folder holding the recordings")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--out", default=None, help="folder for predictions.jsonl + confusion.png")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--limit", type=int, default=0, help="score only the first N utterances")
+    args = ap.parse_args(argv)
+
+    from assistant.data.manifest import ManifestError
+    from assistant.model.slu import SLUModel
+    from assistant.schema import load_schema
+
+    try:
+        utts = read_manifest(args.manifest, audio_root=args.audio_root) if args.audio_root else read_manifest(args.manifest)
+    except ManifestError as e:
+        print(f"assistant evaluate: {e}", file=sys.stderr)
+        return 2
+    if args.limit:
+        utts = utts[: args.limit]
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        print(f"assistant evaluate: model folder not found: {model_dir} "
+              "(train one with `assistant train` or `assistant run`)", file=sys.stderr)
+        return 2
+    model = SLUModel.from_pretrained(model_dir)
+    report, preds = evaluate_model(model, utts, load_schema(), args.batch_size)
+    for p in preds:
+        if p.error:
+            print(f"skipped: {p.error}", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        write_predictions(utts, preds, out / "predictions.jsonl")
+        plot_confusion(utts, preds, out / "confusion.png")
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+        if args.out:
+            print(f"wrote {args.out}/predictions.jsonl, confusion.png, report.json")
+    return 0

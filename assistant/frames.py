@@ -1,0 +1,132 @@
+"""The decoder's target string: intent, slots and transcript in one line.
+
+Format (intent first, so it can be scored after a few tokens)::
+
+    <intent> | <slot>=<value> ; <slot>=<value> | <transcript>
+    activate_lights_kitchen | location=kitchen ; object=lights | turn on the kitchen lights
+    change_language_none_none | | change language
+
+Slots are written in sorted key order. ``|``, ``;`` and ``=`` are separators, so
+``format_frame`` replaces them (and newlines) by spaces inside names, values and the
+transcript. ``parse_frame`` never raises: a model's output can be anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_SEPARATORS = re.compile(r"[|;=\s]+")
+_INTENT_RE = re.compile(r"^[a-z0-9_]+$")
+_SLOT_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+@dataclass
+class Frame:
+    intent: str
+    slots: dict[str, str] = field(default_factory=dict)
+    transcript: str = ""
+
+
+@dataclass
+class ParseResult:
+    """``valid`` is True only for a well-formed frame.
+
+    When not valid, ``frame`` may still hold a best-effort partial parse (e.g. the
+    intent of a truncated output) so that intent accuracy can be scored; it is None
+    when not even an intent could be read. ``error`` says what was wrong.
+    """
+
+    valid: bool
+    frame: Frame | None
+    error: str = ""
+
+
+def _clean(text: Any) -> str:
+    """Separators and runs of whitespace -> one space, so the line stays parseable."""
+    return _SEPARATORS.sub(" ", str(text)).strip()
+
+
+def format_frame(frame: Frame) -> str:
+    intent = _clean(frame.intent).replace(" ", "_").lower()
+    slots = []
+    for name in sorted(frame.slots):
+        key = _clean(name).replace(" ", "_").lower()
+        value = _clean(frame.slots[name])
+        if key and value:
+            slots.append(f"{key}={value}")
+    slot_part = f" {' ; '.join(slots)} " if slots else " "
+    return f"{intent} |{slot_part}| {_clean(frame.transcript)}".rstrip()
+
+
+def frame_to_dict(frame: Frame) -> dict[str, Any]:
+    return {"intent": frame.intent, "slots": dict(frame.slots), "transcript": frame.transcript}
+
+
+def _normalise_space(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _parse_slots(text: str) -> tuple[dict[str, str], str]:
+    """Slots part -> (slots, first error or '')."""
+    slots: dict[str, str] = {}
+    error = ""
+    for item in text.split(";"):
+        item = item.strip()
+        if not item:
+            if not error and text.strip():
+                error = "empty slot between ';' separators"
+            continue
+        if "=" not in item:
+            error = error or f"slot {item!r} has no '=' (expected name=value)"
+            continue
+        name, value = item.split("=", 1)
+        name, value = name.strip(), _normalise_space(value)
+        if not _SLOT_NAME_RE.match(name):
+            error = error or f"bad slot name {name!r} (lower-case letters, digits, '_')"
+            continue
+        if "=" in value:
+            error = error or f"slot {name!r} value {value!r} contains '='"
+        if not value:
+            error = error or f"slot {name!r} has an empty value"
+            continue
+        if name in slots:
+            error = error or f"duplicate slot {name!r}"
+            continue
+        slots[name] = value
+    return slots, error
+
+
+def parse_frame(text: Any) -> ParseResult:
+    """Read a decoder output back into a Frame. Never raises."""
+    try:
+        return _parse_frame(text)
+    except Exception as e:  # noqa: BLE001 - the contract is "never raises"
+        return ParseResult(False, None, f"unparseable output ({type(e).__name__})")
+
+
+def _parse_frame(text: Any) -> ParseResult:
+    if text is None:
+        return ParseResult(False, None, "no output (None)")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        return ParseResult(False, None, f"expected a string, got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        return ParseResult(False, None, "empty output")
+    parts = text.split("|", 2)
+    intent = parts[0].strip()
+    if not _INTENT_RE.match(intent):
+        return ParseResult(False, None, f"bad intent {intent[:40]!r} (lower-case letters, digits, '_')")
+    if len(parts) == 1:
+        return ParseResult(False, Frame(intent), "truncated after the intent (missing ' | slots | transcript')")
+    slots, error = _parse_slots(parts[1])
+    if len(parts) == 2:
+        return ParseResult(False, Frame(intent, slots), "truncated after the slots (missing ' | transcript')")
+    if "|" in parts[2]:
+        error = error or "extra '|' in the transcript"
+    # Same cleaning as format_frame, so parse(format(parse(x))) == parse(x).
+    frame = Frame(intent, slots, _clean(parts[2]))
+    return ParseResult(not error, frame, error)

@@ -1,0 +1,72 @@
+"""`assistant transcribe-and-classify PATH... [--model DIR] [--json]`
+
+Files or folders; prints for each clip: transcript, intent, slots, confidence, the assistant's response
+and the latency. A bad file gets its error line and the rest go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Folders expand to the audio files inside them (recursively, sorted); files pass through."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            out.append(str(p))
+    return out
+
+
+def format_prediction(p) -> str:
+    if p.error:
+        return f"{p.path}\n  error: {p.error}"
+    if not p.valid:
+        return (f"{p.path}\n  could not understand (model output not a valid frame: {p.raw!r})\n"
+                f"  latency     {p.latency_s * 1000:.0f} ms")
+    slots = ", ".join(f"{k}={v}" for k, v in p.slots.items()) or "-"
+    return (f"{p.path}\n  transcript  {p.transcript}\n  intent      {p.intent}\n  slots       {slots}\n"
+            f"  confidence  {p.confidence:.3f}\n  response    {p.response}\n"
+            f"  latency     {p.latency_s * 1000:.0f} ms")
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="assistant transcribe-and-classify", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", help="audio files or folders")
+    ap.add_argument("--model", default=None, help="model folder (default: what `assistant run` built)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per line")
+    ap.add_argument("--batch-size", type=int, default=1)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from assistant.inference import predict_files
+    from assistant.model.slu import SLUModel
+    from assistant.paths import default_model_dir
+    from assistant.schema import load_schema
+
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    if not (model_dir / "slu_config.json").is_file():
+        hint = ("run `assistant run` (the main job) to build the default model, or pass --model DIR"
+                if not args.model else "pass a folder saved by `assistant train` / `assistant rsft`")
+        print(f"assistant transcribe-and-classify: no trained model at {model_dir}; {hint}", file=sys.stderr)
+        return 2
+    model = SLUModel.from_pretrained(model_dir)
+    model.eval()
+    schema = load_schema()
+    failures = 0
+    for pred in predict_files(model, expand_paths(args.paths), schema, batch_size=args.batch_size):
+        failures += bool(pred.error)
+        if args.json:
+            print(json.dumps(pred.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(format_prediction(pred), flush=True)
+    return 1 if failures else 0

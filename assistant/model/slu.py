@@ -1,0 +1,555 @@
+"""Speech-to-frame model: Whisper (tiny.en by default) emitting ``intent | slots | transcript``.
+
+Design choices (see also assistant.model.vocab):
+
+* **Short encoder context.** Voice commands last a few seconds; Whisper always encodes 30 s. We keep the
+  first ``context_seconds * 100`` mel frames (encoder positions = half that) by truncating the encoder's
+  positional table and ``config.max_source_positions``, so 6 s costs 1/5 of the encoder compute.
+  Audio is zero-padded to the context before the STFT, exactly like Whisper pads to 30 s.
+* **Separate task prefix.** SLU outputs are decoded after
+  ``<|startoftranscript|><|translate|><|notimestamps|>`` (tiny.en never uses <|translate|>; a
+  multilingual checkpoint gets ``<|en|>`` before it), so fine-tuning does not overwrite the stock ASR
+  prompt ``<|startoftranscript|><|notimestamps|>`` used by ``transcribe``.
+* **Restricted output vocabulary.** Loss, scoring and generation compute logits only over
+  ``OutputVocab.ids`` (rows of the tied ``proj_out``); targets outside it raise a ValueError.
+* **Own incremental decoder** for ``generate``: greedy + sampled rows decoded together in lockstep with
+  the KV cache, the encoder run once per utterance. ``Candidate.logprob`` is the sequence log-prob under
+  the model itself (temperature 1, no top-k/top-p), i.e. what ``sequence_logprobs`` returns for
+  ``token_ids``, so sampler settings never leak into RSFT scores.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from assistant.features import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, batch_log_mel, frames_for_seconds
+from assistant.model.vocab import OutputVocab, batch_text_token_ids, domain_vocab_texts
+
+log = logging.getLogger(__name__)
+
+SLU_CONFIG_FILE = "slu_config.json"
+SLU_TASK_TOKEN = "<|translate|>"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Candidate:
+    """One decoded output. ``logprob`` = sum of log p(token) incl. <|endoftext|> (when ``finished``)."""
+
+    text: str
+    token_ids: list[int]
+    logprob: float
+    greedy: bool
+    finished: bool = True
+
+
+def _decoder_cache_kwarg() -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache``; support both."""
+    from transformers.models.whisper.modeling_whisper import WhisperDecoder
+
+    params = inspect.signature(WhisperDecoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _dtype_kwarg() -> str:
+    import transformers
+
+    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+
+
+class SLUModel(nn.Module):
+    def __init__(self, whisper, tokenizer, output_vocab: OutputVocab, context_seconds: float | None = None):
+        super().__init__()
+        self.whisper = whisper
+        self.tokenizer = tokenizer
+        self.vocab = output_vocab
+        if output_vocab.vocab_size != whisper.config.vocab_size:
+            raise ValueError(f"output vocabulary is for {output_vocab.vocab_size} tokens, "
+                             f"the model has {whisper.config.vocab_size}")
+        # Non-persistent: the state dict stays exactly Whisper's (checkpoints are plain HF folders).
+        self.register_buffer("vocab_ids", output_vocab.ids.clone(), persistent=False)
+        self.register_buffer("vocab_index_of", output_vocab.index_of.clone(), persistent=False)
+        self._cache_kw = _decoder_cache_kwarg()
+        self._set_prefixes()
+        max_seconds = self.whisper.config.max_source_positions * 2 / FRAMES_PER_SECOND
+        self.set_context(context_seconds if context_seconds is not None else max_seconds)
+
+    # ================================================================== construction
+    def _set_prefixes(self) -> None:
+        tok = self.tokenizer.convert_tokens_to_ids
+        self.multilingual = self.whisper.config.vocab_size >= 51865
+        sot, nots = tok("<|startoftranscript|>"), tok("<|notimestamps|>")
+        lang = [tok("<|en|>")] if self.multilingual else []
+        self.slu_prefix = [sot, *lang, tok(SLU_TASK_TOKEN), nots]
+        self.asr_prefix = [sot, *lang, *([tok("<|transcribe|>")] if self.multilingual else []), nots]
+        self.eot_id = tok("<|endoftext|>")
+        if self.eot_id != self.vocab.eot_id:
+            raise ValueError(f"tokenizer <|endoftext|> is {self.eot_id}, vocabulary says {self.vocab.eot_id}")
+
+    def set_context(self, seconds: float) -> None:
+        """Keep the first ``seconds`` of encoder context (truncates the positional table; cannot grow)."""
+        n_frames = frames_for_seconds(seconds)
+        if n_frames < 2 or n_frames % 2:
+            raise ValueError(f"context_seconds={seconds} gives {n_frames} mel frames; use a multiple of 0.02 s "
+                             "(the encoder halves the frame rate)")
+        positions = n_frames // 2
+        encoder = self.whisper.model.encoder
+        if positions != encoder.embed_positions.num_embeddings:
+            table = _position_table(encoder.embed_positions.weight.data, positions)
+            encoder.embed_positions = nn.Embedding(positions, table.shape[1]).to(table.device, table.dtype)
+            encoder.embed_positions.weight.data.copy_(table)
+            encoder.embed_positions.requires_grad_(False)
+        self.whisper.config.max_source_positions = positions
+        encoder.max_source_positions = positions
+        if hasattr(encoder, "config"):
+            encoder.config.max_source_positions = positions
+        self.whisper.model.decoder.max_source_positions = positions
+        self.context_seconds = n_frames / FRAMES_PER_SECOND
+        self.n_frames = n_frames
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path | None = None, context_seconds: float | None = None,
+                        output_vocab: Sequence[str] | OutputVocab | None = None,
+                        device: str | torch.device = "cpu") -> "SLUModel":
+        """Load a Whisper checkpoint (stock or saved by ``save_pretrained``).
+
+        path_or_id: None = the packaged tiny.en (converted once into the cache); a folder; or a hub id
+          such as "openai/whisper-base" (needs the hub or its local cache).
+        context_seconds: None = the saved context for SLU folders, 6.0 for stock checkpoints.
+        output_vocab: texts whose tokens form the output vocabulary (or an OutputVocab). None = the saved
+          one for SLU folders, else the domain grammar's frames. Texts given for an SLU folder are added
+          to its saved vocabulary (outputs it was trained on stay reachable).
+        """
+        from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+
+        from assistant.model.convert import default_pretrained_dir
+
+        source = default_pretrained_dir() if path_or_id is None else path_or_id
+        folder = Path(source)
+        is_slu = folder.is_dir() and (folder / SLU_CONFIG_FILE).is_file()
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder}: not a model folder; pass a folder written by save_pretrained "
+                             "or `assistant convert`, or a hub id like openai/whisper-base")
+        looks_local = str(source).startswith((".", "/", "~")) or str(source).strip("/").count("/") > 1
+        if not folder.exists() and (looks_local or isinstance(source, Path)):
+            raise FileNotFoundError(f"{source}: no such model folder; pass a folder written by save_pretrained, "
+                                    "or None for the packaged Whisper tiny.en")
+        kwargs = {_dtype_kwarg(): torch.float32}
+        whisper = WhisperForConditionalGeneration.from_pretrained(str(source), **kwargs)
+        tokenizer = WhisperTokenizerFast.from_pretrained(str(source))
+        slu_config = json.loads((folder / SLU_CONFIG_FILE).read_text()) if is_slu else {}
+
+        vocab = cls._resolve_vocab(folder if is_slu else None, output_vocab, tokenizer, whisper.config.vocab_size)
+        if context_seconds is None:
+            context_seconds = float(slu_config.get("context_seconds", 6.0))
+        model = cls(whisper, tokenizer, vocab, context_seconds)
+        return model.to(device).eval()
+
+    @staticmethod
+    def _resolve_vocab(slu_folder: Path | None, output_vocab, tokenizer, vocab_size: int) -> OutputVocab:
+        if isinstance(output_vocab, OutputVocab):
+            vocab = output_vocab
+        elif output_vocab is not None:
+            vocab = OutputVocab.from_texts(list(output_vocab), tokenizer, vocab_size)
+        else:
+            vocab = None
+        if slu_folder is not None:
+            saved = OutputVocab.load(slu_folder)
+            return saved if vocab is None else saved.union(vocab)
+        if vocab is not None:
+            return vocab
+        try:
+            return OutputVocab.from_texts(domain_vocab_texts(), tokenizer, vocab_size)
+        except (ImportError, FileNotFoundError, OSError) as e:
+            warnings.warn(f"no domain grammar available ({e}); using the full {vocab_size}-token output "
+                          "vocabulary (slower); pass output_vocab=texts to restrict it", stacklevel=3)
+            return OutputVocab.full(vocab_size, tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+
+    @classmethod
+    def tiny_random(cls, output_vocab_texts: Sequence[str] | None = None, seed: int = 0,
+                    context_seconds: float = 6.0, d_model: int = 64, layers: int = 2, heads: int = 4) -> "SLUModel":
+        """A randomly initialised 2-layer, d_model 64 Whisper with the real tokenizer: tests, dry runs."""
+        from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+        from assistant.model.convert import (build_generation_config, build_tokenizer, packaged_ct2_config,
+                                             packaged_ct2_dir)
+
+        vocab_size = 51864
+        tokenizer = build_tokenizer(packaged_ct2_dir() / "tokenizer.json", vocab_size)
+        config = WhisperConfig(
+            vocab_size=vocab_size, num_mel_bins=80, d_model=d_model, encoder_layers=layers,
+            decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
+            encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, max_source_positions=1500,
+            max_target_positions=448, pad_token_id=50256, bos_token_id=50257, eos_token_id=50256,
+            decoder_start_token_id=50257, begin_suppress_tokens=None, suppress_tokens=None,
+            tie_word_embeddings=True,
+        )
+        with _fork_rng(seed):
+            whisper = WhisperForConditionalGeneration(config)
+        whisper.generation_config = build_generation_config(config, tokenizer, packaged_ct2_config(),
+                                                             multilingual=False)
+        texts = list(output_vocab_texts or [])
+        vocab = OutputVocab.from_texts(texts, tokenizer, vocab_size)
+        return cls(whisper, tokenizer, vocab, context_seconds).eval()
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """HF folder (safetensors, config, generation config, tokenizer, processor) + vocab.json + slu_config.json."""
+        from transformers import WhisperFeatureExtractor, WhisperProcessor
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.whisper.save_pretrained(folder, safe_serialization=True)
+        extractor = WhisperFeatureExtractor(feature_size=self.whisper.config.num_mel_bins,
+                                            sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH,
+                                            chunk_length=self.context_seconds, n_fft=400)
+        WhisperProcessor(feature_extractor=extractor, tokenizer=self.tokenizer).save_pretrained(folder)
+        self.vocab.save(folder)
+        (folder / SLU_CONFIG_FILE).write_text(json.dumps({
+            "format": FORMAT_VERSION,
+            "context_seconds": self.context_seconds,
+            "slu_prefix": self.tokenizer.convert_ids_to_tokens(self.slu_prefix),
+            "asr_prefix": self.tokenizer.convert_ids_to_tokens(self.asr_prefix),
+            "output_vocab_size": len(self.vocab),
+        }, indent=2))
+        return folder
+
+    # ================================================================== helpers
+    @property
+    def device(self) -> torch.device:
+        return self.whisper.proj_out.weight.device
+
+    @property
+    def config(self):
+        return self.whisper.config
+
+    def freeze(self, encoder_layers: int | str | None) -> None:
+        """Freeze the conv front end + the first ``encoder_layers`` encoder layers ('all' = whole encoder,
+        None/'none' = train everything). Everything else becomes trainable (calls are idempotent)."""
+        encoder = self.whisper.model.encoder
+        for p in self.whisper.parameters():
+            p.requires_grad_(True)
+        encoder.embed_positions.requires_grad_(False)  # fixed sinusoids in Whisper
+        if encoder_layers is None or encoder_layers == "none":
+            return
+        if encoder_layers == "all":
+            encoder.requires_grad_(False)
+            return
+        if not isinstance(encoder_layers, int) or encoder_layers < 0:
+            raise ValueError(f"freeze(encoder_layers={encoder_layers!r}): pass an int >= 0, 'all' or None")
+        if encoder_layers > len(encoder.layers):
+            raise ValueError(f"freeze: the encoder has {len(encoder.layers)} layers, asked for {encoder_layers}")
+        for module in (encoder.conv1, encoder.conv2, *encoder.layers[:encoder_layers]):
+            module.requires_grad_(False)
+        if encoder_layers == len(encoder.layers):
+            encoder.layer_norm.requires_grad_(False)
+
+    def output_weight(self) -> torch.Tensor:
+        """Rows of the tied output projection for the restricted vocabulary: [V_sub, d]."""
+        weight = self.whisper.proj_out.weight
+        return weight if self.vocab.is_full else weight.index_select(0, self.vocab_ids)
+
+    def restricted_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.output_weight())
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return batch_text_token_ids(self.tokenizer, list(texts))
+
+    def decode_tokens(self, token_ids: Sequence[int]) -> str:
+        ids = [int(t) for t in token_ids if int(t) != self.eot_id]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # ================================================================== audio -> encoder
+    def features(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
+        """16 kHz mono waves -> log-mels [B, 80, n_frames]; clips longer than the context are cut (warning)."""
+        waves = list(waves)
+        if not waves:
+            raise ValueError("features: pass at least one waveform")
+        limit = self.n_frames * HOP_LENGTH
+        cleaned = []
+        for i, w in enumerate(waves):
+            w = torch.as_tensor(w, dtype=torch.float32)
+            if w.dim() != 1:
+                raise ValueError(f"features: clip {i} has shape {tuple(w.shape)}; pass 1-D mono 16 kHz waveforms "
+                                 "(assistant.audio.load_audio returns those)")
+            if w.numel() > limit:
+                warnings.warn(f"clip {i} lasts {w.numel() / SAMPLE_RATE:.2f} s, longer than the model's "
+                              f"{self.context_seconds:g} s context: only the first {self.context_seconds:g} s "
+                              "are used", stacklevel=2)
+            cleaned.append(w)
+        return batch_log_mel(cleaned, self.n_frames).to(self.device)
+
+    def encode(self, mels: torch.Tensor) -> torch.Tensor:
+        """[B, 80, n_frames] -> encoder states [B, n_frames / 2, d_model]."""
+        expected = (self.config.num_mel_bins, self.n_frames)
+        if mels.dim() != 3 or tuple(mels.shape[1:]) != expected:
+            raise ValueError(f"encode expects log-mels [B, {expected[0]}, {expected[1]}] (the model's "
+                             f"{self.context_seconds:g} s context), got {tuple(mels.shape)}; use model.features()")
+        return self.whisper.model.encoder(input_features=mels.to(self.device)).last_hidden_state
+
+    def _as_encoder_states(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and tuple(x.shape[1:]) == (self.config.num_mel_bins, self.n_frames):
+            return self.encode(x)
+        if x.dim() == 3 and x.shape[-1] == self.config.d_model:
+            return x
+        raise ValueError(f"expected encoder states [B, T, {self.config.d_model}] or log-mels "
+                         f"[B, {self.config.num_mel_bins}, {self.n_frames}], got {tuple(x.shape)}")
+
+    # ================================================================== teacher forcing
+    def _targets(self, token_seqs: list[list[int]], texts: Sequence | None = None):
+        """Decoder inputs [N, P+L], subset targets [N, L+1] and mask, for sequences ending in <|endoftext|>."""
+        max_len = self.config.max_target_positions - len(self.slu_prefix)
+        for i, seq in enumerate(token_seqs):
+            bad = self.vocab.missing(seq)
+            if bad:
+                what = repr(texts[i]) if texts is not None else f"sequence {i}"
+                pieces = self.tokenizer.convert_ids_to_tokens(bad)
+                raise ValueError(f"target {what} uses tokens outside the output vocabulary: {pieces}; "
+                                 "build the model with output_vocab including this text")
+            if len(seq) + 1 > max_len:
+                raise ValueError(f"target {texts[i] if texts is not None else i!r} is {len(seq)} tokens; "
+                                 f"the decoder holds at most {max_len - 1}")
+        length = max(len(s) for s in token_seqs) + 1
+        n = len(token_seqs)
+        full = torch.full((n, length), self.eot_id, dtype=torch.long)
+        mask = torch.zeros((n, length), dtype=torch.bool)
+        for i, seq in enumerate(token_seqs):
+            full[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[i, :len(seq) + 1] = True
+        prefix = torch.tensor(self.slu_prefix, dtype=torch.long).expand(n, -1)
+        inputs = torch.cat([prefix, full[:, :-1]], dim=1)
+        targets = self.vocab_index_of.cpu()[full]
+        return inputs.to(self.device), targets.to(self.device), mask.to(self.device)
+
+    def _token_logprobs(self, enc: torch.Tensor, token_seqs: list[list[int]], texts=None):
+        """Per-token log-probs [N, L+1] (restricted vocabulary) and mask; enc rows align with token_seqs."""
+        inputs, targets, mask = self._targets(token_seqs, texts)
+        hidden = self.whisper.model.decoder(input_ids=inputs, encoder_hidden_states=enc,
+                                            use_cache=False).last_hidden_state
+        hidden = hidden[:, len(self.slu_prefix) - 1:]  # positions that predict target tokens
+        logprobs = torch.log_softmax(self.restricted_logits(hidden).float(), dim=-1)
+        picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return picked.masked_fill(~mask, 0.0), mask
+
+    def loss(self, encoder_out_or_mels: torch.Tensor, target_texts: Sequence[str]) -> torch.Tensor:
+        """Mean token NLL (incl. <|endoftext|>) of the target frame strings, teacher forced."""
+        enc = self._as_encoder_states(encoder_out_or_mels)
+        target_texts = list(target_texts)
+        if len(target_texts) != enc.shape[0]:
+            raise ValueError(f"loss: {enc.shape[0]} encoder rows but {len(target_texts)} targets")
+        picked, mask = self._token_logprobs(enc, self.tokenize(target_texts), target_texts)
+        return -picked.sum() / mask.sum()
+
+    def sequence_logprobs(self, encoder_out: torch.Tensor, texts: Sequence[str] | Sequence[Sequence[int]],
+                          expand: torch.Tensor | Sequence[int] | None = None, chunk_size: int = 64) -> torch.Tensor:
+        """Sum log-prob of each text + <|endoftext|> under the restricted vocabulary -> [N].
+
+        ``texts``: strings (tokenised like targets) or token-id lists (e.g. ``Candidate.token_ids``).
+        ``expand``: encoder row of each text (several texts per utterance); None = one text per row.
+        Keeps the autograd graph if grad is enabled (wrap in torch.no_grad() for scoring).
+        """
+        enc = self._as_encoder_states(encoder_out)
+        items = list(texts)
+        if not items:
+            return torch.zeros(0, device=self.device)
+        if expand is None:
+            if len(items) != enc.shape[0]:
+                raise ValueError(f"sequence_logprobs: {enc.shape[0]} encoder rows, {len(items)} texts; "
+                                 "pass expand=row index per text")
+            rows = torch.arange(len(items), device=enc.device)
+        else:
+            rows = torch.as_tensor(expand, dtype=torch.long, device=enc.device).reshape(-1)
+            if rows.numel() != len(items) or (rows.numel() and (rows.min() < 0 or rows.max() >= enc.shape[0])):
+                raise ValueError(f"sequence_logprobs: expand must give one row in [0, {enc.shape[0]}) per text")
+        if isinstance(items[0], str):
+            seqs, labels = self.tokenize(items), items
+        else:
+            seqs, labels = [[int(t) for t in s if int(t) != self.eot_id] for s in items], None
+        out = []
+        for start in range(0, len(seqs), chunk_size):
+            sl = slice(start, start + chunk_size)
+            picked, _ = self._token_logprobs(enc.index_select(0, rows[sl]), seqs[sl],
+                                             labels[sl] if labels else None)
+            out.append(picked.sum(dim=1))
+        return torch.cat(out)
+
+    # ================================================================== generation
+    def _decoder_step(self, ids: torch.Tensor, enc: torch.Tensor, cache):
+        out = self.whisper.model.decoder(input_ids=ids, encoder_hidden_states=enc, use_cache=True,
+                                         **{self._cache_kw: cache})
+        new_cache = getattr(out, "cache", None) if self._cache_kw == "cache" else out.past_key_values
+        return out.last_hidden_state[:, -1], new_cache
+
+    @torch.no_grad()
+    def generate(self, encoder_out: torch.Tensor, num_samples: int = 0, greedy: bool = True,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 96,
+                 seed: int | None = None, max_rows: int = 128) -> list[list[Candidate]]:
+        """Greedy and/or ``num_samples`` sampled frame strings per utterance, distinct texts, greedy first.
+
+        Sampling uses ``temperature``/``top_k``/``top_p``; ``Candidate.logprob`` is always the model's own
+        log-prob (T=1, untruncated) over the restricted vocabulary. ``seed`` makes sampling reproducible.
+        Utterances are decoded in groups of at most ``max_rows`` decoder rows to bound memory.
+        """
+        enc = self._as_encoder_states(encoder_out)
+        if num_samples < 0 or (num_samples == 0 and not greedy):
+            raise ValueError("generate: ask for greedy=True and/or num_samples > 0")
+        if num_samples and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
+            raise ValueError("generate: temperature must be > 0, 0 < top_p <= 1, top_k >= 0")
+        max_new_tokens = min(max_new_tokens, self.config.max_target_positions - len(self.slu_prefix))
+        per_utt = int(greedy) + num_samples
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device.type if self.device.type != "mps" else "cpu")
+            generator.manual_seed(int(seed))
+        was_training = self.training
+        self.eval()
+        try:
+            results: list[list[Candidate]] = []
+            group = max(1, max_rows // per_utt)
+            for start in range(0, enc.shape[0], group):
+                results += self._generate_group(enc[start:start + group], num_samples, greedy, temperature,
+                                                top_p, top_k, max_new_tokens, generator)
+            return results
+        finally:
+            self.train(was_training)
+
+    def _generate_group(self, enc, num_samples, greedy, temperature, top_p, top_k, max_new_tokens, generator):
+        per_utt = int(greedy) + num_samples
+        n_utt = enc.shape[0]
+        rows = torch.arange(n_utt, device=enc.device).repeat_interleave(per_utt)
+        is_greedy = torch.zeros(n_utt, per_utt, dtype=torch.bool, device=enc.device)
+        if greedy:
+            is_greedy[:, 0] = True
+        is_greedy = is_greedy.reshape(-1)
+        enc_rows = enc.index_select(0, rows)
+        n_rows = enc_rows.shape[0]
+
+        weight = self.output_weight()
+        ids = torch.tensor(self.slu_prefix, device=enc.device).expand(n_rows, -1)
+        cache = None
+        tokens = torch.empty(n_rows, 0, dtype=torch.long, device=enc.device)
+        logprob = torch.zeros(n_rows, dtype=torch.float64, device=enc.device)
+        finished = torch.zeros(n_rows, dtype=torch.bool, device=enc.device)
+        eot_index = self.vocab.eot_index
+        for _ in range(max_new_tokens):
+            hidden, cache = self._decoder_step(ids, enc_rows, cache)
+            logits = F.linear(hidden, weight).float()
+            logp = torch.log_softmax(logits, dim=-1)
+            choice = logp.argmax(dim=-1)
+            if num_samples:
+                sampled = _sample(logits, temperature, top_p, top_k, generator)
+                choice = torch.where(is_greedy, choice, sampled)
+            choice = torch.where(finished, torch.full_like(choice, eot_index), choice)
+            step_lp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+            logprob += torch.where(finished, torch.zeros_like(step_lp), step_lp).double()
+            token = self.vocab_ids[choice]
+            tokens = torch.cat([tokens, token.unsqueeze(1)], dim=1)
+            finished |= choice == eot_index
+            if bool(finished.all()):
+                break
+            ids = token.unsqueeze(1)
+        return self._collect(tokens, logprob, finished, is_greedy, n_utt, per_utt)
+
+    def _collect(self, tokens, logprob, finished, is_greedy, n_utt, per_utt) -> list[list[Candidate]]:
+        tokens, logprob, finished, is_greedy = (tokens.cpu().tolist(), logprob.cpu().tolist(),
+                                                finished.cpu().tolist(), is_greedy.cpu().tolist())
+        out = []
+        for u in range(n_utt):
+            seen: set[str] = set()
+            cands = []
+            for r in range(u * per_utt, (u + 1) * per_utt):
+                seq = tokens[r]
+                if self.eot_id in seq:
+                    seq = seq[:seq.index(self.eot_id)]
+                text = self.decode_tokens(seq)
+                if text in seen:
+                    continue
+                seen.add(text)
+                cands.append(Candidate(text=text, token_ids=seq, logprob=float(logprob[r]),
+                                       greedy=bool(is_greedy[r]), finished=bool(finished[r])))
+            out.append(cands)
+        return out
+
+    # ================================================================== stock ASR
+    @torch.no_grad()
+    def transcribe(self, waves: Sequence[torch.Tensor], max_new_tokens: int = 128,
+                   context_seconds: float | None = None) -> list[str]:
+        """Plain Whisper transcription (full vocabulary, stock prompt, HF generate): WER before/after SLU.
+
+        ``context_seconds``: None = the model's own context. Stock Whisper was trained on 30 s windows;
+        with a short context it sometimes never emits <|endoftext|> and repeats itself (measured on
+        tiny.en: 7/48 TTS clips loop at 6 s, 1/48 at 8-15 s, 0/48 at 30 s), so pass 30.0 for the stock
+        reference. The context is restored afterwards.
+        """
+        kwargs = {"language": "en", "task": "transcribe"} if self.multilingual else {}
+        was_training, saved_context = self.training, self.context_seconds
+        self.eval()
+        try:
+            if context_seconds is not None and context_seconds != saved_context:
+                self.set_context(context_seconds)
+            mels = self.features(waves)
+            out = self.whisper.generate(input_features=mels, max_new_tokens=max_new_tokens,
+                                        attention_mask=torch.ones(mels.shape[0], mels.shape[2], dtype=torch.long,
+                                                                  device=mels.device), **kwargs)
+        finally:
+            if self.context_seconds != saved_context:
+                self.set_context(saved_context)
+            self.train(was_training)
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        return [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+
+
+def _position_table(table: torch.Tensor, positions: int) -> torch.Tensor:
+    """First ``positions`` rows of Whisper's encoder position table, extended with the same sinusoids
+    when growing (Whisper's encoder positions are fixed sinusoids, never trained)."""
+    from transformers.models.whisper.modeling_whisper import sinusoids
+
+    have, dim = table.shape
+    if positions <= have:
+        return table[:positions].clone()
+    reference = sinusoids(positions, dim).to(table.device, table.dtype)
+    if not torch.allclose(table, reference[:have], atol=2e-3):
+        raise ValueError(f"cannot grow the encoder context beyond {have * 2 / FRAMES_PER_SECOND:g} s: this "
+                         "checkpoint's positional table is not Whisper's sinusoids; use a shorter context")
+    return torch.cat([table, reference[have:]])
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator) -> torch.Tensor:
+    """Indices drawn from softmax(logits / T) restricted to the top-k / nucleus top-p."""
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
+        logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class _fork_rng:
+    """Seed torch's global RNG for a block and restore it afterwards (deterministic tiny_random)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __enter__(self):
+        self.state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        torch.random.set_rng_state(self.state)
+        return False

@@ -1,0 +1,330 @@
+"""`assistant rsft`: rejection-sampling fine-tuning in rounds.
+
+    assistant rsft --config recipes/configs/rsft_default.yaml
+
+Each round, four separate steps over plain data, each persisted before the next one starts:
+
+    generate (rsft.generate)  -> round_k/candidates.jsonl   N samples + greedy per pool utterance
+    score    (rsft.rewards)   -> round_k/scored.jsonl       reward callables, combined by weights
+    accept   (rsft.accept)    -> round_k/decisions.jsonl    statistical / best_of_n / threshold / distinct_correct
+    fine-tune (train.fine_tune) on the kept set (+ the labelled set) -> round_k/train/best, selected on dev
+
+A killed run resumes: finished rounds are skipped (round_k/done.json), generation continues from the
+candidates on disk, and fine-tuning resumes from its last checkpoint. Accepted samples are a pure
+function of the persisted candidates and the seed, so nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
+from assistant.paths import runs_dir
+
+
+@dataclass
+class RSFTConfig:
+    init_model: str = field(default="", metadata={"help": "supervised model folder to start from"})
+    ref_model: str = field(default="", metadata={"help": "reference model for ref log-probs ('' = init_model)"})
+    pool_manifest: str = field(default="", metadata={"help": "unlabelled audio (labels hidden)"})
+    labelled_manifest: str = field(default="", metadata={"help": "labelled set: mixed into fine-tuning, fits 'learned'"})
+    dev_manifest: str = ""
+    output_dir: str = ""
+    rounds: int = 2
+    # generate
+    num_samples: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    gen_batch_size: int = 16
+    # score: reward name -> weight (label, verifier, acoustic, teacher, learned)
+    rewards: dict[str, float] = field(default_factory=lambda: {"verifier": 1.0, "teacher": 0.1})
+    reveal_labels: bool = False          # oracle only: lets the `label` reward read the pool's hidden labels
+    # accept
+    rule: str = "statistical"
+    beta: float = 0.1
+    k: int = 1
+    tau: float = 1.0
+    bar: float = 1.0
+    cap: int = 0                         # 0 = no cap
+    bound: float = 0.0                   # statistical: known reward upper bound (0 = per-utterance max)
+    # fine-tune
+    mix_labelled: bool = True
+    from_base: bool = False              # ReST-EM: each round fine-tunes the base, not the last round
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 1e-4
+    freeze_encoder_layers: int = 2
+    spec_augment: bool = True
+    pool_limit: int = 0
+    labelled_limit: int = 0
+    dev_limit: int = 300
+    seed: int = 0
+
+    def validate(self) -> None:
+        from assistant.rsft.accept import RULES
+
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {sorted(RULES)}, got {self.rule!r}")
+        if self.rounds < 0:
+            raise ValueError("rounds must be >= 0")
+        if self.num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not self.rewards:
+            raise ValueError("rewards must name at least one reward with a weight")
+
+    def accept_params(self) -> dict:
+        cap = self.cap or None
+        return {
+            "statistical": {"beta": self.beta, "k": self.k, "cap": cap, "bound": self.bound or None},
+            "best_of_n": {"k": self.k},
+            "threshold": {"tau": self.tau, "cap": cap},
+            "distinct_correct": {"bar": self.bar, "cap": cap},
+        }[self.rule]
+
+
+# ------------------------------------------------------------------------------------------------
+# Small steps a user can replace one at a time
+# ------------------------------------------------------------------------------------------------
+
+def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path):
+    """Reward callables from the config's names/weights, with the resources they need."""
+    from assistant.rsft.rewards import build_reward_fns
+
+    resources = {"schema": schema}
+    if cfg.reveal_labels:
+        resources["reveal_labels"] = True
+    if "teacher" in cfg.rewards or "learned" in cfg.rewards:
+        from assistant.rsft.teacher import default_teacher
+
+        resources["teacher"] = default_teacher(schema)
+    if "learned" in cfg.rewards:
+        resources["learned_model"] = fit_learned_reward(cfg, schema, labelled, model, resources.get("teacher"), out_dir)
+    return build_reward_fns(cfg.rewards, **resources)
+
+
+def fit_learned_reward(cfg, schema, labelled, model, teacher, out_dir: Path):
+    """(audio, candidate) -> P(correct), fitted on candidates sampled for the labelled set."""
+    from assistant.rsft.generate import SamplingParams, generate_candidates
+    from assistant.rsft.rewards import LearnedRewardModel, make_teacher_reward
+
+    path = out_dir / "learned_reward.safetensors"
+    teacher_fn = make_teacher_reward(teacher) if teacher is not None else None
+    if path.is_file():
+        return LearnedRewardModel.load(path, schema=schema, teacher=teacher_fn)
+    params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k)
+    cands = generate_candidates(model, labelled, out_dir / "learned_candidates.jsonl", params,
+                                batch_size=cfg.gen_batch_size, seed=cfg.seed + 17, desc="learned reward: sample")
+    rm = LearnedRewardModel(schema=schema, teacher=teacher_fn, seed=cfg.seed)
+    stats = rm.fit(labelled, cands)
+    rm.save(path)
+    (out_dir / "learned_reward.json").write_text(json.dumps(stats, indent=2, default=float))
+    return rm
+
+
+def kept_examples(utterances, scored_lists, decisions):
+    """Accepted candidates -> training examples with the candidate's frame as the target."""
+    from assistant.frames import format_frame
+    from assistant.train import Example
+
+    by_id = {u.id: u for u in utterances}
+    out = []
+    for scored, decs in zip(scored_lists, decisions):
+        for s, d in zip(scored, decs):
+            frame = s.candidate.frame
+            if d.accepted and frame is not None:
+                u = by_id[s.candidate.utt_id]
+                out.append(Example(audio=u.audio, target=format_frame(frame), id=f"{u.id}#{s.candidate.index}"))
+    return out
+
+
+def pseudo_label_quality(utterances, examples) -> dict:
+    """Oracle diagnostics only (never fed back): how often the kept frames match the hidden gold."""
+    from assistant.frames import parse_frame
+
+    by_id = {u.id: u for u in utterances}
+    ok = n = 0
+    for ex in examples:
+        u = by_id.get(ex.id.split("#")[0])
+        if u is None:
+            continue
+        f = parse_frame(ex.target).frame
+        n += 1
+        ok += f is not None and f.intent == u.intent and dict(f.slots) == dict(u.slots)
+    return {"kept_frame_precision": ok / n if n else None, "kept": n,
+            "pool_coverage": len({e.id.split('#')[0] for e in examples}) / max(len(utterances), 1)}
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+def _load_split(path: str, limit: int):
+    from assistant.data.manifest import read_manifest
+
+    utts = read_manifest(path)
+    return utts[:limit] if limit else utts
+
+
+def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, schema, rewards, out: Path,
+              base_dir: Path) -> dict:
+    from assistant.model.slu import SLUModel
+    from assistant.rsft.accept import accept_all, acceptance_report
+    from assistant.rsft.generate import SamplingParams, generate_candidates
+    from assistant.rsft.types import Decision, Scored, write_records
+    from assistant.rsft.rewards import score as score_candidates
+    from assistant.train import TrainConfig, examples_from_utterances, fine_tune
+
+    rdir = out / f"round_{k}"
+    rdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k)
+    candidates = generate_candidates(model, pool, rdir / "candidates.jsonl", params, ref_model=ref_model,
+                                     batch_size=cfg.gen_batch_size, seed=cfg.seed * 100 + k, desc=f"round {k}: generate")
+    t_gen = time.perf_counter() - t0
+    pool_ok = [u for u, c in zip(pool, candidates) if c]
+    candidates = [c for c in candidates if c]
+
+    t0 = time.perf_counter()
+    scored = score_candidates(pool_ok, candidates, rewards.fns, rewards.weights)
+    write_records([s for ss in scored for s in ss], rdir / "scored.jsonl")
+    t_score = time.perf_counter() - t0
+
+    decisions = accept_all(scored, cfg.rule, cfg.accept_params(), seed=cfg.seed * 1000 + k)
+    write_records([d for ds in decisions for d in ds], rdir / "decisions.jsonl")
+    acc = acceptance_report(scored, decisions)
+
+    examples = kept_examples(pool_ok, scored, decisions)
+    quality = pseudo_label_quality(pool_ok, examples)
+    train_examples = examples + (examples_from_utterances(labelled) if cfg.mix_labelled else [])
+    (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
+
+    start = SLUModel.from_pretrained(base_dir if cfg.from_base else Path(model.source_dir))
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=10,
+                       freeze_encoder_layers=cfg.freeze_encoder_layers, spec_augment=cfg.spec_augment,
+                       seed=cfg.seed + k, context_seconds=start.context_seconds)
+    result = fine_tune(start, train_examples, dev, tcfg, rdir / "train", desc=f"round {k}: fine-tune", schema=schema)
+    n_cand = sum(len(c) for c in candidates)
+    report = {
+        "round": k, "model_dir": result["best_dir"], "dev": result["best_dev"],
+        "candidates": n_cand, "utterances": len(pool_ok),
+        "acceptance": acc,
+        "oracle_diagnostics": quality, "train_examples": len(train_examples),
+        "reward_values": [s.reward for ss in scored for s in ss],
+        "kept_reward_values": [s.reward for ss, ds in zip(scored, decisions) for s, d in zip(ss, ds) if d.accepted],
+        "seconds": {"generate": round(t_gen, 1), "score": round(t_score, 1), "fine_tune": result["seconds"]},
+        "candidates_per_second": round(n_cand / max(t_gen, 1e-9), 1),
+    }
+    (rdir / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (rdir / "done.json").write_text(json.dumps({"model_dir": result["best_dir"]}))
+    return report
+
+
+def plot_rounds(reports: list[dict], init_dev: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    xs = [0] + [r["round"] for r in reports]
+    axes[0].plot(xs, [init_dev["intent_accuracy"]] + [r["dev"]["intent_accuracy"] for r in reports], "o-")
+    axes[0].set(title="dev intent accuracy per round", xlabel="round", ylabel="accuracy")
+    axes[1].bar([r["round"] for r in reports], [r["acceptance"]["acceptance_rate"] or 0 for r in reports])
+    axes[1].set(title="acceptance rate", xlabel="round", ylabel="accepted / candidates")
+    for r in reports:
+        axes[2].hist(r["reward_values"], bins=30, alpha=0.4, label=f"round {r['round']} all")
+        axes[2].hist(r["kept_reward_values"], bins=30, alpha=0.6, histtype="step", lw=2, label=f"round {r['round']} kept")
+    axes[2].set(title="reward histogram", xlabel="reward", ylabel="candidates")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_rsft(cfg: RSFTConfig) -> dict:
+    """All rounds; returns {"best_dir", "rounds": [per-round reports], "init_dev"}."""
+    from accelerate import PartialState
+
+    from assistant.model.slu import SLUModel
+    from assistant.schema import load_schema
+    from assistant.train import dev_score, set_seed
+
+    if not cfg.init_model or not Path(cfg.init_model).is_dir():
+        raise ConfigError(f"init_model {cfg.init_model!r} is not a model folder; train one first "
+                          "(`assistant train`) and pass --init-model runs/.../best")
+    for name in ("pool_manifest", "dev_manifest"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"{name} is required (a manifest path)")
+    out = Path(cfg.output_dir or runs_dir() / "rsft")
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    set_seed(cfg.seed)
+    state = PartialState()
+    schema = load_schema()
+    pool = _load_split(cfg.pool_manifest, cfg.pool_limit)
+    dev = _load_split(cfg.dev_manifest, cfg.dev_limit)
+    labelled = _load_split(cfg.labelled_manifest, cfg.labelled_limit) if cfg.labelled_manifest else []
+    base_dir = Path(cfg.init_model)
+    ref_model = SLUModel.from_pretrained(cfg.ref_model or base_dir).eval()
+
+    init_path = out / "init_dev.json"
+    if init_path.is_file():
+        init_dev = json.loads(init_path.read_text())
+    else:
+        init_dev = dev_score(SLUModel.from_pretrained(base_dir), dev, schema)
+        init_dev = {k: init_dev[k] for k in ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
+        init_path.write_text(json.dumps(init_dev))
+    reports, current = [], base_dir
+    rewards = None
+    for k in range(1, cfg.rounds + 1):
+        rdir = out / f"round_{k}"
+        if (rdir / "done.json").is_file() and (rdir / "report.json").is_file():
+            report = json.loads((rdir / "report.json").read_text())
+            print(f"round {k}: done already (dev intent acc {report['dev']['intent_accuracy']:.4f})")
+        else:
+            model = SLUModel.from_pretrained(current).eval()
+            model.source_dir = str(current)
+            if rewards is None:
+                rewards = build_rewards(cfg, schema, labelled, model, out)
+            report = run_round(cfg, k, model, ref_model, pool, labelled, dev, schema, rewards, out, base_dir)
+            acc = report["acceptance"]
+            print(f"round {k}: accepted {acc['n_accepted']}/{acc['n_candidates']} "
+                  f"(rate {acc['acceptance_rate'] or 0:.3f}, {acc['n_utterances_kept_nothing']} utterances kept nothing), "
+                  f"kept-frame precision (oracle) "
+                  f"{report['oracle_diagnostics']['kept_frame_precision']}, dev intent acc "
+                  f"{report['dev']['intent_accuracy']:.4f}")
+        reports.append(report)
+        current = Path(report["model_dir"])
+    state.wait_for_everyone()
+    best = max([(init_dev["intent_accuracy"], 0, str(base_dir))] +
+               [(r["dev"]["intent_accuracy"], r["round"], r["model_dir"]) for r in reports])
+    summary = {"best_dir": best[2], "best_round": best[1], "init_dev": init_dev,
+               "rounds": [{kk: v for kk, v in r.items() if not kk.endswith("reward_values")} for r in reports]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    if reports:
+        plot_rounds(reports, init_dev, out / "rounds.png")
+    print(f"{'round':>5} {'dev intent':>10} {'accept rate':>11} {'kept prec.':>10} {'cand/s':>7}")
+    print(f"{0:>5} {init_dev['intent_accuracy']:>10.4f} {'-':>11} {'-':>10} {'-':>7}")
+    for r in reports:
+        prec = r["oracle_diagnostics"]["kept_frame_precision"]
+        print(f"{r['round']:>5} {r['dev']['intent_accuracy']:>10.4f} {(r['acceptance']['acceptance_rate'] or 0):>11.3f} "
+              f"{(prec if prec is not None else float('nan')):>10.3f} {r['candidates_per_second']:>7.1f}")
+    return summary
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="assistant rsft", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(ap, RSFTConfig)
+    cfg = parse_config(RSFTConfig, ap.parse_args(argv))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run_rsft(cfg)
+    return 0

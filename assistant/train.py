@@ -1,0 +1,392 @@
+"""Supervised fine-tuning: pretrained Whisper -> "intent | slots | transcript" frames.
+
+    assistant train --config recipes/configs/sft_default.yaml [--epochs 4 ...]
+
+Read top to bottom: `recipe_main(cfg)` -> `SupervisedRecipe.setup()` -> `.train()` -> `.cleanup()`.
+`fine_tune(...)` is the reusable core (RSFT fine-tunes on its kept set with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
+from assistant.paths import generated_dir, runs_dir
+
+
+@dataclass
+class TrainConfig:
+    train_manifest: str = field(default="", metadata={"help": "training manifest ('' = default corpus train split)"})
+    dev_manifest: str = field(default="", metadata={"help": "dev manifest for checkpoint selection ('' = default corpus)"})
+    audio_root: str = field(default="", metadata={"help": "SLURP only: folder with the recordings"})
+    model: str = field(default="", metadata={"help": "base model: '' = packaged Whisper tiny.en, a folder or a hub id"})
+    output_dir: str = field(default="", metadata={"help": "where best/ and last/ checkpoints go ('' = runs/sft_default)"})
+    context_seconds: float = 6.0
+    epochs: int = 5
+    max_steps: int = 0                # 0 = run all epochs
+    batch_size: int = 16
+    lr: float = 3e-4
+    encoder_lr_scale: float = 0.3     # unfrozen encoder layers learn slower: they are already good
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    freeze_encoder_layers: int = 2    # -1 = whole encoder frozen
+    spec_augment: bool = True
+    train_limit: int = 0              # use only the first N training utterances (0 = all)
+    dev_limit: int = 300              # dev utterances scored per evaluation (0 = all)
+    eval_every_steps: int = 0         # 0 = once per epoch
+    save_every_steps: int = 50        # 'last' checkpoint cadence (resume granularity)
+    resume: bool = True
+    seed: int = 0
+    threads: int = 0                  # torch threads (0 = all cores)
+    tiny_random: bool = False         # tests: a tiny random model that shares every code path
+
+    def validate(self) -> None:
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ValueError("epochs must be >= 1 (or set max_steps)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (0 < self.lr < 1):
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if not (1.0 <= self.context_seconds <= 30.0):
+            raise ValueError(f"context_seconds must be between 1 and 30, got {self.context_seconds}")
+
+
+@dataclass
+class Example:
+    """One training pair: audio file -> target frame string."""
+    audio: str
+    target: str
+    id: str = ""
+
+
+def default_manifest(split: str, profile: str = "default") -> str:
+    return str(generated_dir() / profile / f"{split}.jsonl")
+
+
+def frame_target(utt) -> str:
+    from assistant.frames import Frame, format_frame
+
+    return format_frame(Frame(intent=utt.intent, slots=dict(utt.slots), transcript=utt.text))
+
+
+def examples_from_utterances(utts) -> list[Example]:
+    return [Example(audio=u.audio, target=frame_target(u), id=u.id) for u in utts]
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint state (safetensors only: no pickles anywhere)
+# ----------------------------------------------------------------------------------------------
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    tensors, meta = {}, {"param_groups": [], "steps": {}}
+    for gi, group in enumerate(optimizer.param_groups):
+        meta["param_groups"].append({k: v for k, v in group.items() if k != "params"})
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        state = optimizer.state.get(p, {})
+        for k, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"{i}.{k}"] = v.detach().contiguous().clone()
+            else:
+                meta["steps"][f"{i}.{k}"] = v
+    save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+    tensors = load_file(str(path))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
+        state.update({k.split(".", 1)[1]: v for k, v in meta["steps"].items() if k.split(".", 1)[0] == str(i)})
+        if state:
+            optimizer.state[p] = state
+    for group, saved in zip(optimizer.param_groups, meta["param_groups"]):
+        group.update(saved)
+
+
+def atomic_save_dir(write, final: Path) -> None:
+    """Write a checkpoint folder into a temp sibling, then swap it in: a kill never leaves half a folder."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reusable core
+# ----------------------------------------------------------------------------------------------
+
+class _LossModule(torch.nn.Module):
+    """forward() = the training loss, so accelerate/DDP can wrap it."""
+
+    def __init__(self, slu):
+        super().__init__()
+        self.slu = slu
+
+    def forward(self, mels: torch.Tensor, targets: list[str]) -> torch.Tensor:
+        return self.slu.loss(self.slu.encode(mels), targets)
+
+
+def load_waves(examples: list[Example], max_seconds: float, desc: str = "load audio"):
+    """Read every clip once; bad files are reported and dropped, the rest go on."""
+    from assistant.audio import AudioError, load_audio
+
+    kept, waves, bad = [], [], []
+    for ex in tqdm(examples, desc=desc, unit="clip", leave=False, disable=None):
+        try:
+            waves.append(load_audio(ex.audio, max_seconds=max_seconds))
+            kept.append(ex)
+        except AudioError as e:
+            bad.append(str(e))
+    for msg in bad[:10]:
+        print(f"skipped: {msg}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"skipped {len(bad) - 10} more unreadable clips", file=sys.stderr)
+    return kept, waves
+
+
+def compute_mels(model, waves: list[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
+    chunks = []
+    for i in range(0, len(waves), batch_size):
+        chunks.append(model.features(waves[i:i + batch_size]))
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    enc, dec = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (enc if ".encoder." in f".{name}" or name.startswith("encoder") else dec).append(p)
+    groups = [{"params": dec, "lr": cfg.lr}]
+    if enc:
+        groups.append({"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale})
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def dev_score(model, dev_utts, schema) -> dict:
+    from assistant.evaluate import evaluate_model
+
+    was_training = model.training
+    model.eval()
+    report, _ = evaluate_model(model, dev_utts, schema, batch_size=32, desc="dev")
+    model.train(was_training)
+    return report
+
+
+def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, out_dir: Path,
+              desc: str = "train", schema=None) -> dict:
+    """Fine-tune `model` on examples; keep the best dev checkpoint in out_dir/best; resumable via out_dir/last.
+
+    Returns {"best_dev": report, "best_dir": path, "steps": n, "seconds": t}.
+    """
+    from accelerate import Accelerator
+
+    from assistant.features import SpecAugment
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if not examples:
+        raise ValueError("fine_tune: no training examples (check the manifest and the audio paths)")
+
+    kept, waves = load_waves(examples, model.context_seconds, desc=f"{desc}: load audio")
+    if not kept:
+        raise ValueError("fine_tune: no readable training audio")
+    mels = compute_mels(model, waves)          # features once: they do not change between epochs
+    targets = [ex.target for ex in kept]
+
+    steps_per_epoch = math.ceil(len(kept) / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    eval_every = cfg.eval_every_steps or steps_per_epoch
+
+    model.freeze(cfg.freeze_encoder_layers if cfg.freeze_encoder_layers >= 0 else "all")
+    optimizer = build_optimizer(model, cfg)
+    state = {"step": 0, "best": None, "best_key": None, "history": []}
+    last = out_dir / "last"
+    if cfg.resume and (last / "trainer_state.json").is_file():
+        state = json.loads((last / "trainer_state.json").read_text())
+        trained = type(model).from_pretrained(last)
+        model.load_state_dict(trained.state_dict())
+        model.freeze(cfg.freeze_encoder_layers if cfg.freeze_encoder_layers >= 0 else "all")
+        optimizer = build_optimizer(model, cfg)
+        load_optimizer(optimizer, last / "optimizer.safetensors")
+        print(f"{desc}: resumed from {last} at step {state['step']}/{total}")
+
+    loss_module = _LossModule(model)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    spec = SpecAugment() if cfg.spec_augment else None
+
+    def save_last():
+        def write(tmp: Path):
+            model.save_pretrained(tmp)
+            save_optimizer(optimizer, tmp / "optimizer.safetensors")
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        atomic_save_dir(write, last)
+
+    def evaluate_and_keep_best():
+        report = dev_score(model, dev_utts, schema)
+        key = (report["intent_accuracy"], report["slot_f1"], -report["wer"])
+        state["history"].append({"step": state["step"], "dev_intent_accuracy": report["intent_accuracy"],
+                                 "dev_slot_f1": report["slot_f1"], "dev_wer": report["wer"]})
+        if state["best_key"] is None or list(key) > list(state["best_key"]):
+            state["best_key"], state["best"] = list(key), {k: report[k] for k in
+                                                          ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
+            atomic_save_dir(model.save_pretrained, out_dir / "best")
+        tqdm.write(f"{desc}: step {state['step']} dev intent acc {report['intent_accuracy']:.4f} "
+                   f"slot F1 {report['slot_f1']:.4f} WER {report['wer']:.4f}")
+
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(total=total, initial=state["step"], desc=desc, unit="step", disable=None)
+    while state["step"] < total:
+        epoch, offset = divmod(state["step"], steps_per_epoch)
+        # Order depends only on (seed, epoch): a resumed run sees exactly the batches it would have.
+        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        for b in range(offset, steps_per_epoch):
+            if state["step"] >= total:
+                break
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            batch = mels[idx]
+            if spec is not None:
+                torch.manual_seed(cfg.seed * 1_000_003 + state["step"])
+                batch = spec(batch)
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * lr_factor(state["step"], total, cfg.warmup_steps)
+            loss = loss_module(batch.to(accelerator.device), [targets[i] for i in idx.tolist()])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {state['step']}; "
+                                         "lower --lr or check the data")
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(loss_module.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
+            if state["step"] % eval_every == 0 or state["step"] == total:
+                evaluate_and_keep_best()
+            if state["step"] % cfg.save_every_steps == 0 or state["step"] == total:
+                save_last()
+    bar.close()
+    if not (out_dir / "best").exists():     # resumed after the final step: make sure best exists
+        evaluate_and_keep_best()
+    return {"best_dev": state["best"], "best_dir": str(out_dir / "best"), "steps": state["step"],
+            "seconds": round(time.perf_counter() - start, 1), "history": state["history"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe
+# ----------------------------------------------------------------------------------------------
+
+class SupervisedRecipe:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out_dir = Path(cfg.output_dir or runs_dir() / "sft_default")
+
+    def setup(self) -> None:
+        from assistant.data.manifest import read_manifest
+        from assistant.model.slu import SLUModel
+        from assistant.schema import load_schema
+
+        cfg = self.cfg
+        self.schema = load_schema()
+        kw = {"audio_root": cfg.audio_root} if cfg.audio_root else {}
+        train = read_manifest(cfg.train_manifest or default_manifest("train"), **kw)
+        dev = read_manifest(cfg.dev_manifest or default_manifest("dev"), **kw)
+        hidden = [u.id for u in train if u.meta.get("labels_hidden")]
+        if hidden:
+            raise ConfigError(f"{cfg.train_manifest}: {len(hidden)} utterances have hidden labels "
+                              "(labels_hidden); supervised training needs labelled data")
+        self.train_utts = train[: cfg.train_limit] if cfg.train_limit else train
+        self.dev_utts = dev[: cfg.dev_limit] if cfg.dev_limit else dev
+        self.examples = examples_from_utterances(self.train_utts)
+        # The output vocabulary must cover every target the model will ever be taught.
+        vocab_texts = vocabulary_texts(self.schema, [e.target for e in self.examples])
+        if cfg.tiny_random:
+            self.model = SLUModel.tiny_random(vocab_texts, seed=cfg.seed, context_seconds=cfg.context_seconds)
+        else:
+            self.model = SLUModel.from_pretrained(cfg.model or None, context_seconds=cfg.context_seconds,
+                                                  output_vocab=vocab_texts)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, self.out_dir / "config.yaml")
+
+    def train(self) -> dict:
+        self.result = fine_tune(self.model, self.examples, self.dev_utts, self.cfg, self.out_dir,
+                                desc="sft", schema=self.schema)
+        (self.out_dir / "result.json").write_text(json.dumps(self.result, indent=2))
+        return self.result
+
+    def cleanup(self) -> None:
+        print(f"sft: best checkpoint {self.result['best_dir']}  dev {self.result['best_dev']}  "
+              f"({self.result['steps']} steps, {self.result['seconds']} s)")
+
+
+def vocabulary_texts(schema, targets: list[str]) -> list[str]:
+    """Texts whose tokens make up the restricted output vocabulary: the whole grammar + the targets."""
+    from assistant.data.grammar import load_grammar
+    from assistant.frames import Frame, format_frame
+
+    texts = list(targets)
+    for s in load_grammar().all_sentences(schema, limit_per_template=50):
+        texts.append(format_frame(Frame(intent=s.intent, slots=dict(s.slots), transcript=s.text)))
+    return texts
+
+
+def recipe_main(cfg: TrainConfig) -> dict:
+    recipe = SupervisedRecipe(cfg)
+    recipe.setup()
+    result = recipe.train()
+    recipe.cleanup()
+    return result
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="assistant train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(ap, TrainConfig)
+    cfg = parse_config(TrainConfig, ap.parse_args(argv))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    recipe_main(cfg)
+    return 0

@@ -1,0 +1,252 @@
+"""Acceptance rules: the statistical rule's output distribution (chi-square), edge cases of every rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from assistant.rsft.accept import (RULES, AcceptError, accept, accept_all, acceptance_report, best_of_n,
+                                   distinct_correct, statistical, threshold)
+from assistant.rsft.types import Candidate, Scored
+
+
+def scored_list(utt_id: str, rewards, logprobs=None, texts=None) -> list[Scored]:
+    logprobs = logprobs if logprobs is not None else [-1.0] * len(rewards)
+    texts = texts if texts is not None else [f"timer_remove | | stop timer {i}" for i in range(len(rewards))]
+    return [Scored(Candidate(utt_id, i, texts[i], [1, 2], logprob=lp), {"r": float(r)}, float(r))
+            for i, (r, lp) in enumerate(zip(rewards, logprobs))]
+
+
+def kept(decisions) -> list[int]:
+    return [d.index for d in decisions if d.accepted]
+
+
+# --------------------------------------------------------------------------- statistical: distribution
+
+Q = np.array([0.4, 0.3, 0.15, 0.1, 0.05])   # the proposal (the policy's sampling distribution)
+R = np.array([0.0, 1.0, 2.0, 0.5, 3.0])     # reward of each outcome
+BETA = 1.0
+DRAWS = 20_000
+
+
+def tilted(q, r, beta):
+    p = q * np.exp(r / beta)
+    return p / p.sum()
+
+
+def run_statistical(n_candidates: int, bound: float | None, seed: int = 1234) -> tuple[np.ndarray, int]:
+    """DRAWS utterances, each with n_candidates i.i.d. outcomes from Q.
+    Returns (accepted count per outcome, number of draws that kept nothing)."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(len(Q), dtype=int)
+    empty = 0
+    outcomes = rng.choice(len(Q), size=(DRAWS, n_candidates), p=Q)
+    for d in range(DRAWS):
+        ys = outcomes[d]
+        decisions = statistical(scored_list(f"u{d}", R[ys]), rng, beta=BETA, k=1, bound=bound)
+        accepted = kept(decisions)
+        assert len(accepted) <= 1
+        if accepted:
+            counts[ys[accepted[0]]] += 1
+        else:
+            empty += 1
+    return counts, empty
+
+
+def test_statistical_with_known_bound_samples_the_tilted_target_exactly():
+    counts, empty = run_statistical(n_candidates=8, bound=float(R.max()))
+    n = counts.sum()
+    target = tilted(Q, R, BETA)
+    p_target = chisquare(counts, target * n).pvalue
+    print(f"known bound, N=8: n={n} observed={np.round(counts / n, 4)} target={np.round(target, 4)} p={p_target:.3g}")
+    assert p_target > 1e-3
+    # The same test rejects wrong targets: the proposal itself, and a different temperature.
+    assert chisquare(counts, Q * n).pvalue < 1e-6
+    assert chisquare(counts, tilted(Q, R, 2.0) * n).pvalue < 1e-6
+    # Exactness costs: a draw keeps nothing when every candidate fails its coin.
+    accept_prob = float(np.sum(Q * np.exp((R - R.max()) / BETA)))
+    assert abs(empty / DRAWS - (1 - accept_prob) ** 8) < 0.015
+
+
+def test_statistical_with_per_utterance_max_converges_with_many_candidates():
+    counts, empty = run_statistical(n_candidates=32, bound=None)
+    assert empty == 0                  # the best candidate is always accepted when reached
+    target = tilted(Q, R, BETA)
+    p = chisquare(counts, target * DRAWS).pvalue
+    print(f"per-utterance max, N=32: observed={np.round(counts / DRAWS, 4)} p={p:.3g}")
+    assert p > 1e-3
+    assert chisquare(counts, Q * DRAWS).pvalue < 1e-6
+
+
+def test_statistical_with_per_utterance_max_is_biased_with_few_candidates():
+    """RSO's empirical M with 4 candidates: each sample's best is over-kept, so the rare best
+    outcome (reward 3) is kept far less often than the target says (documented limitation)."""
+    counts, empty = run_statistical(n_candidates=4, bound=None)
+    target = tilted(Q, R, BETA)
+    p = chisquare(counts, target * DRAWS).pvalue
+    print(f"per-utterance max, N=4: observed={np.round(counts / DRAWS, 4)} p={p:.3g}")
+    assert empty == 0
+    assert p < 1e-6
+    assert counts[4] / DRAWS < 0.75 * target[4]
+
+
+# --------------------------------------------------------------------------- statistical: edge cases
+
+
+def test_statistical_edge_cases():
+    rng = np.random.default_rng(0)
+    assert statistical([], rng, beta=1.0) == []
+    (only,) = statistical(scored_list("a", [0.3]), rng, beta=0.5)
+    assert only.accepted and only.reason == "statistical: accepted"
+    # All rewards equal: every coin succeeds, so exactly min(k, n) are kept, in random order.
+    decisions = statistical(scored_list("a", [0.7] * 6), rng, beta=0.1, k=4)
+    assert len(decisions) == 6 and len(kept(decisions)) == 4
+    assert sum(d.reason == "statistical: not drawn (k reached)" for d in decisions) == 2
+    assert len(kept(statistical(scored_list("a", [0.7] * 6), rng, beta=0.1, k=4, cap=2))) == 2
+    assert len(kept(statistical(scored_list("a", [0.7] * 3), rng, beta=0.1, k=10))) == 3
+    # A tiny beta keeps only the best; decisions come back in candidate order.
+    decisions = statistical(scored_list("a", [0.1, 0.9, 0.5]), rng, beta=1e-3, k=3)
+    assert [d.index for d in decisions] == [0, 1, 2] and kept(decisions) == [1]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_every_rule_rejects_non_finite_rewards_naming_the_utterance(bad):
+    rng = np.random.default_rng(0)
+    params = {"statistical": {"beta": 1.0}, "best_of_n": {}, "threshold": {"tau": 0.5},
+              "distinct_correct": {"bar": 0.5}}
+    for name, rule in RULES.items():
+        with pytest.raises(ValueError, match=r"utt-7.*candidate 1"):
+            rule(scored_list("utt-7", [0.1, bad]), rng, **params[name])
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0, math.nan])
+def test_statistical_rejects_bad_beta(beta):
+    with pytest.raises(AcceptError, match="beta"):
+        statistical(scored_list("a", [0.1]), np.random.default_rng(0), beta=beta)
+
+
+def test_statistical_rejects_rewards_above_the_bound_and_bad_k():
+    rng = np.random.default_rng(0)
+    with pytest.raises(AcceptError, match="above bound"):
+        statistical(scored_list("a", [0.1, 1.5]), rng, beta=1.0, bound=1.0)
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(AcceptError, match="k must be"):
+            statistical(scored_list("a", [0.1]), rng, beta=1.0, k=k)
+
+
+def test_rules_refuse_mixed_utterances_and_repeated_indices():
+    rng = np.random.default_rng(0)
+    mixed = scored_list("a", [0.1]) + scored_list("b", [0.2])
+    with pytest.raises(AcceptError, match="ONE utterance"):
+        best_of_n(mixed, rng)
+    twice = scored_list("a", [0.1]) + scored_list("a", [0.2])
+    with pytest.raises(AcceptError, match="index 0 twice"):
+        threshold(twice, rng, tau=0.0)
+
+
+# --------------------------------------------------------------------------- deterministic rules
+
+
+def test_best_of_n_breaks_ties_by_logprob_then_index():
+    rng = np.random.default_rng(0)
+    scored = scored_list("a", [0.5, 0.9, 0.9, 0.9, 0.2], logprobs=[-1.0, -3.0, -2.0, -2.0, -0.1])
+    assert kept(best_of_n(scored, rng, k=1)) == [2]
+    assert kept(best_of_n(scored, rng, k=2)) == [2, 3]
+    assert kept(best_of_n(scored, rng, k=3)) == [1, 2, 3]
+    assert kept(best_of_n(scored, rng, k=99)) == [0, 1, 2, 3, 4]
+    assert best_of_n([], rng, k=2) == []
+    assert kept(best_of_n(scored_list("a", [0.4]), rng)) == [0]
+    # All rewards and log-probs equal: the lowest indices.
+    assert kept(best_of_n(scored_list("a", [1.0] * 4), rng, k=2)) == [0, 1]
+    reasons = {d.reason for d in best_of_n(scored, rng, k=1)}
+    assert reasons == {"best_of_n: top-k", "best_of_n: below top-k"}
+
+
+def test_threshold_keeps_all_above_tau_and_caps_by_best():
+    rng = np.random.default_rng(0)
+    scored = scored_list("a", [0.2, 0.8, 0.5, 0.95, 0.5])
+    assert kept(threshold(scored, rng, tau=0.5)) == [1, 2, 3, 4]
+    assert kept(threshold(scored, rng, tau=0.5, cap=2)) == [1, 3]
+    assert kept(threshold(scored, rng, tau=0.99)) == []
+    assert threshold([], rng, tau=0.0) == []
+    assert kept(threshold(scored_list("a", [0.6] * 3), rng, tau=0.6)) == [0, 1, 2]
+    reasons = [d.reason for d in threshold(scored, rng, tau=0.5, cap=2)]
+    assert reasons == ["threshold: below tau", "threshold: reward >= tau", "threshold: over cap",
+                       "threshold: reward >= tau", "threshold: over cap"]
+
+
+def test_distinct_correct_keeps_the_best_copy_of_each_distinct_frame():
+    rng = np.random.default_rng(0)
+    texts = ["timer_set | duration=ten minutes | set a timer for ten minutes",
+             "timer_set | duration=ten minutes | Set a timer for ten minutes.",   # same after normalising
+             "timer_set | duration=ten minutes | start a timer for ten minutes",  # other transcript
+             "timer_set | duration=two minutes | set a timer for two minutes",    # below the bar
+             "not a frame",
+             "not  a FRAME"]                                                     # same unparsed text
+    scored = scored_list("a", [0.9, 0.9, 0.8, 0.3, 0.7, 0.7], logprobs=[-2.0, -1.0, -1.0, -1.0, -1.0, -1.0],
+                         texts=texts)
+    decisions = distinct_correct(scored, rng, bar=0.6)
+    assert kept(decisions) == [1, 2, 4]               # index 1 wins its pair on log-prob
+    assert decisions[0].reason == "distinct_correct: duplicate"
+    assert decisions[3].reason == "distinct_correct: below bar"
+    assert decisions[5].reason == "distinct_correct: duplicate"
+    assert kept(distinct_correct(scored, rng, bar=0.6, cap=2)) == [1, 2]
+    assert distinct_correct([], rng, bar=0.0) == []
+    assert kept(distinct_correct(scored_list("a", [0.5]), rng, bar=0.5)) == [0]
+    # All equal rewards and identical frames: one survivor.
+    same = scored_list("a", [1.0] * 3, texts=[texts[0]] * 3)
+    assert kept(distinct_correct(same, rng, bar=1.0)) == [0]
+
+
+# --------------------------------------------------------------------------- many utterances
+
+
+def test_accept_all_is_reproducible_per_utterance_and_independent_of_the_batch():
+    lists = [scored_list(f"u{i}", np.linspace(0, 1, 8)) for i in range(30)]
+    params = {"beta": 0.3, "k": 2}
+    first = accept_all(lists, "statistical", params, seed=7)
+    again = accept_all(lists, "statistical", params, seed=7)
+    assert [[d.accepted for d in ds] for ds in first] == [[d.accepted for d in ds] for ds in again]
+    alone = accept_all([lists[5]], "statistical", params, seed=7)
+    assert [d.accepted for d in alone[0]] == [d.accepted for d in first[5]]
+    other_seed = accept_all(lists, "statistical", params, seed=8)
+    assert [[d.accepted for d in ds] for ds in first] != [[d.accepted for d in ds] for ds in other_seed]
+    assert accept_all([[], lists[0]], "best_of_n", {"k": 1})[0] == []
+
+
+def test_accept_all_reports_bad_rules_params_and_groupings():
+    lists = [scored_list("a", [0.1, 0.2])]
+    with pytest.raises(AcceptError, match="unknown acceptance rule 'best_of'"):
+        accept_all(lists, "best_of", {})
+    with pytest.raises(AcceptError, match=r"no parameter\(s\) \['tau'\]"):
+        accept_all(lists, "best_of_n", {"tau": 0.5})
+    with pytest.raises(AcceptError, match=r"needs parameter\(s\) \['tau'\]"):
+        accept_all(lists, "threshold", {})
+    with pytest.raises(AcceptError, match="seed"):
+        accept_all(lists, "best_of_n", {}, seed=-1)
+    with pytest.raises(AcceptError, match="appears in two candidate lists"):
+        accept_all(lists + [scored_list("a", [0.3])], "best_of_n", {})
+    assert kept(accept(lists[0], np.random.default_rng(0), "threshold", tau=0.15)) == [1]
+
+
+def test_acceptance_report_counts_and_means():
+    lists = [scored_list("a", [0.2, 0.8, 0.5]), scored_list("b", [0.1, 0.3]), []]
+    decisions = accept_all(lists, "threshold", {"tau": 0.5})
+    report = acceptance_report(lists, decisions)
+    assert report["n_utterances"] == 3 and report["n_utterances_without_candidates"] == 1
+    assert report["n_candidates"] == 5 and report["n_accepted"] == 2
+    assert report["acceptance_rate"] == pytest.approx(0.4)
+    assert report["mean_reward_all"] == pytest.approx(0.38)
+    assert report["mean_reward_kept"] == pytest.approx(0.65)
+    assert report["mean_rewards_kept"] == {"r": pytest.approx(0.65)}
+    assert report["n_utterances_kept_nothing"] == 1 and report["utterances_kept_nothing"] == ["b"]
+    assert report["per_rule"] == {"threshold": {"accepted": 2, "rejected": 3}}
+    assert report["reasons"] == {"threshold: below tau": 3, "threshold: reward >= tau": 2}
+    assert report["accepted_per_utterance"] == pytest.approx(1.0)
+    with pytest.raises(AcceptError, match="no decision for utterance 'a' candidate 0"):
+        acceptance_report(lists, [decisions[0][1:], decisions[1], []])
+    empty = acceptance_report([], [])
+    assert empty["acceptance_rate"] is None and empty["mean_reward_kept"] is None

@@ -1,0 +1,44 @@
+import pytest
+
+from assistant.metrics import edit_distance, score_frames, slot_counts, slu_f1_counts, wer
+
+
+def test_edit_distance_words_and_chars():
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance("a b c".split(), "a c".split()) == 1
+    assert edit_distance([], ["x"]) == 1
+
+
+def test_wer_counts_corpus_level():
+    assert wer(["turn on the lights"], ["turn on the lights"]) == 0.0
+    assert wer(["turn on the lights", "hi"], ["turn the light", "hi"]) == pytest.approx(2 / 5)
+    assert wer(["Turn ON, the lights."], ["turn on the lights"]) == 0.0
+
+
+def test_slot_counts_exact_pairs():
+    assert slot_counts({"time": "seven am", "date": "today"}, {"time": "seven am"}) == (1, 0, 1)
+    assert slot_counts({}, {"time": "x"}) == (0, 1, 0)
+
+
+def test_slu_f1_gives_partial_credit_for_close_fillers():
+    tp, fp, fn = slu_f1_counts({"place_name": "new york"}, {"place_name": "new york"})
+    assert (tp, fp, fn) == (2.0, 0.0, 0.0)
+    tp, fp, fn = slu_f1_counts({"place_name": "new york"}, {"place_name": "new work"})
+    assert tp == 2.0 and 0 < fp < 2.0 and fp == fn
+    tp, fp, fn = slu_f1_counts({"place_name": "paris"}, {"date": "today"})
+    assert (tp, fp, fn) == (0.0, 2.0, 2.0)
+
+
+def test_score_frames_intent_slots_invalid():
+    gold = [{"intent": "a", "slots": {"x": "1"}, "text": "one two"},
+            {"intent": "b", "slots": {}, "text": "three"},
+            {"intent": "c", "slots": {"y": "2"}, "text": "four"}]
+    pred = [{"valid": True, "intent": "a", "slots": {"x": "1"}, "transcript": "one two"},
+            {"valid": True, "intent": "a", "slots": {}, "transcript": "three"},
+            {"valid": False, "intent": "c", "slots": {"y": "2"}, "transcript": ""}]
+    s = score_frames(gold, pred)
+    assert s.n == 3
+    assert s.intent_accuracy == pytest.approx(1 / 3)   # invalid output never counts as correct
+    assert s.invalid_rate == pytest.approx(1 / 3)
+    assert s.slot_f1 == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert s.wer == pytest.approx(1 / 4)
