@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
+# Recordings libsndfile cannot decode still get their line (an error with the ffmpeg fix), not silence.
+AUDIO_SUFFIXES |= {".webm", ".m4a", ".mp4", ".aac", ".wma", ".amr", ".3gp"}
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -61,8 +63,12 @@ def cli(argv: list[str]) -> int:
         return 2
     model = SLUModel.from_pretrained(model_dir)
     model.eval()
+    empty = [p for p in args.paths if Path(p).is_dir() and not expand_paths([p])]
+    for folder in empty:
+        print(f"assistant transcribe-and-classify: {folder}: no audio files in this folder "
+              f"(looked for {', '.join(sorted(AUDIO_SUFFIXES))})", file=sys.stderr)
     schema = load_schema()
-    failures = 0
+    failures = len(empty)
     for pred in predict_files(model, expand_paths(args.paths), schema, batch_size=args.batch_size):
         failures += bool(pred.error)
         if args.json:

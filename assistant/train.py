@@ -43,8 +43,9 @@ class TrainConfig:
     encoder_lr_scale: float = 0.3     # unfrozen encoder layers learn slower: they are already good
     weight_decay: float = 0.01
     warmup_steps: int = 30
-    freeze_encoder_layers: int = 2    # -1 = whole encoder frozen
-    spec_augment: bool = True
+    freeze_encoder_layers: int = 3    # -1 = whole encoder frozen
+    cache_encoder: bool = True        # run the frozen encoder layers once, not every step (~5x faster on CPU)
+    spec_augment: bool = False        # SpecAugment on log-mels; only without cache_encoder
     train_limit: int = 0              # use only the first N training utterances (0 = all)
     dev_limit: int = 300              # dev utterances scored per evaluation (0 = all)
     eval_every_steps: int = 0         # 0 = once per epoch
@@ -147,14 +148,22 @@ def atomic_save_dir(write, final: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 class _LossModule(torch.nn.Module):
-    """forward() = the training loss, so accelerate/DDP can wrap it."""
+    """forward() = the training loss, so accelerate/DDP can wrap it.
 
-    def __init__(self, slu):
+    With `trunk_layers` set, inputs are cached outputs of the frozen encoder trunk, not log-mels.
+    """
+
+    def __init__(self, slu, trunk_layers: int | None = None):
         super().__init__()
         self.slu = slu
+        self.trunk_layers = trunk_layers
 
-    def forward(self, mels: torch.Tensor, targets: list[str]) -> torch.Tensor:
-        return self.slu.loss(self.slu.encode(mels), targets)
+    def forward(self, inputs: torch.Tensor, targets: list[str]) -> torch.Tensor:
+        if self.trunk_layers is None:
+            enc = self.slu.encode(inputs)
+        else:
+            enc = self.slu.encode_head(inputs, self.trunk_layers)
+        return self.slu.loss(enc, targets)
 
 
 def load_waves(examples: list[Example], max_seconds: float, desc: str = "load audio"):
@@ -175,10 +184,16 @@ def load_waves(examples: list[Example], max_seconds: float, desc: str = "load au
     return kept, waves
 
 
-def compute_mels(model, waves: list[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
+def compute_inputs(model, waves: list[torch.Tensor], trunk_layers: int | None, batch_size: int = 32,
+                   desc: str = "features") -> torch.Tensor:
+    """Log-mels, or (with trunk_layers) the frozen encoder trunk's output, for every clip, once."""
     chunks = []
-    for i in range(0, len(waves), batch_size):
-        chunks.append(model.features(waves[i:i + batch_size]))
+    with torch.no_grad():
+        for i in tqdm(range(0, len(waves), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+            x = model.features(waves[i:i + batch_size])
+            if trunk_layers is not None:
+                x = model.encode_trunk(x, trunk_layers)
+            chunks.append(x)
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
@@ -234,14 +249,18 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     kept, waves = load_waves(examples, model.context_seconds, desc=f"{desc}: load audio")
     if not kept:
         raise ValueError("fine_tune: no readable training audio")
-    mels = compute_mels(model, waves)          # features once: they do not change between epochs
+    n_layers = len(model.whisper.model.encoder.layers)
+    frozen = n_layers if cfg.freeze_encoder_layers < 0 else min(cfg.freeze_encoder_layers, n_layers)
+    trunk_layers = frozen if cfg.cache_encoder else None
+    model.eval()
+    inputs = compute_inputs(model, waves, trunk_layers, desc=f"{desc}: encode")   # once, not per epoch
     targets = [ex.target for ex in kept]
 
     steps_per_epoch = math.ceil(len(kept) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every_steps or steps_per_epoch
 
-    model.freeze(cfg.freeze_encoder_layers if cfg.freeze_encoder_layers >= 0 else "all")
+    model.freeze(frozen if frozen < n_layers else "all")
     optimizer = build_optimizer(model, cfg)
     state = {"step": 0, "best": None, "best_key": None, "history": []}
     last = out_dir / "last"
@@ -249,14 +268,14 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
         state = json.loads((last / "trainer_state.json").read_text())
         trained = type(model).from_pretrained(last)
         model.load_state_dict(trained.state_dict())
-        model.freeze(cfg.freeze_encoder_layers if cfg.freeze_encoder_layers >= 0 else "all")
+        model.freeze(frozen if frozen < n_layers else "all")
         optimizer = build_optimizer(model, cfg)
         load_optimizer(optimizer, last / "optimizer.safetensors")
         print(f"{desc}: resumed from {last} at step {state['step']}/{total}")
 
-    loss_module = _LossModule(model)
+    loss_module = _LossModule(model, trunk_layers)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
-    spec = SpecAugment() if cfg.spec_augment else None
+    spec = SpecAugment() if cfg.spec_augment and trunk_layers is None else None
 
     def save_last():
         def write(tmp: Path):
@@ -288,7 +307,7 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
             if state["step"] >= total:
                 break
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            batch = mels[idx]
+            batch = inputs[idx]
             if spec is not None:
                 torch.manual_seed(cfg.seed * 1_000_003 + state["step"])
                 batch = spec(batch)

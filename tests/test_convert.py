@@ -132,3 +132,19 @@ def test_cli_reports_existing_conversion(converted_dir, capsys):
     assert "already converted" in capsys.readouterr().out
     assert cli(["--ct2-dir", "/nonexistent", "--out-dir", str(converted_dir.parent / "x"), "--force"]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_converts_into_a_new_folder_atomically(tmp_path, capsys):
+    out = tmp_path / "whisper"
+    assert cli(["--out-dir", str(out)]) == 0
+    assert "converted Whisper" in capsys.readouterr().out
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()}
+    assert [p.name for p in tmp_path.iterdir()] == ["whisper"]  # no temporary folder left behind
+    from safetensors import safe_open
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        q = f.get_tensor("model.encoder.layers.0.self_attn.q_proj.weight")
+    ct2 = read_ct2(packaged_ct2_dir() / "model.bin")
+    expected = ct2["encoder/layer_0/self_attention/linear_0/weight"][:384].astype(np.float32)
+    assert q.dtype == torch.float32 and np.array_equal(q.numpy(), expected)

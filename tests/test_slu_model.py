@@ -168,6 +168,15 @@ def test_target_outside_output_vocab_is_an_error(tiny):
         tiny.loss(enc, ["xylophone_quantum | | zebra"])
 
 
+def test_sequence_logprobs_of_impossible_text_is_minus_inf(tiny):
+    enc = tiny.encode(tiny.features(noise_waves()))
+    scores = tiny.sequence_logprobs(enc, ["xylophone_quantum | | zebra", TARGETS[1]])
+    assert scores[0] == -math.inf and torch.isfinite(scores[1])
+    ids = text_token_ids(tiny.tokenizer, TARGETS[0])
+    with_eot = tiny.sequence_logprobs(enc, [ids + [tiny.eot_id], ids], expand=[0, 0])
+    assert with_eot[0] == with_eot[1]  # a trailing EOT in token ids is optional
+
+
 def test_sequence_logprobs_expand_several_texts_per_row(tiny):
     enc = tiny.encode(tiny.features(noise_waves()))
     texts = [TARGETS[0], TARGETS[1], TARGETS[1], TARGETS[0]]
@@ -254,6 +263,10 @@ def test_save_load_roundtrip(trained, tmp_path):
     assert {"model.safetensors", "config.json", "tokenizer.json", "vocab.json", "slu_config.json"} <= files
     assert not any(name.endswith((".bin", ".pt")) for name in files)
     assert json.loads((out / "slu_config.json").read_text())["context_seconds"] == 6.0
+    from transformers import WhisperProcessor
+    processor = WhisperProcessor.from_pretrained(out)  # outside users get features of the right length
+    feats = processor(torch.zeros(16000).numpy(), sampling_rate=16000, return_tensors="pt").input_features
+    assert feats.shape == (1, 80, 600)
     loaded = SLUModel.from_pretrained(out)
     assert loaded.context_seconds == 6.0 and loaded.slu_prefix == model.slu_prefix
     assert torch.equal(loaded.vocab.ids, model.vocab.ids)

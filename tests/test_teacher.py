@@ -21,8 +21,9 @@ from assistant.rsft.teacher import (LOGP_FLOOR, MISSING_SLOT_LOGP, UNPARSEABLE_S
                                     training_fingerprint)
 from assistant.schema import load_schema
 
+# A quick recipe (~1200 sentences, top 3 layers trained): about a minute on two cores.
+TRAIN = dict(epochs=3, lr=2e-4, freeze_layers=3)
 TRAIN_PER_TEMPLATE = 4
-TRAIN_EPOCHS = 3
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -106,8 +107,7 @@ def split(schema):
 
 @pytest.fixture(scope="module")
 def trained(schema, split):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return TextTeacher.train(split[0], schema, epochs=TRAIN_EPOCHS, seed=0, progress=False)
+    return TextTeacher.train(split[0], schema, seed=0, progress=False, **TRAIN)
 
 
 def test_predict_gets_the_intent_of_held_out_templates(trained, split):
@@ -196,7 +196,7 @@ def test_teacher_reward_scores_each_candidate(trained):
     scores = reward([object(), object()], [[_Candidate(good), _Candidate(None), _Candidate(bad)], []])
     assert len(scores) == 2 and scores[1] == []
     assert scores[0][1] == UNPARSEABLE_SCORE
-    assert scores[0][0] > scores[0][2] > UNPARSEABLE_SCORE
+    assert scores[0][0] > scores[0][2] >= UNPARSEABLE_SCORE + 1    # parsed frames always outrank junk
     # "utterance" mode reads the utterance's transcript instead of the candidate's own.
     @dataclass
     class _Utt:

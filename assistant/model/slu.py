@@ -20,9 +20,9 @@ Design choices (see also assistant.model.vocab):
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
-import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -35,8 +35,6 @@ from torch import nn
 
 from assistant.features import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, batch_log_mel, frames_for_seconds
 from assistant.model.vocab import OutputVocab, batch_text_token_ids, domain_vocab_texts
-
-log = logging.getLogger(__name__)
 
 SLU_CONFIG_FILE = "slu_config.json"
 SLU_TASK_TOKEN = "<|translate|>"
@@ -98,7 +96,8 @@ class SLUModel(nn.Module):
             raise ValueError(f"tokenizer <|endoftext|> is {self.eot_id}, vocabulary says {self.vocab.eot_id}")
 
     def set_context(self, seconds: float) -> None:
-        """Keep the first ``seconds`` of encoder context (truncates the positional table; cannot grow)."""
+        """Use ``seconds`` of encoder context: truncates the positional table (or extends it with Whisper's
+        sinusoids) and ``config.max_source_positions``, so transformers accepts [B, 80, 100 * seconds]."""
         n_frames = frames_for_seconds(seconds)
         if n_frames < 2 or n_frames % 2:
             raise ValueError(f"context_seconds={seconds} gives {n_frames} mel frames; use a multiple of 0.02 s "
@@ -182,11 +181,10 @@ class SLUModel(nn.Module):
         """A randomly initialised 2-layer, d_model 64 Whisper with the real tokenizer: tests, dry runs."""
         from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-        from assistant.model.convert import (build_generation_config, build_tokenizer, packaged_ct2_config,
-                                             packaged_ct2_dir)
+        from assistant.model.convert import build_generation_config, packaged_ct2_config
 
         vocab_size = 51864
-        tokenizer = build_tokenizer(packaged_ct2_dir() / "tokenizer.json", vocab_size)
+        tokenizer = _packaged_tokenizer()
         config = WhisperConfig(
             vocab_size=vocab_size, num_mel_bins=80, d_model=d_model, encoder_layers=layers,
             decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
@@ -210,9 +208,11 @@ class SLUModel(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.whisper.save_pretrained(folder, safe_serialization=True)
+        # For outside users of the folder: a processor that pads to this model's context (whole seconds;
+        # SLUModel.features is exact for any context).
         extractor = WhisperFeatureExtractor(feature_size=self.whisper.config.num_mel_bins,
                                             sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH,
-                                            chunk_length=self.context_seconds, n_fft=400)
+                                            chunk_length=int(math.ceil(self.context_seconds)), n_fft=400)
         WhisperProcessor(feature_extractor=extractor, tokenizer=self.tokenizer).save_pretrained(folder)
         self.vocab.save(folder)
         (folder / SLU_CONFIG_FILE).write_text(json.dumps({
@@ -297,6 +297,31 @@ class SLUModel(nn.Module):
                              f"{self.context_seconds:g} s context), got {tuple(mels.shape)}; use model.features()")
         return self.whisper.model.encoder(input_features=mels.to(self.device)).last_hidden_state
 
+    def encode_trunk(self, mels: torch.Tensor, layers: int) -> torch.Tensor:
+        """Conv front end + positions + the first ``layers`` encoder layers (no final norm).
+
+        With the trunk frozen, its output never changes during training: callers cache it once and run
+        only ``encode_head`` per step (the main lever for CPU fine-tuning speed).
+        ``encode_head(encode_trunk(m, k), k) == encode(m)`` for every k.
+        """
+        enc = self.whisper.model.encoder
+        x = F.gelu(enc.conv1(mels.to(self.device)))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        for layer in enc.layers[:layers]:
+            out = layer(x, None)
+            x = out[0] if isinstance(out, tuple) else out
+        return x
+
+    def encode_head(self, hidden: torch.Tensor, layers: int) -> torch.Tensor:
+        """The encoder layers after the first ``layers`` + the final layer norm."""
+        enc = self.whisper.model.encoder
+        x = hidden.to(self.device)
+        for layer in enc.layers[layers:]:
+            out = layer(x, None)
+            x = out[0] if isinstance(out, tuple) else out
+        return enc.layer_norm(x)
+
     def _as_encoder_states(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3 and tuple(x.shape[1:]) == (self.config.num_mel_bins, self.n_frames):
             return self.encode(x)
@@ -354,8 +379,11 @@ class SLUModel(nn.Module):
                           expand: torch.Tensor | Sequence[int] | None = None, chunk_size: int = 64) -> torch.Tensor:
         """Sum log-prob of each text + <|endoftext|> under the restricted vocabulary -> [N].
 
-        ``texts``: strings (tokenised like targets) or token-id lists (e.g. ``Candidate.token_ids``).
+        ``texts``: strings (tokenised like targets) or token-id lists (e.g. ``Candidate.token_ids``;
+        a trailing <|endoftext|> is optional, it is always scored).
         ``expand``: encoder row of each text (several texts per utterance); None = one text per row.
+        A text this model cannot produce (a token outside its output vocabulary, or longer than the
+        decoder) scores -inf instead of raising, so one odd candidate never stops an RSFT batch.
         Keeps the autograd graph if grad is enabled (wrap in torch.no_grad() for scoring).
         """
         enc = self._as_encoder_states(encoder_out)
@@ -372,16 +400,20 @@ class SLUModel(nn.Module):
             if rows.numel() != len(items) or (rows.numel() and (rows.min() < 0 or rows.max() >= enc.shape[0])):
                 raise ValueError(f"sequence_logprobs: expand must give one row in [0, {enc.shape[0]}) per text")
         if isinstance(items[0], str):
-            seqs, labels = self.tokenize(items), items
+            seqs = self.tokenize(items)
         else:
-            seqs, labels = [[int(t) for t in s if int(t) != self.eot_id] for s in items], None
+            seqs = [[int(t) for t in s] for s in items]
+            seqs = [s[:-1] if s and s[-1] == self.eot_id else s for s in seqs]
+        max_len = self.config.max_target_positions - len(self.slu_prefix) - 1
+        impossible = torch.tensor([len(s) > max_len or bool(self.vocab.missing(s)) for s in seqs],
+                                  device=enc.device)
+        seqs = [[] if bad else s for s, bad in zip(seqs, impossible.tolist())]
         out = []
         for start in range(0, len(seqs), chunk_size):
             sl = slice(start, start + chunk_size)
-            picked, _ = self._token_logprobs(enc.index_select(0, rows[sl]), seqs[sl],
-                                             labels[sl] if labels else None)
+            picked, _ = self._token_logprobs(enc.index_select(0, rows[sl]), seqs[sl])
             out.append(picked.sum(dim=1))
-        return torch.cat(out)
+        return torch.cat(out).masked_fill(impossible, -math.inf)
 
     # ================================================================== generation
     def _decoder_step(self, ids: torch.Tensor, enc: torch.Tensor, cache):
@@ -393,7 +425,7 @@ class SLUModel(nn.Module):
     @torch.no_grad()
     def generate(self, encoder_out: torch.Tensor, num_samples: int = 0, greedy: bool = True,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 96,
-                 seed: int | None = None, max_rows: int = 128) -> list[list[Candidate]]:
+                 seed: int | None = None, max_rows: int = 64) -> list[list[Candidate]]:
         """Greedy and/or ``num_samples`` sampled frame strings per utterance, distinct texts, greedy first.
 
         Sampling uses ``temperature``/``top_k``/``top_p``; ``Candidate.logprob`` is always the model's own
@@ -424,40 +456,48 @@ class SLUModel(nn.Module):
             self.train(was_training)
 
     def _generate_group(self, enc, num_samples, greedy, temperature, top_p, top_k, max_new_tokens, generator):
+        """Lockstep decoding of all rows of a group of utterances; finished rows are dropped as they end."""
         per_utt = int(greedy) + num_samples
-        n_utt = enc.shape[0]
-        rows = torch.arange(n_utt, device=enc.device).repeat_interleave(per_utt)
-        is_greedy = torch.zeros(n_utt, per_utt, dtype=torch.bool, device=enc.device)
-        if greedy:
-            is_greedy[:, 0] = True
+        n_utt, device = enc.shape[0], enc.device
+        rows = torch.arange(n_utt, device=device).repeat_interleave(per_utt)
+        n_rows = rows.numel()
+        is_greedy = torch.zeros(n_utt, per_utt, dtype=torch.bool, device=device)
+        is_greedy[:, 0] = greedy
         is_greedy = is_greedy.reshape(-1)
-        enc_rows = enc.index_select(0, rows)
-        n_rows = enc_rows.shape[0]
 
         weight = self.output_weight()
-        ids = torch.tensor(self.slu_prefix, device=enc.device).expand(n_rows, -1)
-        cache = None
-        tokens = torch.empty(n_rows, 0, dtype=torch.long, device=enc.device)
-        logprob = torch.zeros(n_rows, dtype=torch.float64, device=enc.device)
-        finished = torch.zeros(n_rows, dtype=torch.bool, device=enc.device)
         eot_index = self.vocab.eot_index
-        for _ in range(max_new_tokens):
-            hidden, cache = self._decoder_step(ids, enc_rows, cache)
+        tokens = torch.full((n_rows, max_new_tokens), self.eot_id, dtype=torch.long, device=device)
+        logprob = torch.zeros(n_rows, dtype=torch.float64, device=device)
+        finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        # The prompt is the same for every row of an utterance: run it (and the cross-attention K/V)
+        # once per utterance, then copy the cache out to the rows.
+        prompt = torch.tensor(self.slu_prefix, device=device).expand(n_utt, -1)
+        hidden, cache = self._decoder_step(prompt, enc, None)
+        cache.reorder_cache(rows)
+        hidden, enc_rows = hidden.index_select(0, rows), enc.index_select(0, rows)
+        alive = torch.arange(n_rows, device=device)  # rows still in the decoder batch
+        for step in range(max_new_tokens):
             logits = F.linear(hidden, weight).float()
             logp = torch.log_softmax(logits, dim=-1)
             choice = logp.argmax(dim=-1)
             if num_samples:
-                sampled = _sample(logits, temperature, top_p, top_k, generator)
-                choice = torch.where(is_greedy, choice, sampled)
-            choice = torch.where(finished, torch.full_like(choice, eot_index), choice)
-            step_lp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-            logprob += torch.where(finished, torch.zeros_like(step_lp), step_lp).double()
+                choice = torch.where(is_greedy[alive], choice, _sample(logits, temperature, top_p, top_k, generator))
+            done = finished[alive]
+            choice = choice.masked_fill(done, eot_index)
+            step_lp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
+            logprob[alive] += step_lp.double()
             token = self.vocab_ids[choice]
-            tokens = torch.cat([tokens, token.unsqueeze(1)], dim=1)
-            finished |= choice == eot_index
-            if bool(finished.all()):
+            tokens[alive, step] = token
+            finished[alive] = done | (choice == eot_index)
+            if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            ids = token.unsqueeze(1)
+            done = finished[alive]
+            if int(done.sum()) * 4 >= alive.numel():  # drop finished rows once they are a quarter
+                keep = (~done).nonzero().squeeze(1)
+                cache.reorder_cache(keep)
+                alive, token, enc_rows = alive[keep], token[keep], enc_rows.index_select(0, keep)
+            hidden, cache = self._decoder_step(token.unsqueeze(1), enc_rows, cache)
         return self._collect(tokens, logprob, finished, is_greedy, n_utt, per_utt)
 
     def _collect(self, tokens, logprob, finished, is_greedy, n_utt, per_utt) -> list[list[Candidate]]:
@@ -507,6 +547,14 @@ class SLUModel(nn.Module):
             self.train(was_training)
         sequences = out.sequences if hasattr(out, "sequences") else out
         return [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_tokenizer():
+    """The packaged tiny.en tokenizer (built once per process; read-only use)."""
+    from assistant.model.convert import build_tokenizer, packaged_ct2_dir
+
+    return build_tokenizer(packaged_ct2_dir() / "tokenizer.json", 51864)
 
 
 def _position_table(table: torch.Tensor, positions: int) -> torch.Tensor:

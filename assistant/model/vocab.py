@@ -77,6 +77,7 @@ class OutputVocab:
         self.ids = torch.tensor(ids, dtype=torch.long)
         self.index_of = torch.full((vocab_size,), -1, dtype=torch.long)
         self.index_of[self.ids] = torch.arange(len(ids))
+        self._id_set = frozenset(ids)  # fast membership checks in Python loops
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -111,7 +112,7 @@ class OutputVocab:
         return int(self.ids.numel())
 
     def __contains__(self, token_id: int) -> bool:
-        return 0 <= int(token_id) < self.vocab_size and int(self.index_of[int(token_id)]) >= 0
+        return int(token_id) in self._id_set
 
     @property
     def is_full(self) -> bool:
@@ -122,7 +123,7 @@ class OutputVocab:
         return int(self.index_of[self.eot_id])
 
     def missing(self, token_ids: Iterable[int]) -> list[int]:
-        return sorted({int(t) for t in token_ids if int(t) not in self})
+        return sorted({int(t) for t in token_ids} - self._id_set)
 
     def to_subset(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary ids -> subset indices (-1 where outside the subset)."""
@@ -148,7 +149,8 @@ class OutputVocab:
             d = json.loads(path.read_text())
             return cls(d["token_ids"], d["vocab_size"], d["eot_id"])
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: missing; the folder was not written by SLUModel.save_pretrained") from None
+            raise FileNotFoundError(f"{path}: missing; the folder was not written by "
+                                    "SLUModel.save_pretrained") from None
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a valid output vocabulary ({e}); re-save the model") from None
 

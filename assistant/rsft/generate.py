@@ -47,7 +47,9 @@ def _candidates_for_batch(model, ref_model, utt_ids, waves, params: SamplingPara
     for uid, cs in zip(utt_ids, outs):
         group = []
         for i, c in enumerate(cs):
-            ref = float(ref_lp[k]) if ref_lp else None
+            # A candidate cut off at max_new_tokens has no end token: its reference score would not be
+            # comparable (sequence_logprobs always scores <|endoftext|>), so it gets none.
+            ref = float(ref_lp[k]) if ref_lp and getattr(c, "finished", True) else None
             k += 1
             group.append(Candidate(utt_id=uid, index=i, text=c.text, token_ids=list(c.token_ids),
                                    logprob=float(c.logprob), ref_logprob=ref, greedy=bool(c.greedy)))

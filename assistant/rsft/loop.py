@@ -37,11 +37,12 @@ class RSFTConfig:
     output_dir: str = ""
     rounds: int = 2
     # generate
-    num_samples: int = 8
+    num_samples: int = 8                 # + the greedy candidate; 0 = greedy only (pseudo-labelling)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     gen_batch_size: int = 16
+    max_new_tokens: int = 96
     # score: reward name -> weight (label, verifier, acoustic, teacher, learned)
     rewards: dict[str, float] = field(default_factory=lambda: {"verifier": 1.0, "teacher": 0.1})
     reveal_labels: bool = False          # oracle only: lets the `label` reward read the pool's hidden labels
@@ -73,8 +74,8 @@ class RSFTConfig:
             raise ValueError(f"rule must be one of {sorted(RULES)}, got {self.rule!r}")
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
-        if self.num_samples < 1:
-            raise ValueError("num_samples must be >= 1")
+        if self.num_samples < 0:
+            raise ValueError("num_samples must be >= 0 (0 = greedy only: argmax pseudo-labelling)")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.rewards:
@@ -119,7 +120,7 @@ def fit_learned_reward(cfg, schema, labelled, model, teacher, out_dir: Path):
     teacher_fn = make_teacher_reward(teacher) if teacher is not None else None
     if path.is_file():
         return LearnedRewardModel.load(path, schema=schema, teacher=teacher_fn)
-    params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k)
+    params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
     cands = generate_candidates(model, labelled, out_dir / "learned_candidates.jsonl", params,
                                 batch_size=cfg.gen_batch_size, seed=cfg.seed + 17, desc="learned reward: sample")
     rm = LearnedRewardModel(schema=schema, teacher=teacher_fn, seed=cfg.seed)
@@ -185,7 +186,7 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k)
+    params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
     candidates = generate_candidates(model, pool, rdir / "candidates.jsonl", params, ref_model=ref_model,
                                      batch_size=cfg.gen_batch_size, seed=cfg.seed * 100 + k, desc=f"round {k}: generate")
     t_gen = time.perf_counter() - t0

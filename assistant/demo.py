@@ -1,0 +1,298 @@
+"""`assistant demo [--model DIR] [--host 127.0.0.1] [--port 7860]`: a web page to try the model.
+
+Upload an audio file or record a clip in the browser and see the transcript, intent, slots, the
+assistant's response, the confidence and the latency. No web framework: the standard library's
+ThreadingHTTPServer serves one page (assistant/demo_page.html) and a JSON API:
+
+    GET  /                page
+    GET  /api/info        {"model", "context_seconds", "max_upload_bytes", "intents"}
+    POST /api/classify    body = the raw audio bytes (file name in the X-Filename header or
+                          ?filename=...) or multipart/form-data with a file field
+                          -> 200 the Prediction dict (assistant.inference.Prediction)
+                          -> 400 {"error": "..."} for unusable audio or a bad request
+
+    curl --data-binary @clip.wav -H 'X-Filename: clip.wav' http://127.0.0.1:7860/api/classify
+
+The model is loaded once; requests are decoded one at a time (a lock), so latencies stay honest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from email.parser import BytesParser
+from email.policy import HTTP
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+PAGE_FILE = Path(__file__).with_name("demo_page.html")
+# A body this much larger than the limit is not even read to the end: the connection is dropped.
+_DRAIN_FACTOR = 8
+
+
+class DemoError(ValueError):
+    """A request the demo cannot serve; ``str(err)`` is shown to the person as is."""
+
+    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.status = int(status)
+
+
+def safe_filename(name: str | None, default: str = "upload") -> str:
+    """The last path component with only harmless characters (it names a temp file and the result)."""
+    base = Path(str(name or "").replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._ -]+", "_", base).strip(" .")[:120]
+    return base or default
+
+
+class Classifier:
+    """The model, loaded once, behind a lock: uploaded bytes -> Prediction dict."""
+
+    def __init__(self, model, schema=None, model_dir: str | Path = ""):
+        self.model = model
+        self.schema = schema
+        self.model_dir = str(model_dir)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "Classifier":
+        from assistant.model.slu import SLUModel
+        from assistant.schema import load_schema
+
+        model = SLUModel.from_pretrained(model_dir)
+        model.eval()
+        return cls(model, load_schema(), model_dir)
+
+    @property
+    def max_seconds(self) -> float:
+        return float(getattr(self.model, "context_seconds", 30.0))
+
+    def info(self) -> dict:
+        intents = sorted(self.schema.intents) if self.schema is not None else []
+        return {"model": self.model_dir, "context_seconds": self.max_seconds,
+                "max_upload_bytes": MAX_UPLOAD_BYTES, "intents": intents}
+
+    def classify_bytes(self, data: bytes, filename: str = "upload") -> dict:
+        """Decode one uploaded clip; DemoError (naming `filename`) when it is not usable audio."""
+        from assistant.audio import AudioError, load_audio
+        from assistant.inference import predict_waves
+
+        name = safe_filename(filename)
+        if not data:
+            raise DemoError(f"{name}: the upload is empty (0 bytes). Fix: choose an audio file "
+                            "(WAV, FLAC, OGG or MP3) or record a clip.")
+        # load_audio reads files (libsndfile sniffs the format from the bytes, not the name); the temp
+        # file keeps the upload's name so messages and suggested fixes name what the person sent.
+        with tempfile.TemporaryDirectory(prefix="assistant-demo-") as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            try:
+                wave = load_audio(path, max_seconds=self.max_seconds)
+            except AudioError as e:
+                raise DemoError(_upload_message(e, path, name)) from None
+        with self._lock:
+            pred = predict_waves(self.model, [wave], self.schema, [name])[0]
+        return pred.to_dict()
+
+
+def _upload_message(e, path: Path, name: str) -> str:
+    """The AudioError told about the upload: its name instead of the temp path, and a fix that fits a
+    web page (the library's fixes talk about manifests)."""
+    problem = e.problem or str(e).replace(str(path), name)
+    fix = e.fix.replace(str(path), name) if e.fix else ""
+    if not fix or "manifest" in fix:
+        fix = "upload a WAV, FLAC, OGG or MP3 recording of one spoken command, or record one on this page"
+    return f"{name}: {problem}. Fix: {fix}."
+
+
+# ------------------------------------------------------------------------------------------------
+# HTTP
+# ------------------------------------------------------------------------------------------------
+
+def _upload_from_multipart(content_type: str, body: bytes) -> tuple[bytes, str]:
+    """The first file field (or a field named 'audio') of a multipart/form-data body."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    msg = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not msg.is_multipart():
+        raise DemoError("malformed multipart/form-data upload (no parts found). Fix: send the file as a "
+                        "form field named 'audio', or POST the raw audio bytes")
+    for part in msg.iter_parts():
+        params = dict(part.get_params(header="content-disposition") or [])
+        if part.get_filename() is not None or params.get("name") == "audio":
+            return part.get_payload(decode=True) or b"", part.get_filename() or "upload"
+    raise DemoError("the multipart upload has no file field. Fix: send the audio as a form field named 'audio'")
+
+
+class DemoHandler(BaseHTTPRequestHandler):
+    server_version = "assistant-demo/1"
+    protocol_version = "HTTP/1.1"
+
+    # ---------------------------------------------------------------- routes
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        route = urlsplit(self.path).path
+        if route in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+        elif route == "/api/info":
+            self._send_json(HTTPStatus.OK, self.server.classifier.info())
+        elif route == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+        else:
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {route}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        parts = urlsplit(self.path)
+        if parts.path != "/api/classify":
+            self._drain_or_close()
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {parts.path}"})
+            return
+        try:
+            data, name = self._read_upload(parts.query)
+            result = self.server.classifier.classify_bytes(data, name)
+        except DemoError as e:
+            self._send_json(e.status, {"error": str(e)})
+            return
+        except Exception as e:  # noqa: BLE001 - the page must get an answer, the server must live on
+            self.log_error("classify failed: %r", e)
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                            {"error": f"internal error while classifying: {type(e).__name__}: {e}"})
+            return
+        self._send_json(HTTPStatus.OK, result)
+
+    # ---------------------------------------------------------------- request body
+    def _content_length(self) -> int:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise DemoError("chunked uploads are not supported. Fix: send the file with a Content-Length "
+                            "(browsers and curl --data-binary @file do)", HTTPStatus.LENGTH_REQUIRED)
+        raw = self.headers.get("Content-Length")
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            self.close_connection = True
+            raise DemoError(f"missing or invalid Content-Length ({raw!r}). Fix: POST the audio file as the "
+                            "request body", HTTPStatus.LENGTH_REQUIRED) from None
+        return length
+
+    def _drain_or_close(self) -> None:
+        """Consume an unwanted body so the connection stays usable, or drop the connection."""
+        try:
+            length = self._content_length()
+        except DemoError:
+            return
+        if length > _DRAIN_FACTOR * MAX_UPLOAD_BYTES:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def _read_upload(self, query: str) -> tuple[bytes, str]:
+        length = self._content_length()
+        name = safe_filename(unquote(self.headers.get("X-Filename", ""))
+                             or (parse_qs(query).get("filename") or [""])[0])
+        if length > MAX_UPLOAD_BYTES:
+            self._drain_or_close()
+            raise DemoError(f"{name + ': ' if name != 'upload' else ''}upload too large ({length / 1e6:.1f} MB; the limit is "
+                            f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB). Fix: send one spoken command of a few "
+                            f"seconds (the model hears at most {self.server.classifier.max_seconds:g} s)")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            raise DemoError(f"{name}: the upload was cut off ({len(body)} of {length} bytes arrived). "
+                            "Fix: send it again")
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            data, part_name = _upload_from_multipart(content_type, body)
+            return data, safe_filename(part_name if part_name != "upload" else name)
+        return body, name
+
+    # ---------------------------------------------------------------- responses
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, obj: dict) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+    def log_message(self, fmt: str, *args) -> None:
+        if self.server.verbose:
+            sys.stderr.write(f"assistant demo: {self.address_string()} {fmt % args}\n")
+
+
+class DemoServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, classifier: Classifier, host: str = "127.0.0.1", port: int = 7860,
+                 page: bytes | None = None, verbose: bool = True):
+        self.classifier = classifier
+        self.page = page if page is not None else PAGE_FILE.read_bytes()
+        self.verbose = verbose
+        super().__init__((host, port), DemoHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+
+
+def make_server(classifier: Classifier, host: str = "127.0.0.1", port: int = 7860,
+                verbose: bool = True) -> DemoServer:
+    """A bound, not yet serving server (port 0 = any free port; see `.url`)."""
+    return DemoServer(classifier, host, port, verbose=verbose)
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="assistant demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model folder (default: what `assistant run` built)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = every interface)")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--quiet", action="store_true", help="do not log each request")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from assistant.paths import default_model_dir
+
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    if not (model_dir / "slu_config.json").is_file():
+        hint = ("run `assistant run` (the main job) to build the default model, or pass --model DIR"
+                if not args.model else "pass a folder saved by `assistant train` / `assistant rsft` (e.g. runs/.../best)")
+        print(f"assistant demo: no trained model at {model_dir}; {hint}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    classifier = Classifier.from_dir(model_dir)
+    try:
+        server = make_server(classifier, args.host, args.port, verbose=not args.quiet)
+    except OSError as e:
+        print(f"assistant demo: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+              "pass a free --port", file=sys.stderr)
+        return 2
+    print(f"assistant demo: model {model_dir} loaded in {time.perf_counter() - start:.1f} s; "
+          f"open {server.url}  (Ctrl+C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("assistant demo: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0

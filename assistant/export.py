@@ -1,0 +1,536 @@
+"""`assistant export`: the SLU model as two ONNX graphs + an onnxruntime runtime (``OnnxSLU``).
+
+    assistant export --model runs/sft_default/best --format onnx [--quantize int8] --out runs/export/onnx
+
+What a deployment needs, nothing more:
+
+* ``encoder.onnx``: log-mel [B, 80, n_frames] -> encoder states [B, n_frames/2, d] **and** the decoder's
+  cross-attention keys/values [L, B, H, S, head_dim]. Everything that runs once per utterance is in this
+  graph, so a decoder step never re-projects the encoder states (that would cost more than the encoder).
+* ``decoder.onnx``: one decoder call with a self-attention KV cache. Inputs are *restricted-vocabulary*
+  indices (the model's OutputVocab plus the task prompt tokens), outputs are logits over the OutputVocab
+  only (the matching rows of the tied ``proj_out``) and the grown cache. With an empty cache it is the
+  full-sequence (teacher-forced) decoder; with a cache and one token per row it is the greedy step.
+  Restricting the vocabulary on both sides drops the 51,864-row embedding table from the graph: the
+  decoder file is ~4x smaller than Whisper tiny's.
+* ``*.int8.onnx`` (``--quantize int8``): onnxruntime dynamic int8 quantisation of the MatMul weights.
+* ``export.json`` (token maps, prompt, shapes) + the tokenizer files, so ``OnnxSLU`` needs no checkpoint.
+
+The graphs are written by hand from the model's own modules (the legacy TorchScript exporter, opset 17)
+rather than by tracing transformers' decoder: its cache objects change between releases, the math of a
+Whisper layer does not. ``verify_export`` checks exported against eager outputs after every export.
+
+``OnnxSLU`` duck-types the parts of ``SLUModel`` that ``assistant.inference.predict_waves`` uses
+(``features``, ``encode``, ``generate`` greedy, ``context_seconds``), so every inference path runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EXPORT_FORMAT = "assistant-onnx-slu"
+EXPORT_VERSION = 1
+EXPORT_CONFIG = "export.json"
+OPSET = 17
+PRECISIONS = ("fp32", "int8")
+# Masked attention scores: large and finite (an -inf row would turn softmax into NaN in some kernels).
+_MASK_VALUE = -1e9
+
+
+class ExportError(ValueError):
+    """An export folder or request that cannot be used; the message names the file and the fix."""
+
+
+# ==================================================================================================
+# Export graphs (torch modules over the model's own weights)
+# ==================================================================================================
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[B, T, d] -> [B, H, T, d/H]"""
+    b, t, d = x.shape
+    return x.reshape(b, t, n_heads, d // n_heads).transpose(1, 2)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention; q is already scaled (Whisper scales q before the product)."""
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if mask is not None:
+        scores = scores + mask
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)       # [B, H, T, hd]
+    b, h, t, hd = out.shape
+    return out.transpose(1, 2).reshape(b, t, h * hd)
+
+
+class EncoderGraph(nn.Module):
+    """mels -> (encoder states, cross-attention K, cross-attention V) of every decoder layer."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.whisper.model.encoder
+        self.cross = nn.ModuleList([layer.encoder_attn for layer in model.whisper.model.decoder.layers])
+        self.n_heads = model.config.decoder_attention_heads
+
+    def forward(self, mels: torch.Tensor):
+        enc = self.encoder
+        x = F.gelu(enc.conv1(mels))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        for layer in enc.layers:
+            out = layer(x, None)
+            x = out[0] if isinstance(out, tuple) else out
+        states = enc.layer_norm(x)
+        keys = torch.stack([_heads(a.k_proj(states), self.n_heads) for a in self.cross])
+        values = torch.stack([_heads(a.v_proj(states), self.n_heads) for a in self.cross])
+        return states, keys, values
+
+
+class DecoderGraph(nn.Module):
+    """(input indices [B, n], self K/V cache [L, B, H, P, hd], cross K/V) -> (logits [B, n, V_sub], new cache).
+
+    ``input_table``: the token ids whose embeddings the graph holds (index i = token input_table[i]);
+    ``output_weight``: the OutputVocab rows of the tied output projection. Positions start at P.
+    """
+
+    def __init__(self, model, input_table: torch.Tensor):
+        super().__init__()
+        decoder = model.whisper.model.decoder
+        self.layers = decoder.layers
+        self.final_norm = decoder.layer_norm
+        self.n_heads = model.config.decoder_attention_heads
+        weight = decoder.embed_tokens.weight.detach()
+        self.register_buffer("embed", weight.index_select(0, input_table.to(weight.device)).clone())
+        self.register_buffer("positions", decoder.embed_positions.weight.detach().clone())
+        self.register_buffer("output_weight", model.output_weight().detach().clone())
+
+    def forward(self, input_index, self_keys, self_values, cross_keys, cross_values):
+        past = self_keys.shape[3]
+        n = input_index.shape[1]
+        pos = torch.arange(n, device=input_index.device) + past
+        x = self.embed[input_index] + self.positions[pos]
+        key_pos = torch.arange(past + n, device=input_index.device)
+        # A new token at position p sees every cached position and the new ones up to p.
+        mask = (key_pos.unsqueeze(0) > pos.unsqueeze(1)).to(x.dtype) * _MASK_VALUE        # [n, P+n]
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = _heads(attn.q_proj(h) * attn.scaling, self.n_heads)
+            k = torch.cat([self_keys[i], _heads(attn.k_proj(h), self.n_heads)], dim=2)
+            v = torch.cat([self_values[i], _heads(attn.v_proj(h), self.n_heads)], dim=2)
+            new_keys.append(k)
+            new_values.append(v)
+            x = x + attn.out_proj(_attend(q, k, v, mask))
+            cross = layer.encoder_attn
+            h = layer.encoder_attn_layer_norm(x)
+            q = _heads(cross.q_proj(h) * cross.scaling, self.n_heads)
+            x = x + cross.out_proj(_attend(q, cross_keys[i], cross_values[i], None))
+            h = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+        x = self.final_norm(x)
+        logits = torch.matmul(x, self.output_weight.t())
+        return logits, torch.stack(new_keys), torch.stack(new_values)
+
+
+def decoder_input_table(model) -> torch.Tensor:
+    """Token ids the decoder can be fed: the output vocabulary + every prompt token, sorted."""
+    ids = set(model.vocab.ids.tolist()) | set(model.slu_prefix)
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+# ==================================================================================================
+# Export
+# ==================================================================================================
+
+def _onnx_export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:
+    # The legacy (TorchScript) exporter: the dynamo one needs onnxscript, which is not a dependency here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True,
+                          dynamo=False)
+
+
+def export_onnx(model, out_dir: str | Path, quantize: str | None = None, verify: bool = True,
+                progress: bool = True) -> Path:
+    """Write encoder.onnx, decoder.onnx (+ int8 versions), export.json and the tokenizer into ``out_dir``.
+
+    ``verify`` runs the fixture-free self-check ``verify_export`` (random log-mels, teacher-forced and
+    cached decoding) and raises ExportError if exported and eager outputs disagree.
+    """
+    if quantize not in (None, "none", "int8"):
+        raise ExportError(f"--quantize {quantize!r}: only 'int8' (onnxruntime dynamic quantisation) is supported")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    cfg = model.config
+    n_layers, n_heads = cfg.decoder_layers, cfg.decoder_attention_heads
+    head_dim = cfg.d_model // n_heads
+    table = decoder_input_table(model)
+    say = print if progress else (lambda *a, **k: None)
+
+    with torch.no_grad():
+        mels = torch.zeros(1, cfg.num_mel_bins, model.n_frames)
+        say(f"export: encoder ({model.context_seconds:g} s context) -> {out / 'encoder.onnx'}")
+        _onnx_export(EncoderGraph(model).eval(), (mels,), out / "encoder.onnx", ["mels"],
+                     ["encoder_states", "cross_keys", "cross_values"],
+                     {"mels": {0: "batch"}, "encoder_states": {0: "batch"}, "cross_keys": {1: "batch"},
+                      "cross_values": {1: "batch"}})
+        states = model.whisper.model.encoder.embed_positions.num_embeddings
+        ids = torch.zeros(1, 2, dtype=torch.long)
+        past = torch.zeros(n_layers, 1, n_heads, 3, head_dim)
+        cross = torch.zeros(n_layers, 1, n_heads, states, head_dim)
+        say(f"export: decoder step ({len(model.vocab)} output tokens, {table.numel()} input tokens) -> "
+            f"{out / 'decoder.onnx'}")
+        _onnx_export(DecoderGraph(model, table).eval(), (ids, past, past, cross, cross), out / "decoder.onnx",
+                     ["input_index", "self_keys", "self_values", "cross_keys", "cross_values"],
+                     ["logits", "new_self_keys", "new_self_values"],
+                     {"input_index": {0: "batch", 1: "new"}, "self_keys": {1: "batch", 3: "past"},
+                      "self_values": {1: "batch", 3: "past"}, "cross_keys": {1: "batch"},
+                      "cross_values": {1: "batch"}, "logits": {0: "batch", 1: "new"},
+                      "new_self_keys": {1: "batch", 3: "total"}, "new_self_values": {1: "batch", 3: "total"}})
+
+    precisions = ["fp32"]
+    if quantize == "int8":
+        say("export: int8 dynamic quantisation (onnxruntime)")
+        quantize_int8(out)
+        precisions.append("int8")
+    model.tokenizer.save_pretrained(out)
+    meta = {
+        "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "opset": OPSET, "precisions": precisions,
+        "context_seconds": model.context_seconds, "n_frames": model.n_frames, "n_mels": cfg.num_mel_bins,
+        "d_model": cfg.d_model, "decoder_layers": n_layers, "decoder_heads": n_heads, "head_dim": head_dim,
+        "encoder_positions": states, "max_target_positions": cfg.max_target_positions,
+        "slu_prefix": list(model.slu_prefix), "eot_id": model.eot_id, "vocab_size": model.vocab.vocab_size,
+        "output_token_ids": model.vocab.ids.tolist(), "input_token_ids": table.tolist(),
+    }
+    (out / EXPORT_CONFIG).write_text(json.dumps(meta))
+    if verify:
+        for precision in precisions:
+            report = verify_export(model, out, precision=precision)
+            say(f"export: verified {precision}: " + ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}"
+                                                             for k, v in report.items()))
+    return out
+
+
+def quantize_int8(folder: Path) -> None:
+    """encoder/decoder.onnx -> *.int8.onnx: int8 MatMul weights, activations quantised on the fly."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)   # its "consider pre-processing" advice is for static quantisation
+    try:
+        for name in ("encoder", "decoder"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(folder / f"{name}.onnx"), str(folder / f"{name}.int8.onnx"),
+                                 weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
+
+
+# ==================================================================================================
+# Runtime
+# ==================================================================================================
+
+@dataclass
+class OnnxEncoded:
+    """What the encoder graph returns for a batch: states (for inspection) + decoder cross K/V."""
+
+    states: np.ndarray        # [B, S, d]
+    cross_keys: np.ndarray    # [L, B, H, S, hd]
+    cross_values: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.states.shape)
+
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+
+class OnnxSLU:
+    """Greedy SLU inference on onnxruntime (CPU), equal to ``SLUModel`` greedy decoding.
+
+    Implements ``features``, ``encode``, ``generate(greedy)`` and ``context_seconds`` like SLUModel, so
+    ``assistant.inference.predict_waves`` / ``predict_files`` work unchanged::
+
+        model = OnnxSLU("runs/export/onnx")
+        preds = predict_files(model, ["clip.wav"], schema)
+    """
+
+    def __init__(self, folder: str | Path, precision: str = "fp32", threads: int = 0):
+        import onnxruntime as ort
+        from transformers import WhisperTokenizerFast
+
+        self.folder = Path(folder)
+        meta = read_export_config(self.folder)
+        if precision not in PRECISIONS:
+            raise ExportError(f"precision {precision!r}: choose one of {PRECISIONS}")
+        if precision not in meta["precisions"]:
+            raise ExportError(f"{self.folder}: no {precision} graphs; re-export with "
+                              f"`assistant export ... --quantize int8`")
+        self.meta, self.precision = meta, precision
+        suffix = "" if precision == "fp32" else f".{precision}"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads) if threads else torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(self.folder / f"encoder{suffix}.onnx"), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(self.folder / f"decoder{suffix}.onnx"), options, providers=providers)
+        self.tokenizer = WhisperTokenizerFast.from_pretrained(str(self.folder))
+        self.context_seconds = float(meta["context_seconds"])
+        self.n_frames = int(meta["n_frames"])
+        self.slu_prefix = [int(t) for t in meta["slu_prefix"]]
+        self.eot_id = int(meta["eot_id"])
+        self.output_ids = np.asarray(meta["output_token_ids"], dtype=np.int64)
+        self.input_ids = np.asarray(meta["input_token_ids"], dtype=np.int64)
+        self.input_index_of = np.full(int(meta["vocab_size"]), -1, dtype=np.int64)
+        self.input_index_of[self.input_ids] = np.arange(len(self.input_ids))
+        self.eot_index = int(np.searchsorted(self.output_ids, self.eot_id))
+        self.training = False
+
+    # ------------------------------------------------------------------ SLUModel-compatible surface
+    def eval(self) -> "OnnxSLU":
+        return self
+
+    def train(self, mode: bool = True) -> "OnnxSLU":
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def features(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Same front end as SLUModel.features (Whisper log-mel, padded/cut to the context)."""
+        from assistant.features import HOP_LENGTH, SAMPLE_RATE, batch_log_mel
+
+        waves = list(waves)
+        if not waves:
+            raise ValueError("features: pass at least one waveform")
+        limit = self.n_frames * HOP_LENGTH
+        cleaned = []
+        for i, w in enumerate(waves):
+            w = torch.as_tensor(w, dtype=torch.float32)
+            if w.dim() != 1:
+                raise ValueError(f"features: clip {i} has shape {tuple(w.shape)}; pass 1-D mono 16 kHz waveforms "
+                                 "(assistant.audio.load_audio returns those)")
+            if w.numel() > limit:
+                warnings.warn(f"clip {i} lasts {w.numel() / SAMPLE_RATE:.2f} s, longer than the model's "
+                              f"{self.context_seconds:g} s context: only the first {self.context_seconds:g} s "
+                              "are used", stacklevel=2)
+            cleaned.append(w)
+        return batch_log_mel(cleaned, self.n_frames)
+
+    def encode(self, mels) -> OnnxEncoded:
+        mels = mels.detach().cpu().numpy() if torch.is_tensor(mels) else np.asarray(mels)
+        expected = (int(self.meta["n_mels"]), self.n_frames)
+        if mels.ndim != 3 or tuple(mels.shape[1:]) != expected:
+            raise ValueError(f"encode expects log-mels [B, {expected[0]}, {expected[1]}] (the model's "
+                             f"{self.context_seconds:g} s context), got {tuple(mels.shape)}; use features()")
+        states, keys, values = self.encoder.run(None, {"mels": np.ascontiguousarray(mels, dtype=np.float32)})
+        return OnnxEncoded(states, keys, values)
+
+    def decoder_logits(self, token_ids: np.ndarray, encoded: OnnxEncoded) -> np.ndarray:
+        """Teacher-forced restricted logits [B, n, V_sub] for full-vocabulary token ids [B, n] (no cache)."""
+        token_ids = np.asarray(token_ids, dtype=np.int64)
+        empty = self._empty_cache(token_ids.shape[0])
+        logits, _, _ = self._step(self._to_input_index(token_ids), empty, empty,
+                                  encoded.cross_keys, encoded.cross_values)
+        return logits
+
+    def generate(self, encoded: OnnxEncoded, num_samples: int = 0, greedy: bool = True,
+                 max_new_tokens: int = 96, **unused) -> list[list]:
+        """Greedy frame string per utterance, as ``SLUModel.generate(num_samples=0)`` returns it."""
+        from assistant.model.slu import Candidate
+
+        if num_samples or not greedy:
+            raise ExportError("OnnxSLU decodes greedily only; use SLUModel for sampled (RSFT) candidates")
+        n = len(encoded)
+        max_new_tokens = min(max_new_tokens, int(self.meta["max_target_positions"]) - len(self.slu_prefix))
+        tokens = np.full((n, max_new_tokens), self.eot_id, dtype=np.int64)
+        logprob = np.zeros(n, dtype=np.float64)
+        finished = np.zeros(n, dtype=bool)
+        prompt = np.tile(self._to_input_index(np.asarray([self.slu_prefix])), (n, 1))
+        empty = self._empty_cache(n)
+        cross_k, cross_v = encoded.cross_keys, encoded.cross_values
+        logits, keys, values = self._step(prompt, empty, empty, cross_k, cross_v)
+        alive = np.arange(n)
+        for step in range(max_new_tokens):
+            last = logits[:, -1].astype(np.float32)
+            logp = last - _logsumexp(last)
+            choice = last.argmax(axis=-1)
+            logprob[alive] += logp[np.arange(len(alive)), choice]
+            tokens[alive, step] = self.output_ids[choice]
+            done = choice == self.eot_index
+            finished[alive[done]] = True
+            if finished.all() or step == max_new_tokens - 1:
+                break
+            if done.any():   # drop finished rows: smaller decoder batch, smaller caches
+                keep = ~done
+                alive, choice = alive[keep], choice[keep]
+                keys, values = keys[:, keep], values[:, keep]
+                cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
+            next_index = self.input_index_of[self.output_ids[choice]][:, None]
+            logits, keys, values = self._step(next_index, keys, values, cross_k, cross_v)
+        out = []
+        for r in range(n):
+            seq = tokens[r].tolist()
+            if self.eot_id in seq:
+                seq = seq[:seq.index(self.eot_id)]
+            out.append([Candidate(text=self.decode_tokens(seq), token_ids=seq, logprob=float(logprob[r]),
+                                  greedy=True, finished=bool(finished[r]))])
+        return out
+
+    def decode_tokens(self, token_ids: Sequence[int]) -> str:
+        ids = [int(t) for t in token_ids if int(t) != self.eot_id]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # ------------------------------------------------------------------ internals
+    def _empty_cache(self, n: int) -> np.ndarray:
+        m = self.meta
+        return np.zeros((m["decoder_layers"], n, m["decoder_heads"], 0, m["head_dim"]), dtype=np.float32)
+
+    def _to_input_index(self, token_ids: np.ndarray) -> np.ndarray:
+        index = self.input_index_of[token_ids]
+        if (index < 0).any():
+            bad = sorted(set(token_ids[index < 0].tolist()))
+            raise ExportError(f"tokens {bad[:10]} are outside this export's decoder vocabulary")
+        return index
+
+    def _step(self, input_index, keys, values, cross_k, cross_v):
+        return self.decoder.run(None, {"input_index": np.ascontiguousarray(input_index, dtype=np.int64),
+                                       "self_keys": keys, "self_values": values,
+                                       "cross_keys": np.ascontiguousarray(cross_k),
+                                       "cross_values": np.ascontiguousarray(cross_v)})
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    peak = x.max(axis=-1, keepdims=True)
+    return peak + np.log(np.exp(x - peak).sum(axis=-1, keepdims=True))
+
+
+def read_export_config(folder: Path) -> dict:
+    path = Path(folder) / EXPORT_CONFIG
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{path}: missing; {folder} is not an export folder — run "
+                          "`assistant export --model DIR --format onnx --out DIR` first") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path}: unreadable ({e}); re-run `assistant export`") from None
+    if meta.get("format") != EXPORT_FORMAT or meta.get("version") != EXPORT_VERSION:
+        raise ExportError(f"{path}: not a version-{EXPORT_VERSION} {EXPORT_FORMAT} export; re-run `assistant export`")
+    return meta
+
+
+# ==================================================================================================
+# Verification: exported == eager
+# ==================================================================================================
+
+@torch.no_grad()
+def compare_outputs(model, runtime: OnnxSLU, mels: torch.Tensor, targets: Sequence[str] | None = None,
+                    max_new_tokens: int = 48) -> dict:
+    """Max abs differences of encoder states / teacher-forced logits, and greedy strings, eager vs ONNX.
+
+    ``targets``: frame strings to teacher-force (default: the eager model's own greedy outputs).
+    """
+    model = model.eval()
+    enc = model.encode(mels)
+    encoded = runtime.encode(mels)
+    eager_greedy = [c[0].text for c in model.generate(enc, max_new_tokens=max_new_tokens)]
+    onnx_greedy = [c[0].text for c in runtime.generate(encoded, max_new_tokens=max_new_tokens)]
+    texts = list(targets) if targets is not None else eager_greedy
+    seqs = model.tokenize(texts)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), len(model.slu_prefix) + width), model.eot_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(model.slu_prefix) + len(s)] = torch.tensor(model.slu_prefix + s)
+    rows = torch.arange(len(seqs)) % enc.shape[0]
+    hidden = model.whisper.model.decoder(input_ids=ids, encoder_hidden_states=enc[rows], use_cache=False).last_hidden_state
+    eager_logits = model.restricted_logits(hidden).numpy()
+    sub = OnnxEncoded(encoded.states[rows.numpy()], encoded.cross_keys[:, rows.numpy()],
+                      encoded.cross_values[:, rows.numpy()])
+    onnx_logits = runtime.decoder_logits(ids.numpy(), sub)
+    return {
+        "encoder_max_abs_diff": float(np.abs(enc.numpy() - encoded.states).max()),
+        "encoder_scale": float(np.abs(enc.numpy()).max()),
+        "logits_max_abs_diff": float(np.abs(eager_logits - onnx_logits).max()),
+        "logits_scale": float(np.abs(eager_logits).max()),
+        "greedy_equal": sum(a == b for a, b in zip(eager_greedy, onnx_greedy)),
+        "n": len(eager_greedy),
+        "eager_greedy": eager_greedy,
+        "onnx_greedy": onnx_greedy,
+    }
+
+
+def verify_export(model, folder: Path, precision: str = "fp32", seed: int = 0) -> dict:
+    """Self-check after export on two pseudo-random log-mel inputs. fp32 must match eager (atol 1e-3 on
+    encoder states and logits, identical greedy strings); int8 is only reported (it is an approximation)."""
+    runtime = OnnxSLU(folder, precision=precision)
+    g = torch.Generator().manual_seed(seed)
+    mels = (torch.rand(2, model.config.num_mel_bins, model.n_frames, generator=g) * 2 - 1)
+    report = compare_outputs(model, runtime, mels, max_new_tokens=24)
+    summary = {k: report[k] for k in ("encoder_max_abs_diff", "logits_max_abs_diff")}
+    summary["greedy_equal"] = f"{report['greedy_equal']}/{report['n']}"
+    if precision == "fp32":
+        tol_enc = 1e-3 * max(1.0, report["encoder_scale"])
+        tol_log = 1e-3 * max(1.0, report["logits_scale"])
+        if (report["encoder_max_abs_diff"] > tol_enc or report["logits_max_abs_diff"] > tol_log
+                or report["greedy_equal"] != report["n"]):
+            raise ExportError(f"{folder}: exported graphs disagree with the eager model ({summary}); "
+                              "this is a bug in assistant.export — please report it")
+    return summary
+
+
+# ==================================================================================================
+# CLI
+# ==================================================================================================
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="assistant export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="", help="model folder (saved by `assistant train`/`rsft`); "
+                                                "'' = the packaged Whisper tiny.en")
+    ap.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    ap.add_argument("--quantize", default="none", choices=["none", "int8"],
+                    help="also write int8 dynamic-quantised graphs (*.int8.onnx)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--no-verify", action="store_true", help="skip the exported-vs-eager self-check")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from assistant.model.slu import SLUModel
+
+    if args.model and not Path(args.model).is_dir():
+        print(f"assistant export: model folder not found: {args.model} "
+              "(train one with `assistant train`, or omit --model for the packaged Whisper tiny.en)", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    model = SLUModel.from_pretrained(args.model or None)
+    try:
+        out = export_onnx(model, args.out, quantize=None if args.quantize == "none" else args.quantize,
+                          verify=not args.no_verify)
+    except ExportError as e:
+        print(f"assistant export: {e}", file=sys.stderr)
+        return 1
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(out.glob("*.onnx")))
+    print(f"export: wrote {out} ({sizes}) in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,0 +1,113 @@
+"""`assistant bench --quick` end to end on a tiny random model + the bench's pure helpers.
+
+No timing assertions: speed numbers belong to the bench's output, not to tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from assistant.bench import (GOAL_RTF_3S, Clip, evaluate_goals, format_table, int8_decision, resolve_model_dir,
+                             select_clips)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FSC = FIXTURES / "fsc" / "data" / "train_data.csv"
+SLURP = FIXTURES / "slurp" / "train.jsonl"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from assistant.bench import cli
+
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    code = cli(["--quick", "--threads", "1", "--json", str(out), "--test-manifest", str(FSC),
+                "--train-manifest", str(FSC), "--pool-manifest", str(SLURP)])
+    return code, out
+
+
+def test_quick_bench_writes_json_with_every_section(quick_run):
+    code, out = quick_run
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["meta"]["quick"] is True and r["meta"]["context_seconds"] == 6.0
+    assert set(r["clips"]) == {"1s", "3s", "8s"}
+    for system in ("eager", "onnx", "onnx-int8"):
+        for label in ("1s", "3s", "8s"):
+            b1 = r["latency"][system][label]["batch1"]
+            assert {"p50_ms", "p95_ms", "rtf_p50", "cpu_p50_ms"} <= set(b1) and b1["p50_ms"] > 0
+            assert r["latency"][system][label]["batch2"]["per_utt_ms"] > 0
+        assert r["accuracy"][system]["n"] == 2 and 0 <= r["accuracy"][system]["intent_accuracy"] <= 1
+    # The cascade needs the cached text teacher; without one the JSON says why it was skipped.
+    assert "cascade" in r["latency"] or r.get("cascade_skipped")
+    mem = r["memory"]["eager"]
+    assert mem["rss_delta_mb"] >= mem["load_delta_mb"] >= 0 and mem["rss_peak_mb"] > 0
+    assert r["export"]["verify"]["fp32"]["greedy_equal"] == "2/2"
+    assert r["training"]["utt_per_s"] > 0
+    gen = r["rsft"]["generation"]
+    assert gen["decoded_per_utt"] == 9 and gen["generate"]["decoded_per_s"] > 0
+    assert r["rsft"]["scoring"]["verifier"]["candidates_per_s"] > 0
+    assert r["profile"]["ours"]["eager"]["decoder_steps"] >= 1 and r["profile"]["ours"]["eager_top_ops"]
+    assert r["profile"]["rsft"]["generate_top_ops"]
+    assert any("RTF" in g["goal"] for g in r["goals"]) and all(isinstance(g["met"], bool) for g in r["goals"])
+    assert "int8" in r["int8_decision"]
+
+
+def test_quick_bench_prints_the_table(quick_run, capsys):
+    _, out = quick_run
+    table = format_table(json.loads(out.read_text()))
+    assert "latency" in table and "eager" in table and "RTF" in table and "rsft gen" in table
+
+
+def test_eight_second_clips_are_concatenated_to_exactly_eight_seconds():
+    from assistant.data.manifest import read_manifest
+
+    clips = select_clips(read_manifest(FSC), per_length=2)
+    assert [len(clips[k]) for k in ("1s", "3s", "8s")] == [2, 2, 2]
+    assert all(c.wave.numel() == 8 * 16000 for c in clips["8s"])
+    # The 1 s class holds the shortest clips of the manifest.
+    assert max(c.seconds for c in clips["1s"]) <= min(c.seconds for c in clips["3s"])
+
+
+def _results(ours_ms: float, cascade_ms: float, ours_acc: float, cascade_acc: float, rows_per_s: float) -> dict:
+    def lat(ms, seconds=3.0):
+        return {"3s": {"batch1": {"p50_ms": ms, "rtf_p50": ms / 1000 / seconds}}}
+
+    return {"latency": {"eager": lat(ours_ms), "cascade": lat(cascade_ms)},
+            "accuracy": {"eager": {"intent_accuracy": ours_acc}, "cascade": {"intent_accuracy": cascade_acc}},
+            "rsft": {"generation": {"generate": {"decoded_per_s": rows_per_s, "distinct_per_s": rows_per_s / 2},
+                                    "generate_with_ref": {"decoded_per_s": rows_per_s / 2}}}}
+
+
+def test_goals_need_speed_and_accuracy_together():
+    assert [g["met"] for g in evaluate_goals(_results(100, 600, 0.9, 0.8, 250))] == [True, True, True]
+    slower = evaluate_goals(_results(200, 600, 0.9, 0.8, 250))
+    assert [g["met"] for g in slower] == [False, False, True]      # 3x only; RTF 0.067 > 0.05
+    less_accurate = evaluate_goals(_results(100, 600, 0.7, 0.8, 150))
+    assert [g["met"] for g in less_accurate] == [False, True, False]
+    assert 100 / 1000 / 3.0 <= GOAL_RTF_3S
+
+
+def test_int8_decision_weighs_accuracy_against_speed():
+    def results(fp_ms, q_ms, fp_acc, q_acc):
+        lat = lambda ms: {"3s": {"batch1": {"p50_ms": ms}}}                      # noqa: E731
+        return {"latency": {"onnx": lat(fp_ms), "onnx-int8": lat(q_ms)},
+                "accuracy": {"onnx": {"intent_accuracy": fp_acc}, "onnx-int8": {"intent_accuracy": q_acc}}}
+
+    assert int8_decision(results(100, 60, 0.95, 0.95)).startswith("keep")
+    assert int8_decision(results(100, 60, 0.95, 0.90)).startswith("do not use")
+    assert int8_decision(results(100, 98, 0.95, 0.95)).startswith("do not use")
+    assert int8_decision({}) == "int8 not measured"
+
+
+def test_model_folder_must_be_a_saved_slu_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="slu_config.json"):
+        resolve_model_dir(str(tmp_path))
+
+
+def test_clip_dataclass_keeps_duration():
+    c = Clip("x", torch.zeros(16000), 1.0)
+    assert c.seconds == 1.0 and c.wave.numel() == 16000

@@ -1,0 +1,154 @@
+"""ONNX export: exported graphs == eager model (encoder states, decoder logits, greedy strings) on fixture audio.
+
+Fast tests use a tiny random model; one slow test exports the real converted Whisper tiny.en (~30 s).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from assistant.audio import load_audio
+from assistant.export import ExportError, OnnxSLU, cli, compare_outputs, export_onnx
+from assistant.inference import predict_waves
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CLIPS = sorted((FIXTURES / "fsc" / "wavs").rglob("*.wav"))[:2] + sorted((FIXTURES / "slurp").rglob("*.flac"))[:2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def waves() -> list[torch.Tensor]:
+    assert len(CLIPS) == 4, "fixture clips missing: run tests/fixtures/make_fixtures.py"
+    return [load_audio(p) for p in CLIPS]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from assistant.data.manifest import read_manifest
+    from assistant.model.slu import SLUModel
+    from assistant.train import frame_target
+
+    utts = read_manifest(FIXTURES / "fsc" / "data" / "train_data.csv") + read_manifest(FIXTURES / "slurp" / "train.jsonl")
+    return SLUModel.tiny_random([frame_target(u) for u in utts], seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory) -> Path:
+    return export_onnx(tiny, tmp_path_factory.mktemp("onnx"), quantize="int8", progress=False)
+
+
+def test_export_writes_a_self_contained_folder(exported, tiny):
+    names = {p.name for p in exported.iterdir()}
+    assert {"encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "decoder.int8.onnx", "export.json",
+            "tokenizer.json"} <= names
+    meta = json.loads((exported / "export.json").read_text())
+    assert meta["precisions"] == ["fp32", "int8"]
+    assert meta["output_token_ids"] == tiny.vocab.ids.tolist()
+    assert meta["opset"] >= 17 and meta["n_frames"] == tiny.n_frames
+    # The restricted vocabulary leaves the 51,864-row embedding table out of the decoder graph.
+    full_table_bytes = tiny.config.vocab_size * tiny.config.d_model * 4
+    assert (exported / "decoder.onnx").stat().st_size < full_table_bytes
+
+
+def test_exported_matches_eager_on_fixture_audio(tiny, exported, waves):
+    runtime = OnnxSLU(exported)
+    mels = tiny.features(waves)
+    report = compare_outputs(tiny, runtime, mels, max_new_tokens=32)
+    enc = tiny.encode(mels).detach().numpy()
+    assert np.allclose(runtime.encode(mels).states, enc, atol=1e-4, rtol=1e-4)
+    assert report["encoder_max_abs_diff"] < 1e-4
+    assert report["logits_max_abs_diff"] < 1e-4
+    assert report["onnx_greedy"] == report["eager_greedy"]
+    assert all(report["eager_greedy"])
+
+
+def test_cached_steps_equal_the_full_sequence_decoder(tiny, exported, waves):
+    runtime = OnnxSLU(exported)
+    encoded = runtime.encode(tiny.features(waves[:1]))
+    text = "activate_lights_kitchen | location=kitchen ; object=lights | turn on the lights"
+    ids = np.asarray([tiny.slu_prefix + tiny.tokenize([text])[0]])
+    full = runtime.decoder_logits(ids, encoded)
+    index = runtime._to_input_index(ids)
+    keys = values = runtime._empty_cache(1)
+    stepped = []
+    for t in range(ids.shape[1]):
+        logits, keys, values = runtime._step(index[:, t:t + 1], keys, values, encoded.cross_keys, encoded.cross_values)
+        stepped.append(logits[:, -1])
+    assert keys.shape[3] == ids.shape[1]
+    np.testing.assert_allclose(np.stack(stepped, axis=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_predict_waves_runs_on_the_onnx_runtime(tiny, exported, waves):
+    eager = predict_waves(tiny, waves, max_new_tokens=24)
+    onnx = predict_waves(OnnxSLU(exported), waves, max_new_tokens=24)
+    assert [p.raw for p in onnx] == [p.raw for p in eager]
+    assert [round(p.confidence, 3) for p in onnx] == [round(p.confidence, 3) for p in eager]
+
+
+def test_int8_graphs_run_and_stay_close(tiny, exported, waves):
+    runtime = OnnxSLU(exported, precision="int8")
+    mels = tiny.features(waves)
+    encoded = runtime.encode(mels)
+    enc = tiny.encode(mels).detach().numpy()
+    assert encoded.states.shape == enc.shape and np.isfinite(encoded.states).all()
+    # An approximation, not an identity: close on average, never wildly off.
+    assert np.abs(encoded.states - enc).mean() < 0.1 * np.abs(enc).mean()
+    out = runtime.generate(encoded, max_new_tokens=8)
+    assert len(out) == len(waves) and all(len(c) == 1 for c in out)
+
+
+def test_runtime_refuses_sampling_and_bad_inputs(exported, tiny):
+    runtime = OnnxSLU(exported)
+    encoded = runtime.encode(torch.zeros(1, 80, tiny.n_frames))
+    with pytest.raises(ExportError, match="greedily"):
+        runtime.generate(encoded, num_samples=4)
+    with pytest.raises(ValueError, match="context"):
+        runtime.encode(torch.zeros(1, 80, 100))
+    with pytest.raises(ValueError, match="1-D mono"):
+        runtime.features([torch.zeros(2, 1600)])
+
+
+def test_missing_or_partial_export_folder_is_one_clear_error(tmp_path, tiny):
+    with pytest.raises(ExportError, match="export.json.*assistant export"):
+        OnnxSLU(tmp_path)
+    folder = export_onnx(tiny, tmp_path / "fp32", verify=False, progress=False)
+    with pytest.raises(ExportError, match="--quantize int8"):
+        OnnxSLU(folder, precision="int8")
+
+
+def test_cli_exports_a_saved_model(tiny, tmp_path, capsys):
+    model_dir = tiny.save_pretrained(tmp_path / "model")
+    assert cli(["--model", str(model_dir), "--format", "onnx", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "verified fp32" in out and (tmp_path / "out" / "decoder.onnx").is_file()
+
+
+def test_cli_missing_model_folder(tmp_path, capsys):
+    assert cli(["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_whisper_tiny_export_matches_eager(tmp_path, waves):
+    from assistant.model.slu import SLUModel
+
+    model = SLUModel.from_pretrained(None)
+    folder = export_onnx(model, tmp_path, verify=False, progress=False)
+    report = compare_outputs(model, OnnxSLU(folder), model.features(waves), max_new_tokens=32)
+    # Real weights: states reach ~10 and logits ~30 in magnitude; fp32 kernels differ in summation order.
+    assert report["encoder_max_abs_diff"] < 2e-3
+    assert report["logits_max_abs_diff"] < 2e-3
+    assert report["onnx_greedy"] == report["eager_greedy"]
+    assert any("juice" in s for s in report["eager_greedy"])   # real speech, real weights: real words
