@@ -25,6 +25,7 @@ class MainConfig:
     sft_config: str = "recipes/configs/sft_default.yaml"
     rsft_config: str = "recipes/configs/rsft_default.yaml"
     rsft_rounds: int = 2                      # 0 = supervised only
+    real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
     output_dir: str = ""                      # '' = runs/main
     seed: int = 0
 
@@ -114,9 +115,22 @@ def run_main(cfg: MainConfig) -> dict:
         print(f"{name:<16} {r['intent_accuracy']:>10.4f} {r['slot_f1']:>8.4f} {r['slu_f1']:>7.4f} "
               f"{r['wer']:>7.4f} {r['invalid_rate']:>8.4f}")
     print("\nfinal model:", final, "\n" + format_report(final_report))
-    print("time per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+
+    real = None
+    if cfg.real_speech:
+        t = _stage("5. real human speech (pocketsphinx test audio): stock ASR WER before / after fine-tuning")
+        try:
+            from assistant.realspeech import compare
+
+            real = compare({"stock tiny.en": None, "fine-tuned": str(final)})
+            for name, r in real.items():
+                print(f"{name:<14} WER {r['wer']:.4f} on {r['n_clips']} clips")
+        except OSError as e:  # no registry access: say so, keep the rest
+            print(f"skipped: could not fetch the pocketsphinx test audio ({e})")
+        timings["real_speech_s"] = time.perf_counter() - t
+    print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     summary = {"final_model": str(final), "test": {n: r for n, r in rows}, "timings_s": timings,
-               "rsft_rounds": rounds_table}
+               "rsft_rounds": rounds_table, "real_speech": real}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

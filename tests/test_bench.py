@@ -111,3 +111,18 @@ def test_model_folder_must_be_a_saved_slu_model(tmp_path):
 def test_clip_dataclass_keeps_duration():
     c = Clip("x", torch.zeros(16000), 1.0)
     assert c.seconds == 1.0 and c.wave.numel() == 16000
+
+
+def test_cli_names_a_missing_model_folder(tmp_path, capsys):
+    from assistant.bench import cli
+
+    assert cli(["--model", str(tmp_path / "nope"), "--json", str(tmp_path / "b.json")]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
+
+
+def test_recipe_yaml_is_a_valid_bench_config():
+    from assistant.bench import BenchConfig
+    from assistant.config import load_config
+
+    cfg = load_config(BenchConfig, Path(__file__).parent.parent / "recipes" / "configs" / "bench.yaml")
+    assert cfg.accuracy_utts == 200 and cfg.cascade and not cfg.quick

@@ -68,6 +68,7 @@ def test_augment_words_keeps_tags_aligned_and_slot_words_in_place():
 
 # ------------------------------------------------------------------------------------------ real weights
 
+@pytest.mark.slow
 def test_minilm_loads_offline_and_is_really_pretrained():
     from transformers import AutoModel, AutoTokenizer
 
@@ -110,6 +111,7 @@ def trained(schema, split):
     return TextTeacher.train(split[0], schema, seed=0, progress=False, **TRAIN)
 
 
+@pytest.mark.slow
 def test_predict_gets_the_intent_of_held_out_templates(trained, split):
     held = split[1]
     assert len(held) >= 40
@@ -119,6 +121,7 @@ def test_predict_gets_the_intent_of_held_out_templates(trained, split):
     assert all(0.0 <= p[2] <= 1.0 for p in predictions)
 
 
+@pytest.mark.slow
 def test_predict_fills_slots_with_words_from_the_transcript(trained, split, schema):
     with_slots = [s for s in split[1] if s.slots][:60]
     predictions = trained.predict([s.text for s in with_slots])
@@ -128,6 +131,7 @@ def test_predict_fills_slots_with_words_from_the_transcript(trained, split, sche
         assert set(slots) <= set(schema.intents[intent].slots)
 
 
+@pytest.mark.slow
 def test_log_likelihood_prefers_the_true_frame(trained, split, schema):
     rng = random.Random(0)
     held = [s for s in split[1] if s.slots][:40]
@@ -144,6 +148,7 @@ def test_log_likelihood_prefers_the_true_frame(trained, split, schema):
     assert np.all(vs_absent <= MISSING_SLOT_LOGP)    # the floor for the absent value is always paid
 
 
+@pytest.mark.slow
 def test_log_likelihood_on_hand_written_asr_style_transcripts(trained):
     text = "Set an alarm for 7:30 a.m. tomorrow"
     scores = trained.log_likelihood(
@@ -160,11 +165,13 @@ def test_log_likelihood_on_hand_written_asr_style_transcripts(trained):
     assert trained.log_likelihood(["hello"], ["no_such_intent"], [{}])[0] <= LOGP_FLOOR
 
 
+@pytest.mark.slow
 def test_log_likelihood_rejects_mismatched_lengths(trained):
     with pytest.raises(TeacherError, match="one intent and one slot dict per transcript"):
         trained.log_likelihood(["a", "b"], ["alarm_set"], [{}, {}])
 
 
+@pytest.mark.slow
 def test_save_load_roundtrip_gives_identical_scores(trained, split, tmp_path):
     trained.save(tmp_path / "teacher")
     files = sorted(p.name for p in (tmp_path / "teacher").iterdir())
@@ -189,6 +196,7 @@ class _Candidate:
     frame: Frame | None
 
 
+@pytest.mark.slow
 def test_teacher_reward_scores_each_candidate(trained):
     reward = TeacherReward(trained)
     good = Frame("timer_set", {"duration": "twenty minutes"}, "set a timer for twenty minutes")
@@ -206,8 +214,10 @@ def test_teacher_reward_scores_each_candidate(trained):
     assert flipped[0][1] > flipped[0][0]
 
 
+@pytest.mark.slow
 def test_default_teacher_loads_a_current_cache_and_ignores_a_stale_one(trained, schema, tmp_path, monkeypatch):
     monkeypatch.setenv("ASSISTANT_CACHE", str(tmp_path))
+    assert teacher_mod.default_teacher(schema, train_if_missing=False) is None     # empty cache, no training
     fingerprint = training_fingerprint(default_sentences(schema), schema, teacher_mod.DEFAULT_EPOCHS, 0)
     trained.info["fingerprint"] = fingerprint
     try:

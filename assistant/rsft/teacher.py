@@ -655,9 +655,10 @@ def training_fingerprint(sentences: Sequence[Any], schema: Any, epochs: int, see
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def default_teacher(schema: Any = None, progress: bool = True) -> TextTeacher:
+def default_teacher(schema: Any = None, progress: bool = True, train_if_missing: bool = True) -> TextTeacher | None:
     """The teacher for the default grammar: loaded from cache_dir()/teacher-minilm, trained (a few
-    minutes on CPU) and cached atomically the first time or whenever the grammar / schema change."""
+    minutes on CPU) and cached atomically the first time or whenever the grammar / schema change.
+    With ``train_if_missing=False`` it never trains: None when no current teacher is cached."""
     if schema is None:
         from assistant.schema import load_schema
 
@@ -666,7 +667,7 @@ def default_teacher(schema: Any = None, progress: bool = True) -> TextTeacher:
     fingerprint = training_fingerprint(sentences, schema, DEFAULT_EPOCHS, 0)
     target = cache_dir() / CACHE_NAME
     cached = _load_if_current(target, fingerprint)
-    if cached is not None:
+    if cached is not None or not train_if_missing:
         return cached
     teacher = TextTeacher.train(sentences, schema, epochs=DEFAULT_EPOCHS, seed=0, progress=progress)
     teacher.info["fingerprint"] = fingerprint
