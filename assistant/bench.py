@@ -363,7 +363,7 @@ def _probe_main(argv: list[str]) -> int:
     import torch
     import transformers  # noqa: F401
 
-    from assistant.model.slu import SLUModel
+    from assistant.model.slu import SLUModel  # noqa: F401  (imported before the baseline, like the rest)
     from assistant.schema import load_schema
 
     torch.set_num_threads(threads)
@@ -425,15 +425,26 @@ def memory_probe(name: str, model_dir: Path, onnx_dir: Path | None, threads: int
 def bench_training(model_dir: Path, train_utts, dev_utts, steps: int, batch_size: int, threads: int) -> dict:
     """Step time = (time of a 1 + ``steps`` step run - time of a 1 step run) / steps: both runs pay the same
     fixed costs (final dev evaluation, checkpoint writes), so the difference is pure training steps."""
+    from dataclasses import replace
+
+    from assistant.config import ConfigError, load_config
     from assistant.model.slu import SLUModel
     from assistant.train import TrainConfig, examples_from_utterances, fine_tune
 
+    # The recipe that trained this model (runs/NAME/config.yaml next to best/), else the defaults.
+    recipe, source = TrainConfig(), "TrainConfig defaults"
+    if (model_dir.parent / "config.yaml").is_file():
+        try:
+            recipe, source = load_config(TrainConfig, model_dir.parent / "config.yaml"), str(model_dir.parent / "config.yaml")
+        except ConfigError:
+            pass
     examples = examples_from_utterances(train_utts[: max(batch_size * (steps + 1), batch_size)])
     runs = {}
     for n_steps in (1, 1 + steps):
         model = SLUModel.from_pretrained(model_dir)
-        cfg = TrainConfig(max_steps=n_steps, batch_size=batch_size, warmup_steps=1, resume=False,
-                          save_every_steps=10**9, threads=threads, context_seconds=model.context_seconds)
+        cfg = replace(recipe, max_steps=n_steps, batch_size=batch_size, warmup_steps=1, resume=False,
+                      save_every_steps=10**9, threads=threads, context_seconds=model.context_seconds,
+                      tiny_random=False)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             result = fine_tune(model, examples, dev_utts, cfg, Path(tmp), desc=f"bench-train-{n_steps}")
@@ -442,8 +453,9 @@ def bench_training(model_dir: Path, train_utts, dev_utts, steps: int, batch_size
     step_s = max(runs[1 + steps]["loop_s"] - runs[1]["loop_s"], 1e-9) / steps
     return {"batch_size": batch_size, "steps_timed": steps, "step_s": step_s, "utt_per_s": batch_size / step_s,
             "setup_s": runs[1]["total_s"] - runs[1]["loop_s"], "runs": {str(k): v for k, v in runs.items()},
-            "note": "cache_encoder=True, freeze_encoder_layers=3 (the default recipe); setup_s = audio load + "
-                    "frozen-trunk encoding of the examples, paid once per fine_tune call"}
+            "recipe": source, "freeze_encoder_layers": recipe.freeze_encoder_layers,
+            "cache_encoder": recipe.cache_encoder,
+            "note": "setup_s = audio load + frozen-trunk encoding of the examples, paid once per fine_tune call"}
 
 
 def bench_rsft(model, model_dir: Path, pool_utts, batch_size: int) -> tuple[dict, list, list]:
@@ -743,7 +755,8 @@ def format_table(results: dict) -> str:
     if "utt_per_s" in tr:
         lines.append("")
         lines.append(f"training   fine_tune {tr['utt_per_s']:.1f} utt/s ({tr['step_s']:.2f} s/step of "
-                     f"{tr['batch_size']}), setup {tr['setup_s']:.1f} s")
+                     f"{tr['batch_size']}; freeze_encoder_layers={tr['freeze_encoder_layers']}, cache_encoder="
+                     f"{tr['cache_encoder']}), setup {tr['setup_s']:.1f} s")
     elif tr:
         lines.append(f"training   {tr}")
     rs = results.get("rsft", {})

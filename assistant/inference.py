@@ -51,9 +51,11 @@ def predict_waves(model, waves: list[torch.Tensor], schema=None, paths: list[str
     for path, cands in zip(paths, candidates):
         best = cands[0]
         parsed = parse_frame(best.text)
-        pred = Prediction(path=path, raw=best.text, valid=parsed.valid, latency_s=latency,
+        # Cut off at max_new_tokens: the slots may be truncated, so the frame cannot be trusted.
+        finished = getattr(best, "finished", True)
+        pred = Prediction(path=path, raw=best.text, valid=parsed.valid and finished, latency_s=latency,
                           confidence=_confidence(best.logprob, len(best.token_ids)))
-        if parsed.valid and parsed.frame is not None:
+        if pred.valid and parsed.frame is not None:
             pred.intent, pred.slots, pred.transcript = parsed.frame.intent, dict(parsed.frame.slots), parsed.frame.transcript
             if schema is not None:
                 pred.response = schema.render_response(pred.intent, pred.slots)
@@ -63,22 +65,28 @@ def predict_waves(model, waves: list[torch.Tensor], schema=None, paths: list[str
 
 def predict_files(model, paths: Iterable[str | Path], schema=None, batch_size: int = 8,
                   max_seconds: float | None = None) -> Iterator[Prediction]:
-    """Yield one Prediction per path; unreadable files yield a Prediction with `error` set."""
+    """Yield one Prediction per path, in the order of `paths` (callers zip them with their utterances);
+    unreadable files yield a Prediction with `error` set."""
     max_seconds = max_seconds or float(getattr(model, "context_seconds", 30.0))
-    batch: list[tuple[str, torch.Tensor]] = []
+    # Unreadable files wait in the batch with the readable ones, so the output order is the input order.
+    batch: list[tuple[str, torch.Tensor | Prediction]] = []
+    n_waves = 0
 
     def flush():
-        if batch:
-            yield from predict_waves(model, [w for _, w in batch], schema, [p for p, _ in batch])
-            batch.clear()
+        nonlocal n_waves
+        waves = [(p, w) for p, w in batch if isinstance(w, torch.Tensor)]
+        decoded = iter(predict_waves(model, [w for _, w in waves], schema, [p for p, _ in waves]) if waves else [])
+        for _, item in batch:
+            yield next(decoded) if isinstance(item, torch.Tensor) else item
+        batch.clear()
+        n_waves = 0
 
     for path in paths:
         try:
-            wave = load_audio(path, max_seconds=max_seconds)
+            batch.append((str(path), load_audio(path, max_seconds=max_seconds)))
+            n_waves += 1
         except AudioError as e:
-            yield Prediction(path=str(path), error=str(e))
-            continue
-        batch.append((str(path), wave))
-        if len(batch) >= batch_size:
+            batch.append((str(path), Prediction(path=str(path), error=str(e))))
+        if n_waves >= batch_size:
             yield from flush()
     yield from flush()

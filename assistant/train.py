@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: pretrained Whisper -> "intent | slots | transcript" frames.
+"""Supervised fine-tuning: pretrained Whisper -> "transcript | intent | slots" frames.
 
     assistant train --config recipes/configs/sft_default.yaml [--epochs 4 ...]
 
@@ -65,6 +65,15 @@ class TrainConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if not (1.0 <= self.context_seconds <= 30.0):
             raise ValueError(f"context_seconds must be between 1 and 30, got {self.context_seconds}")
+        if self.save_every_steps < 1:
+            raise ValueError(f"save_every_steps must be >= 1, got {self.save_every_steps}")
+        for name in ("max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+class TrainDataError(ValueError):
+    """No usable training data; the message says where to look."""
 
 
 @dataclass
@@ -142,6 +151,13 @@ def atomic_save_dir(write, final: Path) -> None:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_save(final: Path) -> None:
+    """A kill between atomic_save_dir's two renames leaves only the complete `<final>.old`: put it back."""
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.is_dir():
+        old.rename(final)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,11 +267,12 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     set_seed(cfg.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if not examples:
-        raise ValueError("fine_tune: no training examples (check the manifest and the audio paths)")
+        raise TrainDataError("fine_tune: no training examples (check the manifest and the audio paths)")
 
     kept, waves = load_waves(examples, model.context_seconds, desc=f"{desc}: load audio")
     if not kept:
-        raise ValueError("fine_tune: no readable training audio")
+        raise TrainDataError(f"fine_tune: no readable training audio: none of the {len(examples)} clips could be "
+                             "read (see the 'skipped:' lines above); fix them or point the manifest at others")
     n_layers = len(model.whisper.model.encoder.layers)
     frozen = n_layers if cfg.freeze_encoder_layers < 0 else min(cfg.freeze_encoder_layers, n_layers)
     trunk_layers = frozen if cfg.cache_encoder else None
@@ -271,6 +288,8 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     optimizer = build_optimizer(model, cfg)
     state = {"step": 0, "best": None, "best_key": None, "history": []}
     last = out_dir / "last"
+    for folder in (last, out_dir / "best"):
+        recover_interrupted_save(folder)
     if cfg.resume and (last / "trainer_state.json").is_file():
         state = json.loads((last / "trainer_state.json").read_text())
         trained = type(model).from_pretrained(last)
@@ -414,5 +433,11 @@ def cli(argv: list[str]) -> int:
     add_dataclass_arguments(ap, TrainConfig)
     cfg = parse_config(TrainConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    recipe_main(cfg)
+    from assistant.data.manifest import ManifestError
+
+    try:
+        recipe_main(cfg)
+    except (ManifestError, TrainDataError) as e:
+        print(f"assistant train: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -15,7 +15,7 @@ from assistant.rsft.types import Candidate, Scored
 
 def scored_list(utt_id: str, rewards, logprobs=None, texts=None) -> list[Scored]:
     logprobs = logprobs if logprobs is not None else [-1.0] * len(rewards)
-    texts = texts if texts is not None else [f"timer_remove | | stop timer {i}" for i in range(len(rewards))]
+    texts = texts if texts is not None else [f"stop timer {i} | timer_remove |" for i in range(len(rewards))]
     return [Scored(Candidate(utt_id, i, texts[i], [1, 2], logprob=lp), {"r": float(r)}, float(r))
             for i, (r, lp) in enumerate(zip(rewards, logprobs))]
 
@@ -180,10 +180,10 @@ def test_threshold_keeps_all_above_tau_and_caps_by_best():
 
 def test_distinct_correct_keeps_the_best_copy_of_each_distinct_frame():
     rng = np.random.default_rng(0)
-    texts = ["timer_set | duration=ten minutes | set a timer for ten minutes",
-             "timer_set | duration=ten minutes | Set a timer for ten minutes.",   # same after normalising
-             "timer_set | duration=ten minutes | start a timer for ten minutes",  # other transcript
-             "timer_set | duration=two minutes | set a timer for two minutes",    # below the bar
+    texts = ["set a timer for ten minutes | timer_set | duration=ten minutes",
+             "Set a timer for ten minutes. | timer_set | duration=ten minutes",   # same after normalising
+             "start a timer for ten minutes | timer_set | duration=ten minutes",  # other transcript
+             "set a timer for two minutes | timer_set | duration=two minutes",    # below the bar
              "not a frame",
              "not  a FRAME"]                                                     # same unparsed text
     scored = scored_list("a", [0.9, 0.9, 0.8, 0.3, 0.7, 0.7], logprobs=[-2.0, -1.0, -1.0, -1.0, -1.0, -1.0],

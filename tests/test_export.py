@@ -77,7 +77,7 @@ def test_exported_matches_eager_on_fixture_audio(tiny, exported, waves):
 def test_cached_steps_equal_the_full_sequence_decoder(tiny, exported, waves):
     runtime = OnnxSLU(exported)
     encoded = runtime.encode(tiny.features(waves[:1]))
-    text = "activate_lights_kitchen | location=kitchen ; object=lights | turn on the lights"
+    text = "turn on the lights | activate_lights_kitchen | location=kitchen ; object=lights"
     ids = np.asarray([tiny.slu_prefix + tiny.tokenize([text])[0]])
     full = runtime.decoder_logits(ids, encoded)
     index = runtime._to_input_index(ids)

@@ -173,7 +173,7 @@ def test_evaluate_scores_readable_clips_and_lists_the_rest(tiny_model, hostile, 
     (",path,speakerId,transcription\n0,a.wav,s,hello\n", "lacks column"),    # FSC CSV without labels
     ("\x00\x01binary", "binary"),
     ('{"audio": "x.wav", "text": "no intent"}\n', "no usable rows"),
-    ("", "no utterances"),
+    ("", "empty manifest"),
 ])
 def test_evaluate_unusable_manifest_is_one_error_naming_it(tiny_model, tmp_path, capsys, content, fragment):
     manifest = tmp_path / ("broken.csv" if content.startswith(",") else "broken.jsonl")
@@ -258,13 +258,15 @@ def test_demo_api_survives_a_body_shorter_than_announced(demo_url):
 def test_train_bad_yaml_values_name_the_file_and_key(tmp_path, capsys, yaml_text, key):
     cfg = tmp_path / "my-train.yaml"
     cfg.write_text(yaml_text)
-    assert main(["train", "--config", str(cfg)]) == 2
+    # Should the value slip through, the run stops at once on a missing manifest, inside tmp_path.
+    safety = ["--output-dir", str(tmp_path / "out"), "--train-manifest", str(tmp_path / "none.jsonl")]
+    assert main(["train", "--config", str(cfg), *safety]) == 2
     err = capsys.readouterr().err
     assert "my-train.yaml" in err and key in err, err
 
 
 def test_train_missing_config_file(tmp_path, capsys):
-    assert main(["train", "--config", str(tmp_path / "absent.yaml")]) == 2
+    assert main(["train", "--config", str(tmp_path / "absent.yaml"), "--output-dir", str(tmp_path / "out")]) == 2
     assert "absent.yaml" in capsys.readouterr().err
 
 
@@ -278,7 +280,7 @@ def test_train_missing_config_file(tmp_path, capsys):
 def test_rsft_bad_yaml_values_name_the_file_and_key(tmp_path, capsys, yaml_text, key):
     cfg = tmp_path / "my-rsft.yaml"
     cfg.write_text(yaml_text)
-    assert main(["rsft", "--config", str(cfg)]) == 2
+    assert main(["rsft", "--config", str(cfg), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "my-rsft.yaml" in err and key in err, err
 

@@ -15,10 +15,10 @@ from assistant.rsft.rewards import (REWARDS, LabelsHiddenError, LearnedRewardMod
 from assistant.rsft.types import (Candidate, Decision, RecordError, Scored, group_by_utterance, read_records,
                                   write_records)
 
-GOLD = "timer_set | duration=ten minutes | set a timer for ten minutes"
-WRONG_SLOT = "timer_set | duration=two minutes | set a timer for two minutes"
-WRONG_INTENT = "alarm_set | time=ten | set an alarm for ten"
-MALFORMED = "timer_set | duration=ten minutes"          # truncated: no transcript part
+GOLD = "set a timer for ten minutes | timer_set | duration=ten minutes"
+WRONG_SLOT = "set a timer for two minutes | timer_set | duration=two minutes"
+WRONG_INTENT = "set an alarm for ten | alarm_set | time=ten"
+MALFORMED = "set a timer for ten minutes | timer_set"   # truncated: no slots part
 
 
 def utt(uid="timer-1", text="set a timer for ten minutes", intent="timer_set", slots=None, **meta) -> Utterance:
@@ -48,12 +48,12 @@ def test_label_reward_orders_gold_wrong_slot_wrong_intent_malformed():
 
 def test_label_reward_weights_and_slotless_frames():
     u = utt("off-1", "turn off the music", "deactivate_music_none", {"object": "music"})
-    texts = ["deactivate_music_none | object=music | turn off the music",
-             "activate_music_none | object=music | turn on the music"]
+    texts = ["turn off the music | deactivate_music_none | object=music",
+             "turn on the music | activate_music_none | object=music"]
     intent_only = label_reward([u], [cands("off-1", texts)], slot_weight=0, transcript_weight=0)
     assert intent_only == [[1.0, 0.0]]
     none = utt("tr-1", "cancel the timer", "timer_remove", {})
-    assert label_reward([none], [cands("tr-1", ["timer_remove | | cancel the timer"])]) == [[1.0]]
+    assert label_reward([none], [cands("tr-1", ["cancel the timer | timer_remove |"])]) == [[1.0]]
     with pytest.raises(RewardError, match="weights"):
         label_reward([u], [cands("off-1", texts)], intent_weight=-1)
 
@@ -75,7 +75,7 @@ def test_rewards_check_that_candidates_line_up_with_utterances():
 
 def test_frame_correct_ignores_value_case_and_optionally_checks_the_transcript():
     u = utt()
-    gold, wrong, shouted = cands("timer-1", [GOLD, WRONG_SLOT, "timer_set | duration=Ten Minutes | set a timer"])
+    gold, wrong, shouted = cands("timer-1", [GOLD, WRONG_SLOT, "set a timer | timer_set | duration=Ten Minutes"])
     assert frame_correct(u, gold) and not frame_correct(u, wrong)
     assert frame_correct(u, shouted) and not frame_correct(u, shouted, max_wer=0.2)
 
@@ -85,13 +85,13 @@ def test_frame_correct_ignores_value_case_and_optionally_checks_the_transcript()
 
 @pytest.mark.parametrize("text, expected, problem", [
     (GOLD, 1.0, None),
-    ("increase_volume_none | object=volume | make it louder", 1.0, None),   # enum: canonical, not in words
-    ("timer_remove | |", 0.9, "empty transcript"),
-    ("timer_set | | set a timer", 0.8, "missing required slot 'duration'"),
-    ("timer_set | duration=ten potatoes | set a timer for ten potatoes", 0.8, "not a duration"),
-    ("weather_query | place_name=paris | what is the weather in london", 0.8, "does not occur in the transcript"),
-    ("increase_volume_none | object=heat | make it louder", 0.8, "contradicts intent"),
-    ("open_door | | open the door", 0.6, "unknown intent"),
+    ("make it louder | increase_volume_none | object=volume", 1.0, None),   # enum: canonical, not in words
+    ("| timer_remove |", 0.9, "empty transcript"),
+    ("set a timer | timer_set |", 0.8, "missing required slot 'duration'"),
+    ("set a timer for ten potatoes | timer_set | duration=ten potatoes", 0.8, "not a duration"),
+    ("what is the weather in london | weather_query | place_name=paris", 0.8, "does not occur in the transcript"),
+    ("make it louder | increase_volume_none | object=heat", 0.8, "contradicts intent"),
+    ("open the door | open_door |", 0.6, "unknown intent"),
     (MALFORMED, 0.0, "not a well-formed frame"),
     ("", 0.0, "not a well-formed frame"),
 ])
@@ -106,7 +106,7 @@ def test_verifier_scores_schema_checks(text, expected, problem):
 
 def test_verifier_needs_no_labels():
     pool = [utt("pool-1", labels_hidden=True)]
-    (scores,) = verifier_reward(pool, [cands("pool-1", [GOLD, "timer_set | | set a timer", MALFORMED])])
+    (scores,) = verifier_reward(pool, [cands("pool-1", [GOLD, "set a timer | timer_set |", MALFORMED])])
     assert scores == pytest.approx([1.0, 0.8, 0.0])
 
 
@@ -191,13 +191,13 @@ def test_build_reward_fns_from_config_values():
 
 FSC_TEXTS = {
     "activate_lights_kitchen":
-        "activate_lights_kitchen | location=kitchen ; object=lights | turn on the kitchen lights",
+        "turn on the kitchen lights | activate_lights_kitchen | location=kitchen ; object=lights",
     "deactivate_lights_kitchen":
-        "deactivate_lights_kitchen | location=kitchen ; object=lights | turn off the kitchen lights",
+        "turn off the kitchen lights | deactivate_lights_kitchen | location=kitchen ; object=lights",
     "activate_lights_bedroom":
-        "activate_lights_bedroom | location=bedroom ; object=lights | turn on the bedroom lights",
+        "turn on the bedroom lights | activate_lights_bedroom | location=bedroom ; object=lights",
     "increase_heat_kitchen":
-        "increase_heat_kitchen | location=kitchen ; object=heat | turn up the heat in the kitchen",
+        "turn up the heat in the kitchen | increase_heat_kitchen | location=kitchen ; object=heat",
 }
 
 

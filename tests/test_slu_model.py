@@ -21,8 +21,8 @@ from assistant.model.slu import Candidate, SLUModel
 from assistant.model.vocab import OutputVocab, text_token_ids
 
 TARGETS = [
-    "activate_lights_kitchen | location=kitchen ; object=lights | turn on the lights in the kitchen",
-    "alarm_set | time=seven thirty a m | set an alarm for seven thirty a m",
+    "turn on the lights in the kitchen | activate_lights_kitchen | location=kitchen ; object=lights",
+    "set an alarm for seven thirty a m | alarm_set | time=seven thirty a m",
 ]
 
 
@@ -75,7 +75,7 @@ def trained():
     """A tiny model overfitted on two (noise clip -> frame) pairs, so it finishes its outputs with EOT."""
     model = SLUModel.tiny_random(TARGETS, seed=0)
     mels = model.features(noise_waves())
-    fit(model, mels, TARGETS, steps=60)
+    fit(model, mels, TARGETS, steps=150)
     return model, mels
 
 
@@ -165,12 +165,12 @@ def test_restricted_loss_equals_full_vocab_loss_with_masking(tiny):
 def test_target_outside_output_vocab_is_an_error(tiny):
     enc = tiny.encode(tiny.features(noise_waves((1.0,))))
     with pytest.raises(ValueError, match="outside the output vocabulary.*output_vocab"):
-        tiny.loss(enc, ["xylophone_quantum | | zebra"])
+        tiny.loss(enc, ["zebra | xylophone_quantum |"])
 
 
 def test_sequence_logprobs_of_impossible_text_is_minus_inf(tiny):
     enc = tiny.encode(tiny.features(noise_waves()))
-    scores = tiny.sequence_logprobs(enc, ["xylophone_quantum | | zebra", TARGETS[1]])
+    scores = tiny.sequence_logprobs(enc, ["zebra | xylophone_quantum |", TARGETS[1]])
     assert scores[0] == -math.inf and torch.isfinite(scores[1])
     ids = text_token_ids(tiny.tokenizer, TARGETS[0])
     with_eot = tiny.sequence_logprobs(enc, [ids + [tiny.eot_id], ids], expand=[0, 0])

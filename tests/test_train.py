@@ -51,7 +51,11 @@ def test_training_reduces_loss_on_the_fixture(tmp_path):
     utts = read_manifest(FSC)
     cfg = _cfg(tmp_path / "fit", max_steps=12, spec_augment=False, lr=3e-3)
     recipe_main(cfg)
-    before = SLUModel.tiny_random([frame_target(u) for u in utts], seed=0)
+    from assistant.schema import load_schema
+    from assistant.train import vocabulary_texts
+
+    # Same output vocabulary as the recipe built, so both losses are over the same softmax.
+    before = SLUModel.tiny_random(vocabulary_texts(load_schema(), [frame_target(u) for u in utts]), seed=0)
     after = SLUModel.from_pretrained(tmp_path / "fit" / "last")
     waves = [load_audio(u.audio) for u in utts]
     targets = [frame_target(u) for u in utts]

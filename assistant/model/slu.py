@@ -1,4 +1,4 @@
-"""Speech-to-frame model: Whisper (tiny.en by default) emitting ``intent | slots | transcript``.
+"""Speech-to-frame model: Whisper (tiny.en by default) emitting ``transcript | intent | slots``.
 
 Design choices (see also assistant.model.vocab):
 

@@ -166,7 +166,7 @@ def domain_vocab_texts(limit_per_template: int = 50) -> list[str]:
     for s in load_grammar().all_sentences(schema, limit_per_template=limit_per_template):
         texts.append(format_frame(Frame(intent=s.intent, slots=dict(s.slots), transcript=s.text)))
     for name, intent in schema.intents.items():
-        texts.append(f"{name} | | ")
+        texts.append(f"| {name} |")
         texts += [f"{slot}=" for slot in intent.slots]
     for slot in schema.slots.values():
         texts += list(slot.values or [])

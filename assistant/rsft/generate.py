@@ -52,7 +52,8 @@ def _candidates_for_batch(model, ref_model, utt_ids, waves, params: SamplingPara
             ref = float(ref_lp[k]) if ref_lp and getattr(c, "finished", True) else None
             k += 1
             group.append(Candidate(utt_id=uid, index=i, text=c.text, token_ids=list(c.token_ids),
-                                   logprob=float(c.logprob), ref_logprob=ref, greedy=bool(c.greedy)))
+                                   logprob=float(c.logprob), ref_logprob=ref, greedy=bool(c.greedy),
+                                   finished=bool(getattr(c, "finished", True))))
         result.append(group)
     return result
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -327,5 +328,12 @@ def cli(argv: list[str]) -> int:
     add_dataclass_arguments(ap, RSFTConfig)
     cfg = parse_config(RSFTConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run_rsft(cfg)
+    from assistant.data.manifest import ManifestError
+    from assistant.train import TrainDataError
+
+    try:
+        run_rsft(cfg)
+    except (ManifestError, TrainDataError) as e:
+        print(f"assistant rsft: {e}", file=sys.stderr)
+        return 2
     return 0

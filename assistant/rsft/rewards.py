@@ -104,8 +104,8 @@ def label_reward(utterances: list[Utterance], candidates: list[list[Candidate]],
     ``(intent_weight * [intent == gold] + slot_weight * slot_F1 + transcript_weight * max(0, 1 - WER))
     / (sum of weights)``. Slot F1 is over exact (name, normalised value) pairs and is 1 when both
     frames have no slots; WER is word-level on normalised text (assistant.metrics). A candidate that
-    is not a well-formed frame scores 0: it is never worth training on. The default weights put the
-    intent first (what the assistant acts on), slots next, the transcript last.
+    is not a well-formed frame scores 0: it is never worth training on. The default weights count the
+    intent most (what the assistant acts on), slots next, the transcript least.
 
     Refuses utterances whose labels are hidden (``meta["labels_hidden"]``) unless
     ``reveal_labels=True`` -- the oracle must be asked for explicitly.
@@ -136,7 +136,7 @@ def label_reward(utterances: list[Utterance], candidates: list[list[Candidate]],
 # Relative weights of the checks; score = weight of the checks passed / total weight, so exactly
 # 1.0 when every check passes and 0.0 for an unparsable output.
 VERIFIER_WEIGHTS = {
-    "parsed": 3,         # a well-formed "intent | slots | transcript" line
+    "parsed": 3,         # a well-formed "transcript | intent | slots" line
     "schema": 4,         # known intent, allowed + required slots, well-formed values; halves per problem
     "grounded": 2,       # fraction of open-valued slots whose value occurs in the transcript
     "transcript": 1,     # a non-empty transcript

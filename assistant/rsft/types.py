@@ -50,6 +50,7 @@ class Candidate:
     logprob: float = 0.0
     ref_logprob: float | None = None
     greedy: bool = False
+    finished: bool = True           # False: cut off at max_new_tokens (never a usable frame)
 
     @cached_property
     def parsed(self) -> ParseResult:
@@ -57,8 +58,8 @@ class Candidate:
 
     @property
     def frame(self) -> Frame | None:
-        """The parsed frame, or None when the output is not a well-formed frame."""
-        return self.parsed.frame if self.parsed.valid else None
+        """The parsed frame, or None when the output is not a well-formed, finished frame."""
+        return self.parsed.frame if self.parsed.valid and self.finished else None
 
     def frame_key(self, transcript: bool = True) -> tuple | None:
         """What makes two candidates the same answer: intent, slots (and transcript), normalised.
@@ -77,7 +78,7 @@ class Candidate:
         # ``frame`` is written for people reading the JSONL; from_dict re-parses ``text`` instead.
         return {"utt_id": self.utt_id, "index": self.index, "text": self.text,
                 "token_ids": list(self.token_ids), "logprob": self.logprob,
-                "ref_logprob": self.ref_logprob, "greedy": self.greedy,
+                "ref_logprob": self.ref_logprob, "greedy": self.greedy, "finished": self.finished,
                 "frame": frame_to_dict(self.frame) if self.frame is not None else None}
 
     @classmethod
@@ -87,7 +88,8 @@ class Candidate:
         return cls(utt_id=str(d["utt_id"]), index=int(d["index"]), text=str(d["text"]),
                    token_ids=[int(t) for t in d.get("token_ids") or []],
                    logprob=float(d.get("logprob", 0.0)),
-                   ref_logprob=None if ref is None else float(ref), greedy=bool(d.get("greedy", False)))
+                   ref_logprob=None if ref is None else float(ref), greedy=bool(d.get("greedy", False)),
+                   finished=bool(d.get("finished", True)))
 
 
 @dataclass
