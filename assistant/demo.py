@@ -98,18 +98,20 @@ class Classifier:
             try:
                 wave = load_audio(path, max_seconds=self.max_seconds)
             except AudioError as e:
-                raise DemoError(_upload_message(e, path, name)) from None
+                raise DemoError(_upload_message(e, path, name, self.max_seconds)) from None
         with self._lock:
             pred = predict_waves(self.model, [wave], self.schema, [name])[0]
         return pred.to_dict()
 
 
-def _upload_message(e, path: Path, name: str) -> str:
+def _upload_message(e, path: Path, name: str, max_seconds: float) -> str:
     """The AudioError told about the upload: its name instead of the temp path, and a fix that fits a
-    web page (the library's fixes talk about manifests)."""
+    web page (the library's fixes talk about manifests and config values)."""
     problem = e.problem or str(e).replace(str(path), name)
     fix = e.fix.replace(str(path), name) if e.fix else ""
-    if not fix or "manifest" in fix:
+    if problem.startswith("audio is too long"):
+        fix = f"send one spoken command of at most {max_seconds:g} s"
+    elif not fix or "manifest" in fix:
         fix = "upload a WAV, FLAC, OGG or MP3 recording of one spoken command, or record one on this page"
     return f"{name}: {problem}. Fix: {fix}."
 

@@ -168,17 +168,63 @@ def _known_model(out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rsft_setup(tmp_path_factory):
+def init_model(tmp_path_factory) -> Path:
+    return _known_model(tmp_path_factory.mktemp("init"))
+
+
+def _pool(n: int) -> list:
+    from assistant.data.manifest import read_manifest
+
+    utts = read_manifest(FSC)
+    return [type(utts[0])(**dict(vars(utts[i % len(utts)]), id=f"pool-{i:02d}")) for i in range(n)]
+
+
+@pytest.mark.parametrize("cut", ["mid-line", "part-of-a-group", "data-written-log-not", "torn-log-line"])
+def test_generation_torn_by_a_kill_is_redone_exactly(init_model, tmp_path, cut):
+    """What a SIGKILL can leave on disk mid-batch (Python flushes its buffer whenever it fills): the resumed
+    file must equal an uninterrupted run's, byte for byte, with no lost or doubled candidates."""
+    from assistant.model.slu import SLUModel
+    from assistant.rsft.generate import SamplingParams, generate_candidates, progress_path
+
+    pool = _pool(12)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF0000WAVEjunk")
+    pool[5].audio = str(broken)                       # unreadable: skipped, and not retried differently
+    model = SLUModel.from_pretrained(init_model)
+    params = SamplingParams(num_samples=3, max_new_tokens=40)
+    with one_thread():
+        ref = generate_candidates(model, pool, tmp_path / "ref.jsonl", params, batch_size=4, seed=7)
+    data = (tmp_path / "ref.jsonl").read_bytes()
+    log = progress_path(tmp_path / "ref.jsonl").read_text().splitlines(keepends=True)
+    assert len(log) == 3 and not ref[5] and all(ref[i] for i in range(12) if i != 5)
+
+    # On-disk state after a kill during the third batch (pool-08..11).
+    lines = data.splitlines(keepends=True)
+    first = next(i for i, l in enumerate(lines) if json.loads(l)["utt_id"] >= "pool-08")
+    cut_data = {"mid-line": b"".join(lines[:first]) + lines[first][: len(lines[first]) // 2],
+                "part-of-a-group": b"".join(lines[:first + 1]),
+                "data-written-log-not": data,
+                "torn-log-line": data}[cut]
+    cut_log = "".join(log[:2]) + (log[2][:10] if cut == "torn-log-line" else "")
+    out = tmp_path / "resumed.jsonl"
+    out.write_bytes(cut_data)
+    progress_path(out).write_text(cut_log)
+    with one_thread():
+        resumed = generate_candidates(model, pool, out, params, batch_size=4, seed=7)
+    assert out.read_bytes() == data
+    assert [[c.to_dict() for c in g] for g in resumed] == [[c.to_dict() for c in g] for g in ref]
+
+
+@pytest.fixture(scope="module")
+def rsft_setup(tmp_path_factory, init_model):
     """Init model, a pool of 32 utterances (the fixture clips, repeated) and an uninterrupted reference run."""
     from assistant.config import load_config
-    from assistant.data.manifest import read_manifest
     from assistant.rsft.loop import RSFTConfig, run_rsft
 
     base = tmp_path_factory.mktemp("rsft")
-    init = _known_model(base / "init")
+    init = init_model
     pool = base / "pool.jsonl"
-    utts = read_manifest(FSC)
-    pool.write_text("".join(json.dumps(dict(utts[i % 4].to_json(), id=f"pool-{i:02d}")) + "\n" for i in range(32)))
+    pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in _pool(32)))
     values = dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1, num_samples=3,
                   max_new_tokens=40, gen_batch_size=4, rewards={"verifier": 1.0}, rule="statistical", beta=0.5,
                   epochs=1, batch_size=4, lr=1e-3, seed=5)

@@ -72,26 +72,74 @@ def read_done(path: Path) -> dict[str, list[Candidate]]:
     return done
 
 
+def progress_path(out_path: Path) -> Path:
+    """The commit log next to a candidates file: one line per finished batch (its ids, the file size)."""
+    return out_path.with_name(out_path.name + ".progress")
+
+
+def _read_progress(path: Path) -> tuple[set[str], int] | None:
+    """(ids of finished batches, candidates-file size after the last one); None if there is no log."""
+    if not path.is_file():
+        return None
+    ids, size = set(), 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            batch_ids, end = [str(i) for i in rec["ids"]], int(rec["bytes"])
+        except (ValueError, KeyError, TypeError):
+            continue                        # a torn last line from a kill: that batch is not finished
+        ids.update(batch_ids)
+        size = max(size, end)
+    return ids, size
+
+
+def _resume_point(out_path: Path, log_path: Path) -> set[str]:
+    """Cut the candidates file back to its last finished batch; return the ids already done.
+
+    Python flushes its write buffer whenever it fills, so a kill can leave part of a batch on disk (some
+    utterances, even some of one utterance's candidates). Only batches recorded in the commit log count.
+    """
+    progress = _read_progress(log_path)
+    size = out_path.stat().st_size if out_path.is_file() else 0
+    if progress is None:
+        if size:                            # written before the commit log existed: trust whole lines
+            text = out_path.read_text()
+            out_path.write_text(text[: text.rfind("\n") + 1])
+            return set(read_done(out_path))
+        return set()
+    ids, committed = progress
+    if size < committed:                    # the file was cut or replaced behind our back: start over
+        out_path.unlink(missing_ok=True)
+        log_path.unlink()
+        return set()
+    if size > committed:
+        with out_path.open("r+b") as f:
+            f.truncate(committed)
+    return ids
+
+
 def generate_candidates(model, utterances, out_path: Path, params: SamplingParams, ref_model=None,
                         batch_size: int = 16, seed: int = 0, desc: str = "generate") -> list[list[Candidate]]:
     """Candidates for every utterance, in utterance order; resumes from `out_path`.
 
-    A batch's candidates are written with one append + flush after the batch: a kill loses at most the
-    batch in flight. Unreadable audio is reported and gets no candidates.
+    Batches are fixed slices of `utterances` (not of what is left to do), so after a resume every batch
+    has the members, and hence the seed, it has in an uninterrupted run. A batch counts as done once its
+    candidates are appended and its line is in the commit log (`progress_path`); a kill loses at most
+    the batch in flight, and never leaves half of one behind. Unreadable audio is reported and gets no
+    candidates.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path = progress_path(out_path)
+    finished = _resume_point(out_path, log_path)
     done = read_done(out_path)
-    todo = [u for u in utterances if u.id not in done]
-    # Truncate a torn last line left by a kill so appends start on a fresh line.
-    if out_path.is_file():
-        text = out_path.read_text()
-        if text and not text.endswith("\n"):
-            out_path.write_text(text[: text.rfind("\n") + 1])
-    bar = tqdm(total=len(utterances), initial=len(utterances) - len(todo), desc=desc, unit="utt", disable=None)
-    with out_path.open("a") as f:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+    bar = tqdm(total=len(utterances), initial=sum(u.id in finished for u in utterances), desc=desc, unit="utt",
+               disable=None)
+    with out_path.open("ab") as f, log_path.open("a") as log:
+        for start in range(0, len(utterances), batch_size):
+            batch = [u for u in utterances[start:start + batch_size] if u.id not in finished]
+            if not batch:
+                continue
             ids, waves = [], []
             for u in batch:
                 try:
@@ -99,14 +147,18 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
                     ids.append(u.id)
                 except AudioError as e:
                     print(f"skipped: {e}", file=sys.stderr)
+            lines = []
             if ids:
                 # Seed from the batch's ids: the same batch draws the same samples after a resume.
                 batch_seed = zlib.crc32(f"{seed}:{','.join(ids)}".encode())
-                for group in _candidates_for_batch(model, ref_model, ids, waves, params, batch_seed):
-                    done[group[0].utt_id if group else ""] = group
-                    for c in group:
-                        f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
-                f.flush()
+                for uid, group in zip(ids, _candidates_for_batch(model, ref_model, ids, waves, params, batch_seed)):
+                    done[uid] = group
+                    lines += [json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in group]
+            f.write("".join(lines).encode("utf-8"))
+            f.flush()
+            log.write(json.dumps({"ids": [u.id for u in batch], "bytes": f.tell()}) + "\n")
+            log.flush()
+            finished.update(u.id for u in batch)
             bar.update(len(batch))
     bar.close()
     return [done.get(u.id, []) for u in utterances]
