@@ -73,6 +73,9 @@ class BenchConfig:
     rsft_utts: int = 32               # pool utterances for generation / scoring throughput
     profile: bool = True              # torch.profiler / phase breakdown of our pipeline and of RSFT generation
     classifier_steps: int = 30        # peer (2): HF Trainer steps of WhisperForAudioClassification (0 = skip)
+    reuse_peer: str = field(default="", metadata={"help": "an earlier bench.json: reuse its cascade *accuracy* "
+                                                           "when the test subset and the peer are identical "
+                                                           "(latency and memory are always measured)"})
 
     def validate(self) -> None:
         for name in ("clips_per_length", "batch_size", "reps", "batch_reps", "accuracy_utts", "train_steps", "rsft_utts"):
@@ -734,7 +737,8 @@ def format_table(results: dict) -> str:
         lines.append(f"{'accuracy':<11}{'n':>5}{'intent':>8}{'frame':>8}{'slot F1':>9}{'WER':>7}{'invalid':>9}{'utt/s':>8}")
         for name, a in acc.items():
             lines.append(f"{name:<11}{a['n']:>5}{a['intent_accuracy']:>8.3f}{a['frame_accuracy']:>8.3f}"
-                         f"{a['slot_f1']:>9.3f}{a['wer']:>7.3f}{a['invalid_rate']:>9.3f}{(a['utt_per_s'] or 0):>8.2f}")
+                         f"{a['slot_f1']:>9.3f}{a['wer']:>7.3f}{a['invalid_rate']:>9.3f}{(a['utt_per_s'] or 0):>8.2f}"
+                         + (f"  (reused from {a['reused_from']}, measured {a['measured_at']})" if a.get("reused_from") else ""))
     mem = results.get("memory", {})
     if mem:
         lines.append("")
@@ -789,6 +793,10 @@ def format_table(results: dict) -> str:
 def findings(results: dict) -> list[str]:
     """Plain-language reading of the profiles, written for every missed goal."""
     notes = []
+    for name, a in results.get("accuracy", {}).items():
+        if name != "cascade" and a.get("invalid_rate", 0) > 0.5:
+            notes.append(f"{name}: {a['invalid_rate'] * 100:.0f}% of outputs do not parse as frames: the checkpoint "
+                         "was probably trained for another frame format (retrain it with the current code)")
     prof = results.get("profile", {})
     ours = prof.get("ours", {})
     missed = [g for g in results.get("goals", []) if not g["met"]]
@@ -811,6 +819,50 @@ def findings(results: dict) -> list[str]:
         if top:
             notes.append("generate top ops (self CPU): " + ", ".join(f"{t['op']} {t['share'] * 100:.0f}%" for t in top))
     return notes
+
+
+# ==================================================================================================
+# Reusing the cascade's accuracy (deterministic, independent of our model, and the slowest part)
+# ==================================================================================================
+
+def subset_fingerprint(utts) -> str:
+    """Identifies the scored utterances: ids, labels and audio file sizes."""
+    import hashlib
+
+    rows = []
+    for u in utts:
+        try:
+            size = os.path.getsize(u.audio)
+        except OSError:
+            size = -1
+        rows.append([u.id, u.text, u.intent, sorted((u.slots or {}).items()), size])
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def cascade_key(teacher) -> dict:
+    """What the cascade's outputs depend on: the ASR weights, the text classifier and transformers."""
+    import transformers
+
+    from assistant.model.convert import default_pretrained_dir
+
+    weights = default_pretrained_dir() / "model.safetensors"
+    return {"asr": str(default_pretrained_dir()), "asr_bytes": weights.stat().st_size if weights.exists() else -1,
+            "teacher": (getattr(teacher, "info", {}) or {}).get("fingerprint"), "transformers": transformers.__version__}
+
+
+def reusable_cascade_accuracy(path: str, fingerprint: str, key: dict) -> tuple[dict | None, str]:
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return None, f"{path}: unreadable ({e})"
+    if old.get("accuracy_subset", {}).get("fingerprint") != fingerprint:
+        return None, f"{path}: a different test subset"
+    if old.get("cascade_key") != key:
+        return None, f"{path}: a different cascade (weights, teacher or transformers version)"
+    acc = old.get("accuracy", {}).get("cascade")
+    if not acc or acc.get("reused_from"):
+        return None, f"{path}: no measured cascade accuracy"
+    return {**acc, "reused_from": str(path), "measured_at": old.get("meta", {}).get("time")}, "reused"
 
 
 # ==================================================================================================
@@ -879,6 +931,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         results["clips"]["8s"]["note"] = (f"test clips joined with 0.3 s gaps; our model reads the first "
                                           f"{model.context_seconds:g} s (its context), the cascade all 8 s")
         acc_utts = test[: cfg.accuracy_utts]
+        results["accuracy_subset"] = {"n": len(acc_utts), "fingerprint": subset_fingerprint(acc_utts)}
 
         systems: dict = {"eager": OursSystem("eager", model, schema)}
         runtime = None
@@ -903,6 +956,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             else:
                 _say("load cascade peer (transformers ASR pipeline + MiniLM text classifier)")
                 systems["cascade"] = CascadeSystem(teacher, schema, cfg.batch_size)
+                results["cascade_key"] = cascade_key(teacher)
 
         results["latency"], results["accuracy"] = {}, {}
         for name, system in systems.items():
@@ -911,6 +965,14 @@ def run_bench(cfg: BenchConfig) -> dict:
             subset = {"3s": clips["3s"]} if cfg.quick and name == "cascade" else clips
             results["latency"][name] = latency(system, subset, cfg.reps, cfg.batch_reps, cfg.batch_size,
                                                warmup=not cfg.quick)
+            if name == "cascade" and cfg.reuse_peer:
+                reused, why = reusable_cascade_accuracy(cfg.reuse_peer, results["accuracy_subset"]["fingerprint"],
+                                                        results["cascade_key"])
+                _say(f"cascade accuracy: {why}")
+                if reused is not None:
+                    results["accuracy"][name] = reused
+                    continue
+                results["reuse_peer_refused"] = why
             _say(f"accuracy: {name} on {len(acc_utts)} test utterances")
             results["accuracy"][name] = accuracy(system, acc_utts, cfg.batch_size)
         results["int8_decision"] = int8_decision(results)

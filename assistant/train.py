@@ -183,6 +183,21 @@ class _LossModule(torch.nn.Module):
         return self.slu.loss(enc, targets)
 
 
+def drop_unlearnable(model, examples: list[Example], desc: str) -> list[Example]:
+    """Targets the restricted output vocabulary cannot spell are reported and dropped.
+
+    A sampled RSFT candidate, re-tokenised canonically, can need a token the model never emitted
+    (BPE splits differ); one such sample must not stop a round.
+    """
+    ok, bad = [], []
+    for ex, ids in zip(examples, model.tokenize([ex.target for ex in examples])):
+        (bad if model.vocab.missing(ids) else ok).append(ex)
+    if bad:
+        print(f"{desc}: dropped {len(bad)} target(s) outside the output vocabulary, e.g. {bad[0].target!r}",
+              file=sys.stderr)
+    return ok
+
+
 def load_waves(examples: list[Example], max_seconds: float, desc: str = "load audio"):
     """Read every clip once; bad files are reported and dropped, the rest go on."""
     from assistant.audio import AudioError, load_audio
@@ -269,6 +284,7 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     if not examples:
         raise TrainDataError("fine_tune: no training examples (check the manifest and the audio paths)")
 
+    examples = drop_unlearnable(model, examples, desc)
     kept, waves = load_waves(examples, model.context_seconds, desc=f"{desc}: load audio")
     if not kept:
         raise TrainDataError(f"fine_tune: no readable training audio: none of the {len(examples)} clips could be "

@@ -126,3 +126,29 @@ def test_recipe_yaml_is_a_valid_bench_config():
 
     cfg = load_config(BenchConfig, Path(__file__).parent.parent / "recipes" / "configs" / "bench.yaml")
     assert cfg.accuracy_utts == 200 and cfg.cascade and not cfg.quick
+
+
+def test_cascade_accuracy_is_reused_only_for_the_same_subset_and_peer(tmp_path):
+    from assistant.bench import reusable_cascade_accuracy
+
+    key = {"asr": "x", "asr_bytes": 1, "teacher": "t", "transformers": "5"}
+    old = {"accuracy_subset": {"fingerprint": "abc"}, "cascade_key": key, "meta": {"time": "then"},
+           "accuracy": {"cascade": {"intent_accuracy": 0.6, "n": 200}}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    reused, why = reusable_cascade_accuracy(str(path), "abc", key)
+    assert reused["intent_accuracy"] == 0.6 and reused["reused_from"] == str(path) and why == "reused"
+    assert reusable_cascade_accuracy(str(path), "other", key)[0] is None
+    assert reusable_cascade_accuracy(str(path), "abc", {**key, "teacher": "u"})[0] is None
+    assert "unreadable" in reusable_cascade_accuracy(str(tmp_path / "nope.json"), "abc", key)[1]
+
+
+def test_subset_fingerprint_changes_with_the_labels():
+    from assistant.bench import subset_fingerprint
+    from assistant.data.manifest import read_manifest
+
+    utts = read_manifest(FSC)
+    same = subset_fingerprint(utts)
+    assert same == subset_fingerprint(read_manifest(FSC))
+    utts[0].intent = "something_else"
+    assert subset_fingerprint(utts) != same

@@ -159,9 +159,9 @@ def _known_model(out: Path) -> Path:
     from assistant.train import TrainConfig, recipe_main
 
     cfg = load_config(TrainConfig, None, tiny_random=True, train_manifest=str(FSC), dev_manifest=str(FSC),
-                      output_dir=str(out), train_limit=1, dev_limit=1, batch_size=1, max_steps=80, lr=5e-3,
+                      output_dir=str(out), train_limit=1, dev_limit=1, batch_size=1, max_steps=150, lr=5e-3,
                       warmup_steps=1, freeze_encoder_layers=-1, cache_encoder=True, save_every_steps=1000,
-                      eval_every_steps=80, threads=1)
+                      eval_every_steps=150, threads=1, train_embeddings=True)
     with one_thread():
         recipe_main(cfg)
     return out / "best"
@@ -217,14 +217,17 @@ def test_generation_torn_by_a_kill_is_redone_exactly(init_model, tmp_path, cut):
 
 @pytest.fixture(scope="module")
 def rsft_setup(tmp_path_factory, init_model):
-    """Init model, a pool of 32 utterances (the fixture clips, repeated) and an uninterrupted reference run."""
+    """A pool of 32 utterances (the fixture clips repeated, one unreadable) and an uninterrupted reference run."""
     from assistant.config import load_config
     from assistant.rsft.loop import RSFTConfig, run_rsft
 
     base = tmp_path_factory.mktemp("rsft")
     init = init_model
     pool = base / "pool.jsonl"
-    pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in _pool(32)))
+    utts = _pool(32)
+    (base / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    utts[1].audio = str(base / "broken.wav")         # an unreadable clip must not shift later batches
+    pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in utts))
     values = dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1, num_samples=3,
                   max_new_tokens=40, gen_batch_size=4, rewards={"verifier": 1.0}, rule="statistical", beta=0.5,
                   epochs=1, batch_size=4, lr=1e-3, seed=5)

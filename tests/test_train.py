@@ -49,7 +49,8 @@ def test_training_reduces_loss_on_the_fixture(tmp_path):
     from assistant.audio import load_audio
 
     utts = read_manifest(FSC)
-    cfg = _cfg(tmp_path / "fit", max_steps=12, spec_augment=False, lr=3e-3)
+    cfg = _cfg(tmp_path / "fit", max_steps=20, spec_augment=False, lr=3e-3, freeze_encoder_layers=0,
+               cache_encoder=False, train_embeddings=True)
     recipe_main(cfg)
     from assistant.schema import load_schema
     from assistant.train import vocabulary_texts
