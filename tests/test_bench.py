@@ -152,3 +152,29 @@ def test_subset_fingerprint_changes_with_the_labels():
     assert same == subset_fingerprint(read_manifest(FSC))
     utts[0].intent = "something_else"
     assert subset_fingerprint(utts) != same
+
+
+def test_systems_take_turns_on_the_same_clips():
+    from assistant.bench import latency_side_by_side
+
+    calls = []
+
+    def system(name):
+        return lambda waves: calls.append((name, len(waves), float(waves[0][0])))
+
+    clips = {"1s": [Clip("a", torch.full((16000,), 1.0), 1.0), Clip("b", torch.full((16000,), 2.0), 1.0)],
+             "3s": [Clip("c", torch.full((48000,), 3.0), 3.0)]}
+    out = latency_side_by_side({"x": system("x"), "y": system("y")}, clips, reps=4, batch_reps=1, batch_size=2,
+                               warmup=False, only={"y": ["3s"]})
+    assert set(out["x"]) == {"1s", "3s"} and set(out["y"]) == {"3s"}
+    assert out["x"]["3s"]["batch1"]["n"] == 4 and out["x"]["3s"]["batch2"]["n"] == 1
+    three = [c for c in calls if c[2] == 3.0 and c[1] == 1]
+    assert [c[0] for c in three] == ["x", "y", "y", "x", "x", "y", "y", "x"]   # interleaved, order rotating
+    assert sorted({c[2] for c in calls if c[0] == "x" and c[1] == 1}) == [1.0, 2.0, 3.0]
+
+
+def test_json_rounding_keeps_small_differences_visible():
+    from assistant.bench import _round
+
+    assert _round({"diff": 1.43e-05, "ms": 1466.123, "bad": float("nan"), "n": 3}) == \
+        {"diff": 1.43e-05, "ms": 1466.1, "bad": None, "n": 3}
