@@ -331,24 +331,9 @@ class OnnxSLU:
 
     def features(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
         """Same front end as SLUModel.features (Whisper log-mel, padded/cut to the context)."""
-        from assistant.features import HOP_LENGTH, SAMPLE_RATE, batch_log_mel
+        from assistant.features import context_log_mel
 
-        waves = list(waves)
-        if not waves:
-            raise ValueError("features: pass at least one waveform")
-        limit = self.n_frames * HOP_LENGTH
-        cleaned = []
-        for i, w in enumerate(waves):
-            w = torch.as_tensor(w, dtype=torch.float32)
-            if w.dim() != 1:
-                raise ValueError(f"features: clip {i} has shape {tuple(w.shape)}; pass 1-D mono 16 kHz waveforms "
-                                 "(assistant.audio.load_audio returns those)")
-            if w.numel() > limit:
-                warnings.warn(f"clip {i} lasts {w.numel() / SAMPLE_RATE:.2f} s, longer than the model's "
-                              f"{self.context_seconds:g} s context: only the first {self.context_seconds:g} s "
-                              "are used", stacklevel=2)
-            cleaned.append(w)
-        return batch_log_mel(cleaned, self.n_frames)
+        return context_log_mel(waves, self.n_frames, self.context_seconds)
 
     def encode(self, mels) -> OnnxEncoded:
         mels = mels.detach().cpu().numpy() if torch.is_tensor(mels) else np.asarray(mels)

@@ -112,3 +112,28 @@ class SpecAugment(nn.Module):
             if self.time is not None:
                 out = self.time(out)
         return out.squeeze(0) if squeeze else out
+
+
+def context_log_mel(waves, n_frames: int, context_seconds: float):
+    """16 kHz mono waves -> log-mels [B, 80, n_frames]; clips longer than the context are cut (warning).
+
+    The one front end shared by the eager model and the ONNX runtime.
+    """
+    import warnings
+
+    waves = list(waves)
+    if not waves:
+        raise ValueError("features: pass at least one waveform")
+    limit = n_frames * HOP_LENGTH
+    cleaned = []
+    for i, w in enumerate(waves):
+        w = torch.as_tensor(w, dtype=torch.float32)
+        if w.dim() != 1:
+            raise ValueError(f"features: clip {i} has shape {tuple(w.shape)}; pass 1-D mono 16 kHz waveforms "
+                             "(assistant.audio.load_audio returns those)")
+        if w.numel() > limit:
+            warnings.warn(f"clip {i} lasts {w.numel() / SAMPLE_RATE:.2f} s, longer than the model's "
+                          f"{context_seconds:g} s context: only the first {context_seconds:g} s "
+                          "are used", stacklevel=3)
+        cleaned.append(w)
+    return batch_log_mel(cleaned, n_frames)

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assistant.features import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, batch_log_mel, frames_for_seconds
+from assistant.features import (FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, batch_log_mel, context_log_mel,
+                                frames_for_seconds)
 from assistant.model.vocab import OutputVocab, batch_text_token_ids, domain_vocab_texts
 
 SLU_CONFIG_FILE = "slu_config.json"
@@ -272,22 +273,7 @@ class SLUModel(nn.Module):
     # ================================================================== audio -> encoder
     def features(self, waves: Sequence[torch.Tensor]) -> torch.Tensor:
         """16 kHz mono waves -> log-mels [B, 80, n_frames]; clips longer than the context are cut (warning)."""
-        waves = list(waves)
-        if not waves:
-            raise ValueError("features: pass at least one waveform")
-        limit = self.n_frames * HOP_LENGTH
-        cleaned = []
-        for i, w in enumerate(waves):
-            w = torch.as_tensor(w, dtype=torch.float32)
-            if w.dim() != 1:
-                raise ValueError(f"features: clip {i} has shape {tuple(w.shape)}; pass 1-D mono 16 kHz waveforms "
-                                 "(assistant.audio.load_audio returns those)")
-            if w.numel() > limit:
-                warnings.warn(f"clip {i} lasts {w.numel() / SAMPLE_RATE:.2f} s, longer than the model's "
-                              f"{self.context_seconds:g} s context: only the first {self.context_seconds:g} s "
-                              "are used", stacklevel=2)
-            cleaned.append(w)
-        return batch_log_mel(cleaned, self.n_frames).to(self.device)
+        return context_log_mel(waves, self.n_frames, self.context_seconds).to(self.device)
 
     def encode(self, mels: torch.Tensor) -> torch.Tensor:
         """[B, 80, n_frames] -> encoder states [B, n_frames / 2, d_model]."""
