@@ -19,10 +19,10 @@ from assistant.metrics import grouped_accuracy, score_frames
 
 
 def predict_manifest(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
-                     desc: str = "decode") -> list[Prediction]:
+                     desc: str = "decode", use_nlu: bool = True) -> list[Prediction]:
     preds = []
     bar = tqdm(total=len(utterances), desc=desc, unit="utt", leave=False, disable=None)
-    for p in predict_files(model, [u.audio for u in utterances], schema, batch_size=batch_size):
+    for p in predict_files(model, [u.audio for u in utterances], schema, batch_size=batch_size, use_nlu=use_nlu):
         preds.append(p)
         bar.update(1)
     bar.close()
@@ -42,12 +42,13 @@ def evaluation_report(utterances: list[Utterance], preds: list[Prediction]) -> d
         "per_speaker": grouped_accuracy([u.speaker for u, _ in pairs], correct),
         "per_intent": grouped_accuracy([u.intent for u, _ in pairs], correct),
         "mean_latency_s": sum(p.latency_s for _, p in pairs) / max(len(pairs), 1),
+        "text_reader_share": sum(p.reader == "text" for _, p in pairs) / max(len(pairs), 1),
     }
 
 
 def evaluate_model(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
-                   desc: str = "evaluate") -> tuple[dict, list[Prediction]]:
-    preds = predict_manifest(model, utterances, schema, batch_size, desc)
+                   desc: str = "evaluate", use_nlu: bool = True) -> tuple[dict, list[Prediction]]:
+    preds = predict_manifest(model, utterances, schema, batch_size, desc, use_nlu=use_nlu)
     return evaluation_report(utterances, preds), preds
 
 
@@ -99,6 +100,8 @@ def format_report(report: dict) -> str:
         f"WER              {report['wer']:.4f}",
         f"invalid outputs  {report['invalid_rate']:.4f}",
     ]
+    if report.get("text_reader_share"):
+        lines.append(f"text NLU pass    changed {report['text_reader_share']:.1%} of the frames")
     worst = sorted(report["per_intent"].items(), key=lambda kv: kv[1]["accuracy"])[:5]
     lines.append("weakest intents  " + ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in worst))
     worst_spk = sorted(report["per_speaker"].items(), key=lambda kv: kv[1]["accuracy"])[:5]
@@ -116,6 +119,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--out", default=None, help="folder for predictions.jsonl + confusion.png")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--limit", type=int, default=0, help="score only the first N utterances")
+    ap.add_argument("--no-nlu", action="store_true",
+                    help="score the speech model alone, without the folder's text second pass (nlu/)")
     args = ap.parse_args(argv)
 
     from assistant.data.manifest import ManifestError
@@ -134,7 +139,7 @@ def cli(argv: list[str]) -> int:
         print(f"assistant evaluate: model folder not found: {model_dir} "
               "(train one with `assistant train` or `assistant run`)", file=sys.stderr)
         return 2
-    model = SLUModel.from_pretrained(model_dir)
+    model = SLUModel.from_pretrained(model_dir, nlu=not args.no_nlu)
     report, preds = evaluate_model(model, utts, load_schema(), args.batch_size)
     for p in preds:
         if p.error:

@@ -29,6 +29,7 @@ class Prediction:
     response: str = ""
     latency_s: float = 0.0
     error: str = ""                    # set when the file could not be read
+    reader: str = "speech"             # whose reading of the transcript won: "speech" or "text" (NLU pass)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,31 +41,42 @@ def _confidence(logprob: float, n_tokens: int) -> float:
 
 @torch.inference_mode()
 def predict_waves(model, waves: list[torch.Tensor], schema=None, paths: list[str] | None = None,
-                  max_new_tokens: int = 96) -> list[Prediction]:
-    """Greedy-decode a batch of 16 kHz waves into predictions."""
+                  max_new_tokens: int = 96, use_nlu: bool = True) -> list[Prediction]:
+    """Greedy-decode a batch of 16 kHz waves into predictions.
+
+    A model loaded with a text second pass (``model.nlu``, see assistant.nlu) lets it re-read each valid
+    transcript; ``use_nlu=False`` scores the speech model alone."""
     paths = paths or [f"<clip {i}>" for i in range(len(waves))]
     start = time.perf_counter()
     enc = model.encode(model.features(waves))
     candidates = model.generate(enc, num_samples=0, greedy=True, max_new_tokens=max_new_tokens)
-    latency = (time.perf_counter() - start) / max(len(waves), 1)
-    out = []
+    out, frames = [], []
     for path, cands in zip(paths, candidates):
         best = cands[0]
         parsed = parse_frame(best.text)
         # Cut off at max_new_tokens: the slots may be truncated, so the frame cannot be trusted.
         finished = getattr(best, "finished", True)
-        pred = Prediction(path=path, raw=best.text, valid=parsed.valid and finished, latency_s=latency,
+        pred = Prediction(path=path, raw=best.text, valid=parsed.valid and finished,
                           confidence=_confidence(best.logprob, len(best.token_ids)))
-        if pred.valid and parsed.frame is not None:
-            pred.intent, pred.slots, pred.transcript = parsed.frame.intent, dict(parsed.frame.slots), parsed.frame.transcript
+        out.append(pred)
+        frames.append(parsed.frame if pred.valid else None)
+    nlu = getattr(model, "nlu", None) if use_nlu else None
+    from_text = [False] * len(out)
+    if nlu is not None and any(f is not None for f in frames):
+        frames, from_text = nlu.apply(model, enc, frames)
+    latency = (time.perf_counter() - start) / max(len(waves), 1)
+    for pred, frame, text in zip(out, frames, from_text):
+        pred.latency_s = latency
+        if frame is not None:
+            pred.intent, pred.slots, pred.transcript = frame.intent, dict(frame.slots), frame.transcript
+            pred.reader = "text" if text else "speech"
             if schema is not None:
                 pred.response = schema.render_response(pred.intent, pred.slots)
-        out.append(pred)
     return out
 
 
 def predict_files(model, paths: Iterable[str | Path], schema=None, batch_size: int = 8,
-                  max_seconds: float | None = None) -> Iterator[Prediction]:
+                  max_seconds: float | None = None, use_nlu: bool = True) -> Iterator[Prediction]:
     """Yield one Prediction per path, in the order of `paths` (callers zip them with their utterances);
     unreadable files yield a Prediction with `error` set."""
     max_seconds = max_seconds or float(getattr(model, "context_seconds", 30.0))
@@ -75,7 +87,8 @@ def predict_files(model, paths: Iterable[str | Path], schema=None, batch_size: i
     def flush():
         nonlocal n_waves
         waves = [(p, w) for p, w in batch if isinstance(w, torch.Tensor)]
-        decoded = iter(predict_waves(model, [w for _, w in waves], schema, [p for p, _ in waves]) if waves else [])
+        decoded = iter(predict_waves(model, [w for _, w in waves], schema, [p for p, _ in waves],
+                                     use_nlu=use_nlu) if waves else [])
         for _, item in batch:
             yield next(decoded) if isinstance(item, torch.Tensor) else item
         batch.clear()

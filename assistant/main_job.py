@@ -25,6 +25,7 @@ class MainConfig:
     sft_config: str = "recipes/configs/sft_default.yaml"
     rsft_config: str = "recipes/configs/rsft_default.yaml"
     rsft_rounds: int = 2                      # 0 = supervised only
+    nlu: bool = True                          # give the final model the text NLU second pass (assistant.nlu)
     real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
     output_dir: str = ""                      # '' = runs/main
     seed: int = 0
@@ -85,40 +86,56 @@ def run_main(cfg: MainConfig) -> dict:
         rounds_table = rsft_result.get("rounds", [])
         timings["rsft_s"] = time.perf_counter() - t
 
-    t = _stage("4. evaluation on `test` (unseen voices and phrasings)")
+    # The model `transcribe-and-classify` uses by default: the selected speech model + the text pass.
     schema = load_schema()
+    final = out / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(final_dir, final, ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
+    nlu_info = None
+    if cfg.nlu:
+        t = _stage("4. text NLU second pass (MiniLM teacher): its weight is chosen on `dev`")
+        from assistant.nlu import NluPass, attach, choose_weight, dev_readings
+        from assistant.rsft.teacher import default_teacher
+
+        teacher = default_teacher(schema)
+        dev = read_manifest(corpus / "dev.jsonl")
+        model = SLUModel.from_pretrained(final, nlu=False)
+        readings = dev_readings(model, dev, NluPass(teacher))
+        weight, dev_accuracy = choose_weight(readings, [u.intent for u in dev])
+        attach(final, teacher, weight)
+        nlu_info = {"weight": weight, "dev_intent_accuracy_by_weight": dev_accuracy}
+        print("dev intent accuracy by weight: " + ", ".join(f"{w:g}: {a:.4f}" for w, a in dev_accuracy.items())
+              + f"  -> weight {weight:g}")
+        timings["nlu_s"] = time.perf_counter() - t
+
+    t = _stage("5. evaluation on `test` (unseen voices and phrasings)")
     test = read_manifest(corpus / "test.jsonl")
     rows = []
-    candidates = [("supervised", Path(sft_result["best_dir"]))]
-    candidates += [(f"rsft round {r['round']}", Path(r["model_dir"])) for r in rounds_table if r.get("model_dir")]
-    for name, model_dir in candidates:
-        model = SLUModel.from_pretrained(model_dir)
+    candidates = [("supervised", Path(sft_result["best_dir"]), False)]
+    candidates += [(f"rsft round {r['round']}", Path(r["model_dir"]), False) for r in rounds_table if r.get("model_dir")]
+    if nlu_info is not None:
+        candidates.append(("final + text pass", final, True))
+    for name, model_dir, use_nlu in candidates:
+        model = SLUModel.from_pretrained(model_dir, nlu=use_nlu)
         model.eval()
         report, preds = evaluate_model(model, test, schema, desc=f"test: {name}")
         rows.append((name, report))
-        if model_dir == final_dir:
+        if model_dir in (final_dir, final):     # the last match is the deployed model
             write_predictions(test, preds, out / "test_predictions.jsonl")
             plot_confusion(test, preds, out / "test_confusion.png")
             final_report = report
     timings["evaluate_s"] = time.perf_counter() - t
-    if final_dir not in [d for _, d in candidates]:
-        final_report = rows[-1][1]
-
-    # The model `transcribe-and-classify` uses by default.
-    final = out / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(final_dir, final, ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
 
     print("\n=== results on test ===")
-    print(f"{'model':<16} {'intent acc':>10} {'slot F1':>8} {'SLU-F1':>7} {'WER':>7} {'invalid':>8}")
+    print(f"{'model':<18} {'intent acc':>10} {'slot F1':>8} {'SLU-F1':>7} {'WER':>7} {'invalid':>8}")
     for name, r in rows:
-        print(f"{name:<16} {r['intent_accuracy']:>10.4f} {r['slot_f1']:>8.4f} {r['slu_f1']:>7.4f} "
+        print(f"{name:<18} {r['intent_accuracy']:>10.4f} {r['slot_f1']:>8.4f} {r['slu_f1']:>7.4f} "
               f"{r['wer']:>7.4f} {r['invalid_rate']:>8.4f}")
     print("\nfinal model:", final, "\n" + format_report(final_report))
 
     real = None
     if cfg.real_speech:
-        t = _stage("5. real human speech (pocketsphinx test audio): stock ASR WER before / after fine-tuning")
+        t = _stage("6. real human speech (pocketsphinx test audio): stock ASR WER before / after fine-tuning")
         try:
             from assistant.realspeech import compare
 
@@ -130,7 +147,7 @@ def run_main(cfg: MainConfig) -> dict:
         timings["real_speech_s"] = time.perf_counter() - t
     print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     summary = {"final_model": str(final), "test": {n: r for n, r in rows}, "timings_s": timings,
-               "rsft_rounds": rounds_table, "real_speech": real}
+               "rsft_rounds": rounds_table, "nlu": nlu_info, "real_speech": real}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

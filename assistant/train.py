@@ -46,6 +46,8 @@ class TrainConfig:
     freeze_encoder_layers: int = -1   # -1 = whole encoder frozen (its output is cached once per clip)
     cache_encoder: bool = True        # run the frozen encoder layers once, not every step (~5x faster on CPU)
     train_embeddings: bool = False    # the tied 51,864 x d token matrix: a dense gradient + Adam update per step
+    asr_weight: float = 0.5           # weight of the plain-transcription loss (stock prompt) that keeps ASR alive
+    asr_rows: int = 4                 # clips per batch that also get the ASR loss (its 51,864-way softmax is costly)
     spec_augment: bool = False        # SpecAugment on log-mels; only without cache_encoder
     train_limit: int = 0              # use only the first N training utterances (0 = all)
     dev_limit: int = 200              # dev utterances scored per evaluation (0 = all)
@@ -67,7 +69,9 @@ class TrainConfig:
             raise ValueError(f"context_seconds must be between 1 and 30, got {self.context_seconds}")
         if self.save_every_steps < 1:
             raise ValueError(f"save_every_steps must be >= 1, got {self.save_every_steps}")
-        for name in ("max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
+        if not (0.0 <= self.asr_weight <= 10.0):
+            raise ValueError(f"asr_weight must be in [0, 10], got {self.asr_weight}")
+        for name in ("asr_rows", "max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -82,6 +86,7 @@ class Example:
     audio: str
     target: str
     id: str = ""
+    transcript: str = ""   # plain words for the ASR-retention loss ('' = none)
 
 
 def default_manifest(split: str, profile: str = "default") -> str:
@@ -95,7 +100,7 @@ def frame_target(utt) -> str:
 
 
 def examples_from_utterances(utts) -> list[Example]:
-    return [Example(audio=u.audio, target=frame_target(u), id=u.id) for u in utts]
+    return [Example(audio=u.audio, target=frame_target(u), id=u.id, transcript=u.text or "") for u in utts]
 
 
 def set_seed(seed: int) -> None:
@@ -175,12 +180,17 @@ class _LossModule(torch.nn.Module):
         self.slu = slu
         self.trunk_layers = trunk_layers
 
-    def forward(self, inputs: torch.Tensor, targets: list[str]) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, targets: list[str], transcripts: list[str] | None = None,
+                asr_weight: float = 0.0, asr_rows: int = 4) -> torch.Tensor:
         if self.trunk_layers is None:
             enc = self.slu.encode(inputs)
         else:
             enc = self.slu.encode_head(inputs, self.trunk_layers)
-        return self.slu.loss(enc, targets)
+        loss = self.slu.loss(enc, targets)
+        rows = [i for i, t in enumerate(transcripts or []) if t.strip()][:asr_rows]   # batches are shuffled
+        if asr_weight > 0 and rows:   # the same encoder states also teach plain transcription
+            loss = loss + asr_weight * self.slu.asr_loss(enc[rows], [transcripts[i] for i in rows])
+        return loss
 
 
 def drop_unlearnable(model, examples: list[Example], desc: str) -> list[Example]:
@@ -295,6 +305,7 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     model.eval()
     inputs = compute_inputs(model, waves, trunk_layers, desc=f"{desc}: encode")   # once, not per epoch
     targets = [ex.target for ex in kept]
+    transcripts = [ex.transcript for ex in kept]
 
     steps_per_epoch = math.ceil(len(kept) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -355,7 +366,9 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
                 batch = spec(batch)
             for g in optimizer.param_groups:
                 g["lr"] = g["initial_lr"] * lr_factor(state["step"], total, cfg.warmup_steps)
-            loss = loss_module(batch.to(accelerator.device), [targets[i] for i in idx.tolist()])
+            rows = idx.tolist()
+            loss = loss_module(batch.to(accelerator.device), [targets[i] for i in rows],
+                               [transcripts[i] for i in rows], cfg.asr_weight, cfg.asr_rows)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {state['step']}; "
                                          "lower --lr or check the data")

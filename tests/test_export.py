@@ -152,3 +152,24 @@ def test_real_whisper_tiny_export_matches_eager(tmp_path, waves):
     assert report["logits_max_abs_diff"] < 2e-3
     assert report["onnx_greedy"] == report["eager_greedy"]
     assert any("juice" in s for s in report["eager_greedy"])   # real speech, real weights: real words
+
+
+def test_transcribe_and_classify_runs_the_onnx_export(tiny, exported, tmp_path, capsys):
+    from assistant.infer import cli as infer_cli
+
+    model_dir = tiny.save_pretrained(tmp_path / "model")
+    clips = [str(p) for p in CLIPS[:2]]
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    assert infer_cli(clips + ["--model", str(model_dir), "--json"]) == 0
+    eager = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert infer_cli(clips + [str(bad), "--onnx", str(exported), "--json"]) == 1   # the bad file fails alone
+    onnx = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["raw"] for p in onnx[:2]] == [p["raw"] for p in eager]
+    assert onnx[2]["error"] and "bad.wav" in onnx[2]["error"]
+    assert infer_cli(clips + ["--onnx", str(exported), "--int8", "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert infer_cli(clips + ["--onnx", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert infer_cli(clips + ["--int8"]) == 2
+    assert "--onnx" in capsys.readouterr().err

@@ -72,3 +72,53 @@ def test_bad_rsft_config_is_a_clear_error(init_model, tmp_path):
         _cfg(init_model, tmp_path, beta=0)
     with pytest.raises(ConfigError, match="init_model"):
         run_rsft(_cfg(tmp_path / "missing", tmp_path / "x"))
+
+
+def test_reference_reuses_the_encoder_only_when_it_is_identical(init_model, tmp_path):
+    import torch
+
+    from assistant.data.manifest import read_manifest
+    from assistant.model.slu import SLUModel
+    from assistant.rsft.generate import SamplingParams, generate_candidates, same_encoder
+
+    from assistant.audio import load_audio
+    from assistant.train import frame_target
+
+    pool = read_manifest(FSC)[:3]
+    model = SLUModel.from_pretrained(init_model)
+    waves = [load_audio(u.audio, max_seconds=model.context_seconds) for u in pool]
+    mels = model.features(waves)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)   # overfit so that candidates end (get ref scores)
+    model.train()
+    for _ in range(120):
+        loss = model.loss(mels, [frame_target(u) for u in pool])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    ref = SLUModel.from_pretrained(init_model)
+    ref.load_state_dict(model.state_dict())
+    with torch.no_grad():                                  # a reference that differs in the decoder only
+        for p in ref.whisper.model.decoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    assert same_encoder(model, ref) and same_encoder(model, model) and same_encoder(model, None)
+    params = SamplingParams(num_samples=2, max_new_tokens=40, temperature=0.5)
+    shared = generate_candidates(model, pool, tmp_path / "shared.jsonl", params, ref_model=ref, batch_size=3, seed=1)
+    with torch.no_grad():
+        ref.whisper.model.encoder.layers[0].fc1.weight.add_(0.05)
+    assert not same_encoder(model, ref)
+    own = generate_candidates(model, pool, tmp_path / "own.jsonl", params, ref_model=ref, batch_size=3, seed=1)
+    flat = lambda groups: [c for g in groups for c in g]   # noqa: E731
+    assert [c.text for c in flat(shared)] == [c.text for c in flat(own)]
+    # Shared-encoder reference scores equal scoring with the reference's own (identical) encoder...
+    assert sum(c.ref_logprob is not None for c in flat(shared)) >= 3
+    with torch.no_grad():
+        ref.whisper.model.encoder.layers[0].fc1.weight.sub_(0.05)
+        enc = ref.encode(ref.features(waves))
+        rows = [i for i, g in enumerate(shared) for _ in g]
+        direct = ref.sequence_logprobs(enc, [c.token_ids for c in flat(shared)], expand=rows).tolist()
+    for c, d in zip(flat(shared), direct):
+        if c.ref_logprob is not None:
+            assert c.ref_logprob == pytest.approx(d, rel=1e-4, abs=1e-4)
+    # ... and a changed encoder changes them.
+    assert any(a.ref_logprob != b.ref_logprob for a, b in zip(flat(shared), flat(own)) if a.ref_logprob is not None)

@@ -162,6 +162,44 @@ def test_restricted_loss_equals_full_vocab_loss_with_masking(tiny):
     assert torch.allclose(-per_text.sum() / count, loss, atol=1e-5)
 
 
+def test_asr_loss_is_full_vocab_cross_entropy_behind_the_stock_prompt(tiny):
+    from assistant.model.slu import stock_style
+
+    assert stock_style("turn up the heat") == "Turn up the heat."
+    assert stock_style("what time is it?") == "What time is it?"
+    mels = tiny.features(noise_waves())
+    enc = tiny.encode(mels)
+    texts = ["turn up the heat", "zebra quantum xylophone"]   # the ASR loss is not limited to the SLU vocab
+    loss = tiny.asr_loss(enc, texts)
+    total, count = 0.0, 0
+    for row, text in enumerate(texts):
+        seq = text_token_ids(tiny.tokenizer, stock_style(text)) + [tiny.eot_id]
+        inputs = torch.tensor([tiny.asr_prefix + seq[:-1]])
+        logits = tiny.whisper(encoder_outputs=(enc[row:row + 1],), decoder_input_ids=inputs).logits[0]
+        total = total + F.cross_entropy(logits[len(tiny.asr_prefix) - 1:], torch.tensor(seq), reduction="sum")
+        count += len(seq)
+    assert torch.allclose(loss, total / count, atol=1e-5)
+    assert not torch.allclose(loss, tiny.loss(enc, TARGETS))
+    with pytest.raises(ValueError, match="2 encoder rows but 1"):
+        tiny.asr_loss(enc, texts[:1])
+
+
+def test_training_the_asr_loss_lowers_it(tiny):
+    mels = tiny.features(noise_waves())
+    texts = ["turn up the heat", "what time is it"]
+    with torch.no_grad():
+        before = tiny.asr_loss(mels, texts).item()
+    opt = torch.optim.Adam([p for p in tiny.parameters() if p.requires_grad], lr=3e-3)
+    tiny.train()
+    for _ in range(30):
+        loss = tiny.asr_loss(mels, texts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tiny.eval()
+    assert tiny.asr_loss(mels, texts).item() < 0.5 * before
+
+
 def test_target_outside_output_vocab_is_an_error(tiny):
     enc = tiny.encode(tiny.features(noise_waves((1.0,))))
     with pytest.raises(ValueError, match="outside the output vocabulary.*output_vocab"):

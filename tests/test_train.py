@@ -66,6 +66,17 @@ def test_training_reduces_loss_on_the_fixture(tmp_path):
     assert l1 < l0 * 0.8
 
 
+def test_asr_weight_changes_training_and_zero_turns_it_off(tmp_path):
+    runs = {}
+    for name, weight in (("off", 0.0), ("on", 1.0)):
+        recipe_main(_cfg(tmp_path / name, max_steps=2, asr_weight=weight))
+        runs[name] = load_file(str(tmp_path / name / "last" / "model.safetensors"))
+    decoder = [k for k in runs["off"] if "decoder.layers.0.self_attn.q_proj.weight" in k]
+    assert decoder and not torch.allclose(runs["off"][decoder[0]], runs["on"][decoder[0]])
+    with pytest.raises(ConfigError, match="asr_weight"):
+        load_config(TrainConfig, None, asr_weight=-1)
+
+
 def test_bad_config_values_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         load_config(TrainConfig, None, batch_size=0)

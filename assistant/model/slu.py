@@ -72,6 +72,7 @@ class SLUModel(nn.Module):
         super().__init__()
         self.whisper = whisper
         self.tokenizer = tokenizer
+        self.nlu = None          # optional text second pass (assistant.nlu.NluPass), set by from_pretrained
         self.vocab = output_vocab
         if output_vocab.vocab_size != whisper.config.vocab_size:
             raise ValueError(f"output vocabulary is for {output_vocab.vocab_size} tokens, "
@@ -121,7 +122,7 @@ class SLUModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path | None = None, context_seconds: float | None = None,
                         output_vocab: Sequence[str] | OutputVocab | None = None,
-                        device: str | torch.device = "cpu") -> "SLUModel":
+                        device: str | torch.device = "cpu", nlu: bool = True) -> "SLUModel":
         """Load a Whisper checkpoint (stock or saved by ``save_pretrained``).
 
         path_or_id: None = the packaged tiny.en (converted once into the cache); a folder; or a hub id
@@ -130,6 +131,7 @@ class SLUModel(nn.Module):
         output_vocab: texts whose tokens form the output vocabulary (or an OutputVocab). None = the saved
           one for SLU folders, else the domain grammar's frames. Texts given for an SLU folder are added
           to its saved vocabulary (outputs it was trained on stay reachable).
+        nlu: load the folder's text second pass (``nlu/``, see assistant.nlu) into ``model.nlu`` if it has one.
         """
         from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
 
@@ -154,6 +156,11 @@ class SLUModel(nn.Module):
         if context_seconds is None:
             context_seconds = float(slu_config.get("context_seconds", 6.0))
         model = cls(whisper, tokenizer, vocab, context_seconds)
+        if nlu and is_slu and (folder / "nlu").is_dir():
+            from assistant.nlu import NluPass
+
+            model.nlu = NluPass.load(folder / "nlu")
+            model.nlu.teacher.to(device)
         return model.to(device).eval()
 
     @staticmethod
@@ -317,11 +324,15 @@ class SLUModel(nn.Module):
                          f"[B, {self.config.num_mel_bins}, {self.n_frames}], got {tuple(x.shape)}")
 
     # ================================================================== teacher forcing
-    def _targets(self, token_seqs: list[list[int]], texts: Sequence | None = None):
-        """Decoder inputs [N, P+L], subset targets [N, L+1] and mask, for sequences ending in <|endoftext|>."""
-        max_len = self.config.max_target_positions - len(self.slu_prefix)
+    def _targets(self, token_seqs: list[list[int]], texts: Sequence | None = None, asr: bool = False):
+        """Decoder inputs [N, P+L], targets [N, L+1] and mask, for sequences ending in <|endoftext|>.
+
+        SLU targets are indices into the restricted vocabulary behind the SLU prompt; ``asr=True`` gives
+        full-vocabulary token ids behind the stock transcription prompt."""
+        prompt = self.asr_prefix if asr else self.slu_prefix
+        max_len = self.config.max_target_positions - len(prompt)
         for i, seq in enumerate(token_seqs):
-            bad = self.vocab.missing(seq)
+            bad = [] if asr else self.vocab.missing(seq)
             if bad:
                 what = repr(texts[i]) if texts is not None else f"sequence {i}"
                 pieces = self.tokenizer.convert_ids_to_tokens(bad)
@@ -337,18 +348,21 @@ class SLUModel(nn.Module):
         for i, seq in enumerate(token_seqs):
             full[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[i, :len(seq) + 1] = True
-        prefix = torch.tensor(self.slu_prefix, dtype=torch.long).expand(n, -1)
+        prefix = torch.tensor(prompt, dtype=torch.long).expand(n, -1)
         inputs = torch.cat([prefix, full[:, :-1]], dim=1)
-        targets = self.vocab_index_of.cpu()[full]
+        targets = full if asr else self.vocab_index_of.cpu()[full]
         return inputs.to(self.device), targets.to(self.device), mask.to(self.device)
 
-    def _token_logprobs(self, enc: torch.Tensor, token_seqs: list[list[int]], texts=None):
-        """Per-token log-probs [N, L+1] (restricted vocabulary) and mask; enc rows align with token_seqs."""
-        inputs, targets, mask = self._targets(token_seqs, texts)
+    def _token_logprobs(self, enc: torch.Tensor, token_seqs: list[list[int]], texts=None, asr: bool = False):
+        """Per-token log-probs [N, L+1] (restricted vocabulary; full with ``asr``) and mask; enc rows align
+        with token_seqs."""
+        inputs, targets, mask = self._targets(token_seqs, texts, asr=asr)
         hidden = self.whisper.model.decoder(input_ids=inputs, encoder_hidden_states=enc,
                                             use_cache=False).last_hidden_state
-        hidden = hidden[:, len(self.slu_prefix) - 1:]  # positions that predict target tokens
-        logprobs = torch.log_softmax(self.restricted_logits(hidden).float(), dim=-1)
+        prompt = self.asr_prefix if asr else self.slu_prefix
+        hidden = hidden[:, len(prompt) - 1:]  # positions that predict target tokens
+        logits = F.linear(hidden, self.whisper.proj_out.weight) if asr else self.restricted_logits(hidden)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return picked.masked_fill(~mask, 0.0), mask
 
@@ -359,6 +373,20 @@ class SLUModel(nn.Module):
         if len(target_texts) != enc.shape[0]:
             raise ValueError(f"loss: {enc.shape[0]} encoder rows but {len(target_texts)} targets")
         picked, mask = self._token_logprobs(enc, self.tokenize(target_texts), target_texts)
+        return -picked.sum() / mask.sum()
+
+    def asr_loss(self, encoder_out_or_mels: torch.Tensor, transcripts: Sequence[str]) -> torch.Tensor:
+        """Mean token NLL of plain transcripts behind the stock prompt, over the full vocabulary.
+
+        Mixed into SLU training so the shared decoder keeps its pretrained transcription mode: trained on
+        SLU frames alone, tiny.en's real-speech WER went from 0.05 to 0.46. Targets are written the way
+        stock Whisper writes (capital first letter, final period) so its style is not trained away.
+        """
+        enc = self._as_encoder_states(encoder_out_or_mels)
+        if len(transcripts) != enc.shape[0]:
+            raise ValueError(f"asr_loss: {enc.shape[0]} encoder rows but {len(transcripts)} transcripts")
+        texts = [stock_style(t) for t in transcripts]
+        picked, mask = self._token_logprobs(enc, self.tokenize(texts), texts, asr=True)
         return -picked.sum() / mask.sum()
 
     def sequence_logprobs(self, encoder_out: torch.Tensor, texts: Sequence[str] | Sequence[Sequence[int]],
@@ -533,6 +561,15 @@ class SLUModel(nn.Module):
             self.train(was_training)
         sequences = out.sequences if hasattr(out, "sequences") else out
         return [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+
+
+def stock_style(text: str) -> str:
+    """'turn up the heat' -> 'Turn up the heat.': the casing and final stop stock Whisper emits."""
+    text = " ".join(str(text).split())
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".?!" else text + "."
 
 
 @functools.lru_cache(maxsize=1)

@@ -51,6 +51,7 @@ class ExperimentConfig:
     rsft_lr: float = 1e-4
     batch_size: int = 16
     freeze_encoder_layers: int = 2
+    asr_weight: float = 0.0              # the ASR-retention loss is not what this table compares: off
     ablation: bool = True
     only: list[str] = field(default_factory=list)   # run just these condition names
     seed: int = 0
@@ -136,7 +137,7 @@ class Experiment:
         tcfg = load_config(TrainConfig, None, train_manifest=manifest, dev_manifest=self.paths["dev"],
                            output_dir=str(self.out / name), epochs=cfg.sft_epochs, lr=cfg.lr,
                            batch_size=cfg.batch_size, freeze_encoder_layers=cfg.freeze_encoder_layers,
-                           dev_limit=cfg.dev_limit, seed=cfg.seed)
+                           asr_weight=cfg.asr_weight, dev_limit=cfg.dev_limit, seed=cfg.seed)
         res = recipe_main(tcfg)
         return self._finish(name, res["best_dir"], t0, {"dev": res["best_dev"]})
 
@@ -153,7 +154,7 @@ class Experiment:
                       rounds=cfg.rounds if rounds is None else rounds, num_samples=cfg.num_samples,
                       temperature=cfg.temperature, beta=cfg.beta, epochs=cfg.rsft_epochs, lr=cfg.rsft_lr,
                       batch_size=cfg.batch_size, freeze_encoder_layers=cfg.freeze_encoder_layers,
-                      dev_limit=cfg.dev_limit, seed=cfg.seed,
+                      asr_weight=cfg.asr_weight, dev_limit=cfg.dev_limit, seed=cfg.seed,
                       rewards={"verifier": 1.0, "teacher": cfg.teacher_weight})
         values.update(overrides)
         summary = run_rsft(load_config(RSFTConfig, None, **values))

@@ -30,7 +30,20 @@ class SamplingParams:
     greedy: bool = True
 
 
-def _candidates_for_batch(model, ref_model, utt_ids, waves, params: SamplingParams, seed: int) -> list[list[Candidate]]:
+def same_encoder(model, ref_model) -> bool:
+    """True when both models' encoders hold identical weights (RSFT with a frozen encoder): the reference
+    can then reuse the current model's encoder states instead of running its own encoder (~17% of a
+    round's generation time)."""
+    if ref_model is None or ref_model is model:
+        return True
+    a = model.whisper.model.encoder.state_dict()
+    b = ref_model.whisper.model.encoder.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and \
+        model.context_seconds == ref_model.context_seconds
+
+
+def _candidates_for_batch(model, ref_model, utt_ids, waves, params: SamplingParams, seed: int,
+                          share_encoder: bool = False) -> list[list[Candidate]]:
     mels = model.features(waves)
     with torch.no_grad():
         enc = model.encode(mels)
@@ -41,7 +54,7 @@ def _candidates_for_batch(model, ref_model, utt_ids, waves, params: SamplingPara
         if ref_model is not None:
             flat = [c.token_ids for cs in outs for c in cs]
             rows = [i for i, cs in enumerate(outs) for _ in cs]
-            ref_enc = ref_model.encode(mels) if ref_model is not model else enc
+            ref_enc = enc if ref_model is model or share_encoder else ref_model.encode(mels)
             ref_lp = ref_model.sequence_logprobs(ref_enc, flat, expand=rows).tolist() if flat else []
     result, k = [], 0
     for uid, cs in zip(utt_ids, outs):
@@ -133,6 +146,7 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
     log_path = progress_path(out_path)
     finished = _resume_point(out_path, log_path)
     done = read_done(out_path)
+    share_encoder = same_encoder(model, ref_model)
     bar = tqdm(total=len(utterances), initial=sum(u.id in finished for u in utterances), desc=desc, unit="utt",
                disable=None)
     with out_path.open("ab") as f, log_path.open("a") as log:
@@ -151,7 +165,8 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
             if ids:
                 # Seed from the batch's ids: the same batch draws the same samples after a resume.
                 batch_seed = zlib.crc32(f"{seed}:{','.join(ids)}".encode())
-                for uid, group in zip(ids, _candidates_for_batch(model, ref_model, ids, waves, params, batch_seed)):
+                for uid, group in zip(ids, _candidates_for_batch(model, ref_model, ids, waves, params, batch_seed,
+                                                                         share_encoder)):
                     done[uid] = group
                     lines += [json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in group]
             f.write("".join(lines).encode("utf-8"))

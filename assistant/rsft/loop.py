@@ -63,6 +63,7 @@ class RSFTConfig:
     lr: float = 1e-4
     freeze_encoder_layers: int = 2
     spec_augment: bool = True
+    asr_weight: float = 0.5              # plain-transcription loss on the labelled mix (keeps ASR alive)
     pool_limit: int = 0
     labelled_limit: int = 0
     dev_limit: int = 300
@@ -211,7 +212,7 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     start = SLUModel.from_pretrained(base_dir if cfg.from_base else Path(model.source_dir))
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=10,
                        freeze_encoder_layers=cfg.freeze_encoder_layers, spec_augment=cfg.spec_augment,
-                       seed=cfg.seed + k, context_seconds=start.context_seconds)
+                       asr_weight=cfg.asr_weight, seed=cfg.seed + k, context_seconds=start.context_seconds)
     result = fine_tune(start, train_examples, dev, tcfg, rdir / "train", desc=f"round {k}: fine-tune", schema=schema)
     n_cand = sum(len(c) for c in candidates)
     report = {

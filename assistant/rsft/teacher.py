@@ -57,8 +57,8 @@ LOGP_FLOOR = -10.0          # clamp for every log-probability term
 MISSING_SLOT_LOGP = -10.0   # slot value not found in the transcript (or slot / intent unknown)
 UNPARSEABLE_SCORE = -20.0   # reward for a candidate whose frame could not be parsed
 MAX_TOKENS = 64             # sub-tokens per transcript; words past it are not tagged
-RECIPE_VERSION = 1          # bump when training changes so cached default teachers are rebuilt
-CACHE_NAME = "teacher-minilm"
+RECIPE_VERSION = 2          # bump when training changes so cached default teachers are rebuilt
+CACHE_NAME = "teacher-minilm-v2"
 _FORMAT = "assistant-text-teacher"
 
 
@@ -618,12 +618,27 @@ DEFAULT_PER_TEMPLATE = 12
 DEFAULT_MAX_SENTENCES = 3000
 
 
+def held_out_templates(grammar: Any, schema: Any) -> set[str]:
+    """Template ids the default corpus keeps for dev/test only (same rule and seed as `assistant synth`)."""
+    from assistant.data.synth import SynthConfig, hold_out_templates
+
+    _, unseen, shared = hold_out_templates(grammar, list(grammar.intents), SynthConfig())
+    return {t for intent, ids in unseen.items() if intent not in shared for t in ids}
+
+
 def default_sentences(schema: Any) -> list[Any]:
-    """The default teacher's training text: every template of the default grammar, a few fillings each,
-    capped and balanced over intents so training stays a few minutes on two CPU cores."""
+    """The default teacher's training text: the default grammar's templates, a few fillings each, capped
+    and balanced over intents so training stays a few minutes on two CPU cores.
+
+    The phrasings the default corpus holds out for dev/test are left out here too: the teacher is part of
+    the deployed model (its NLU second pass) and an RSFT reward, and test accuracy must measure phrasings
+    nobody trained on, the text side included."""
     from assistant.data.grammar import load_grammar
 
-    sentences = load_grammar().all_sentences(schema, limit_per_template=DEFAULT_PER_TEMPLATE)
+    grammar = load_grammar()
+    held_out = held_out_templates(grammar, schema)
+    sentences = [s for s in grammar.all_sentences(schema, limit_per_template=DEFAULT_PER_TEMPLATE)
+                 if s.template_id not in held_out]
     return balanced_subset(sentences, DEFAULT_MAX_SENTENCES, seed=0)
 
 

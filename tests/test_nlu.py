@@ -1,0 +1,112 @@
+"""The text second pass (assistant.nlu): scoring both readings, choosing, weights, persistence, inference.
+
+The teacher here is the real MiniLM network with fresh (untrained, seeded) heads: its readings are
+arbitrary but real, which is all the choice logic needs; trained-teacher accuracy is test_teacher's job.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from assistant.frames import Frame, format_frame
+from assistant.model.slu import SLUModel
+from assistant.nlu import NluError, NluPass, Readings, attach, choose_weight
+from assistant.rsft.teacher import TextTeacher
+from assistant.schema import load_schema
+
+FRAMES = [
+    Frame("activate_lights_kitchen", {"object": "lights", "location": "kitchen"}, "turn on the lights in the kitchen"),
+    Frame("alarm_set", {"time": "seven thirty a m"}, "set an alarm for seven thirty a m"),
+]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    schema = load_schema()
+    torch.manual_seed(0)
+    slots = sorted(schema.slots)
+    return TextTeacher._fresh(list(schema.intents), slots, implied_slots={}, intent_slots={})
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SLUModel.tiny_random([format_frame(f) for f in FRAMES] + ["| |"], seed=0)
+
+
+@pytest.fixture(scope="module")
+def enc(model):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return model.encode(model.features([0.1 * torch.randn(32000, generator=g) for _ in FRAMES]))
+
+
+def test_readings_score_both_frames_under_both_models(model, enc, teacher):
+    r = NluPass(teacher).readings(model, enc, FRAMES + [None])
+    assert r.text[2] is None and r.speech[2] is None
+    for i, frame in enumerate(FRAMES):
+        text = r.text[i]
+        assert text.transcript == frame.transcript                       # the transcript is never changed
+        intent, slots, _ = teacher.predict([frame.transcript])[0]
+        assert (text.intent, text.slots) == (intent, slots)
+        want = teacher.log_likelihood([frame.transcript] * 2, [frame.intent, text.intent], [frame.slots, text.slots])
+        np.testing.assert_allclose(r.text_lp[i], want, rtol=1e-6)
+        with torch.no_grad():
+            own = float(model.sequence_logprobs(enc[i:i + 1], [format_frame(frame)])[0])
+        assert r.speech_lp[i, 0] == pytest.approx(own, rel=1e-5)
+
+
+def test_choose_weight_zero_is_the_speech_model_and_a_big_weight_is_the_text_model():
+    speech = [Frame("a", {}, "x"), Frame("b", {}, "y"), None]
+    text = [Frame("c", {}, "x"), Frame("d", {}, "y"), None]
+    r = Readings(speech, text, speech_lp=np.array([[-1.0, -5.0], [-1.0, -1.5], [0, 0]]),
+                 text_lp=np.array([[-3.0, -0.1], [-0.1, -3.0], [0, 0]]))
+    assert [f and f.intent for f in r.choose(0.0)[0]] == ["a", "b", None]
+    frames, from_text = r.choose(100.0)
+    assert [f and f.intent for f in frames] == ["c", "b", None] and from_text == [True, False, False]
+    # weight 2: row 0: -1 + 2*-3 = -7 vs -5 + 2*-0.1 = -5.2 -> text
+    assert r.choose(2.0)[1] == [True, False, False]
+    best, accuracy = choose_weight(r, ["c", "b", "z"], weights=(0.0, 2.0, 100.0))
+    assert best == 2.0 and accuracy == {0.0: pytest.approx(1 / 3), 2.0: pytest.approx(2 / 3), 100.0: pytest.approx(2 / 3)}
+
+
+def test_weight_must_be_non_negative(teacher):
+    with pytest.raises(NluError, match="weight"):
+        NluPass(teacher, weight=-1)
+
+
+def test_attach_save_load_and_inference(model, teacher, tmp_path):
+    from assistant.inference import predict_waves
+
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    attach(folder, teacher, weight=0.5)
+    assert json.loads((folder / "nlu" / "nlu.json").read_text()) == {"weight": 0.5}
+    loaded = SLUModel.from_pretrained(folder)
+    assert loaded.nlu is not None and loaded.nlu.weight == 0.5
+    assert SLUModel.from_pretrained(folder, nlu=False).nlu is None
+    g = torch.Generator().manual_seed(1)
+    waves = [0.1 * torch.randn(24000, generator=g) for _ in range(3)]
+    with_nlu = predict_waves(loaded, waves, load_schema())
+    alone = predict_waves(loaded, waves, load_schema(), use_nlu=False)
+    for a, b in zip(with_nlu, alone):
+        assert a.raw == b.raw and a.valid == b.valid
+        assert b.reader == "speech"
+        if a.reader == "speech":
+            assert (a.intent, a.slots) == (b.intent, b.slots)
+        assert a.transcript == b.transcript
+
+
+def test_corrupt_nlu_folder_is_one_clear_error(model, tmp_path):
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    (folder / "nlu").mkdir()
+    (folder / "nlu" / "nlu.json").write_text("{oops")
+    with pytest.raises(NluError, match="nlu.json"):
+        SLUModel.from_pretrained(folder)
+    (folder / "nlu" / "nlu.json").write_text('{"weight": 1.0}')
+    with pytest.raises(NluError, match="teacher"):
+        SLUModel.from_pretrained(folder)
