@@ -165,7 +165,20 @@ class Experiment:
                         "mean_reward_all": r["acceptance"]["mean_reward_all"],
                         "mean_reward_kept": r["acceptance"]["mean_reward_kept"],
                         "candidates_per_second": r["candidates_per_second"]} for r in summary["rounds"]]
-        return self._finish(name, summary["best_dir"], t0, {"rounds": rounds_info, "best_round": summary["best_round"]})
+        return self._finish(name, summary["best_dir"], t0, {"rounds": rounds_info, "best_round": summary["best_round"],
+                                                            "pool_manifest": values["pool_manifest"]})
+
+    def diagnostics(self, result: dict) -> list[dict]:
+        """Oracle diagnostics of each persisted round of an RSFT condition (assistant.rsft.diagnostics)."""
+        from assistant.rsft.diagnostics import diagnose_round_dir
+
+        pool = result.get("pool_manifest") or self.paths["slice" if result["name"].startswith("f_") else "pool"]
+        out = []
+        for rd in result.get("rounds", []):
+            folder = self.out / result["name"] / f"round_{rd['round']}"
+            if (folder / "scored.jsonl").is_file():
+                out.append({"round": rd["round"], **diagnose_round_dir(folder, pool)})
+        return out
 
     def run(self) -> list[dict]:
         cfg = self.cfg
@@ -227,6 +240,21 @@ class Experiment:
                 lines.append(f"| {r['name']} | {rd['round']} | {rd['dev_intent_accuracy']:.4f} | "
                              f"{(rd['acceptance_rate'] or 0):.3f} | {'-' if prec is None else f'{prec:.3f}'} | {rd['kept_nothing']} | "
                              f"{(rd['mean_reward_all'] or 0):.3f} → {(rd['mean_reward_kept'] or 0):.3f} | {rd['candidates_per_second']} |")
+        lines += ["", "Why (oracle diagnostics of each round's candidates, `assistant.rsft.diagnostics`; correct = "
+                  "intent exact): coverage = some candidate correct; greedy = the argmax candidate correct; on "
+                  "utterances with both correct and wrong candidates, how often the top-reward one is correct vs the "
+                  "greedy one, and the reward's AUC there; precision of the kept frames.", "",
+                  "| condition | round | coverage | greedy acc | mixed utts | top-reward acc | greedy acc (mixed) | "
+                  "reward AUC | kept precision | kept frame precision | kept greedy share |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"   # noqa: E731
+        for r in results:
+            r["diagnostics"] = self.diagnostics(r) if r.get("rounds") else []
+            for d in r["diagnostics"]:
+                lines.append(f"| {r['name']} | {d['round']} | {fmt(d['oracle_coverage'])} | {fmt(d['greedy_accuracy'])} | "
+                             f"{d['mixed_utterances']} | {fmt(d['pick_accuracy'])} | {fmt(d['greedy_accuracy_mixed'])} | "
+                             f"{fmt(d['reward_auc'])} | {fmt(d['kept_precision'])} | {fmt(d['frame_kept_precision'])} | "
+                             f"{fmt(d['kept_greedy_share'])} |")
         text = "\n".join(lines) + "\n"
         path = REPO_ROOT / self.cfg.results_file
         path.parent.mkdir(parents=True, exist_ok=True)

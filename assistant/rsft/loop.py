@@ -206,6 +206,11 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
 
     examples = kept_examples(pool_ok, scored, decisions)
     quality = pseudo_label_quality(pool_ok, examples)
+    if all(u.intent for u in pool_ok):          # reward quality and diversity, oracle only
+        from assistant.rsft.diagnostics import round_diagnostics
+
+        quality.update(round_diagnostics([s for ss in scored for s in ss], [d for ds in decisions for d in ds],
+                                         {u.id: (u.intent, dict(u.slots)) for u in pool_ok}))
     train_examples = examples + (examples_from_utterances(labelled) if cfg.mix_labelled else [])
     (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
 

@@ -1,0 +1,115 @@
+"""Why did a round help or not? Oracle diagnostics of a persisted RSFT round (never fed back to training).
+
+Reads a round's ``scored.jsonl`` and ``decisions.jsonl`` and the pool's hidden gold labels, and answers
+the three questions that decide whether RSFT can beat plain pseudo-labelling:
+
+* **diversity** — ``oracle_coverage``: share of utterances with at least one correct candidate among the
+  N samples + greedy (no reward can keep a correct frame that was never sampled), vs ``greedy_accuracy``
+  (what argmax pseudo-labelling keeps);
+* **reward quality** — ``reward_auc``: probability that a correct candidate of an utterance out-scores an
+  incorrect one of the same utterance (0.5 = the reward is blind, 1 = perfect); ``pick_accuracy``: on
+  utterances with both kinds, how often the top-reward candidate is a correct one — to beat argmax
+  pseudo-labelling it must beat ``greedy_accuracy_mixed``, the greedy candidate's accuracy there;
+* **what was kept** — ``kept_precision``: share of accepted frames that are correct, and
+  ``kept_precision_greedy`` for the greedy ones among them.
+
+"Correct" is intent accuracy's notion (intent exact); the ``frame_`` variants also need the slots exact.
+
+    python -m assistant.rsft.diagnostics runs/experiment/c_rsft_label_free/round_1 data/generated/default/pool.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _pairs_auc(good: list[float], bad: list[float]) -> tuple[float, int]:
+    """Sum over (correct, incorrect) pairs of 1[good > bad] + 0.5·1[tie], and the number of pairs."""
+    if not good or not bad:
+        return 0.0, 0
+    g, b = np.asarray(good)[:, None], np.asarray(bad)[None, :]
+    return float((g > b).sum() + 0.5 * (g == b).sum()), g.size * b.size
+
+
+def round_diagnostics(scored, decisions, gold: dict[str, tuple[str, dict]]) -> dict:
+    """``scored``/``decisions``: flat lists (any order); ``gold``: utt_id -> (intent, slots)."""
+    accepted = {(d.utt_id, d.index) for d in decisions if d.accepted}
+    by_utt: dict[str, list] = {}
+    for s in scored:
+        if s.utt_id in gold:
+            by_utt.setdefault(s.utt_id, []).append(s)
+    out: dict = {"utterances": len(by_utt), "candidates": sum(len(v) for v in by_utt.values())}
+    for level in ("intent", "frame"):
+        prefix = "" if level == "intent" else "frame_"
+        covered = greedy_ok = picks = mixed = greedy_mixed_ok = 0
+        auc_num = auc_den = 0.0
+        kept = kept_ok = kept_greedy = kept_greedy_ok = 0
+        for uid, group in by_utt.items():
+            intent, slots = gold[uid]
+
+            def ok(s) -> bool:
+                f = s.candidate.frame
+                return f is not None and f.intent == intent and (level == "intent" or dict(f.slots) == dict(slots))
+
+            flags = [ok(s) for s in group]
+            covered += any(flags)
+            greedy_ok += any(f for s, f in zip(group, flags) if s.candidate.greedy)
+            rewards = [float(s.reward) for s in group]
+            if any(flags) and not all(flags):
+                mixed += 1
+                top = max(range(len(group)), key=lambda i: rewards[i])
+                picks += flags[top]
+                greedy_mixed_ok += any(f for s, f in zip(group, flags) if s.candidate.greedy)
+                num, den = _pairs_auc([r for r, f in zip(rewards, flags) if f],
+                                      [r for r, f in zip(rewards, flags) if not f])
+                auc_num, auc_den = auc_num + num, auc_den + den
+            for s, f in zip(group, flags):
+                if (s.utt_id, s.index) in accepted:
+                    kept += 1
+                    kept_ok += f
+                    if s.candidate.greedy:
+                        kept_greedy += 1
+                        kept_greedy_ok += f
+        n = max(len(by_utt), 1)
+        out.update({
+            f"{prefix}oracle_coverage": covered / n,
+            f"{prefix}greedy_accuracy": greedy_ok / n,
+            f"{prefix}mixed_utterances": mixed,
+            f"{prefix}pick_accuracy": picks / mixed if mixed else None,
+            f"{prefix}greedy_accuracy_mixed": greedy_mixed_ok / mixed if mixed else None,
+            f"{prefix}reward_auc": auc_num / auc_den if auc_den else None,
+            f"{prefix}kept_precision": kept_ok / kept if kept else None,
+            f"{prefix}kept_precision_greedy": kept_greedy_ok / kept_greedy if kept_greedy else None,
+        })
+    out["kept"] = sum(1 for d in decisions if d.accepted)
+    out["kept_greedy_share"] = (sum(1 for s in scored if s.candidate.greedy and (s.utt_id, s.index) in accepted)
+                                / max(out["kept"], 1))
+    return out
+
+
+def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path) -> dict:
+    """Diagnostics of one persisted round folder against the pool manifest's (hidden) labels."""
+    from assistant.data.manifest import read_manifest
+    from assistant.rsft.types import Decision, Scored, read_records
+
+    round_dir = Path(round_dir)
+    gold = {u.id: (u.intent, dict(u.slots)) for u in read_manifest(pool_manifest)}
+    scored = read_records(round_dir / "scored.jsonl", Scored)
+    decisions = read_records(round_dir / "decisions.jsonl", Decision)
+    return round_diagnostics(scored, decisions, gold)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m assistant.rsft.diagnostics ROUND_DIR POOL_MANIFEST", file=sys.stderr)
+        return 2
+    print(json.dumps(diagnose_round_dir(argv[0], argv[1]), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,51 @@
+"""Oracle diagnostics of an RSFT round: coverage, greedy accuracy, reward AUC, top-reward pick, kept precision."""
+
+import pytest
+
+from assistant.rsft.diagnostics import round_diagnostics
+from assistant.rsft.types import Candidate, Decision, Scored
+
+
+def _s(uid, index, text, reward, greedy=False):
+    return Scored(candidate=Candidate(utt_id=uid, index=index, text=text, greedy=greedy), rewards={"r": reward},
+                  reward=reward)
+
+
+GOLD = {"u1": ("alarm_set", {"time": "seven"}), "u2": ("weather_query", {}), "u3": ("alarm_set", {"time": "six"})}
+SCORED = [
+    # u1: greedy wrong, a sample right and rewarded higher
+    _s("u1", 0, "set an alarm | alarm_query | time=seven", 0.2, greedy=True),
+    _s("u1", 1, "set an alarm | alarm_set | time=seven", 0.9),
+    # u2: only candidate right
+    _s("u2", 0, "weather | weather_query |", 0.5, greedy=True),
+    # u3: greedy right intent, wrong slot; a wrong-intent sample rewarded higher; an unparseable one
+    _s("u3", 0, "alarm six | alarm_set | time=seven", 0.4, greedy=True),
+    _s("u3", 1, "alarm six | weather_query |", 0.8),
+    _s("u3", 2, "garbage", 0.1),
+]
+DECISIONS = [Decision("u1", 1, True, ""), Decision("u1", 0, False, ""), Decision("u2", 0, True, ""),
+             Decision("u3", 1, True, ""), Decision("u3", 0, False, ""), Decision("u3", 2, False, "")]
+
+
+def test_round_diagnostics_by_hand():
+    d = round_diagnostics(SCORED, DECISIONS, GOLD)
+    assert d["utterances"] == 3 and d["candidates"] == 6 and d["kept"] == 3
+    assert d["oracle_coverage"] == 1.0                      # every utterance has a right-intent candidate
+    assert d["greedy_accuracy"] == pytest.approx(2 / 3)     # u2, u3
+    assert d["mixed_utterances"] == 2                       # u1, u3
+    assert d["pick_accuracy"] == 0.5                        # u1 right, u3 wrong
+    assert d["greedy_accuracy_mixed"] == 0.5                # u1 wrong, u3 right
+    # u1: 1 pair, won; u3: right {0.4} vs wrong {0.8, 0.1}: 1 of 2 -> (1 + 1) / 3
+    assert d["reward_auc"] == pytest.approx(2 / 3)
+    assert d["kept_precision"] == pytest.approx(2 / 3)      # u1#1, u2#0 right; u3#1 wrong
+    assert d["kept_precision_greedy"] == 1.0                # the only kept greedy one is u2#0
+    assert d["frame_oracle_coverage"] == pytest.approx(2 / 3)  # u3 has no exactly right frame
+    assert d["frame_greedy_accuracy"] == pytest.approx(1 / 3)
+    assert d["kept_greedy_share"] == pytest.approx(1 / 3)
+
+
+def test_utterances_without_gold_are_ignored_and_empty_input_is_safe():
+    d = round_diagnostics(SCORED, DECISIONS, {"u2": GOLD["u2"]})
+    assert d["utterances"] == 1 and d["pick_accuracy"] is None and d["reward_auc"] is None
+    empty = round_diagnostics([], [], GOLD)
+    assert empty["utterances"] == 0 and empty["kept_precision"] is None
