@@ -30,7 +30,7 @@ from assistant.frames import Frame, format_frame
 
 NLU_DIR = "nlu"
 NLU_FILE = "nlu.json"
-WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)   # tried on dev by choose_weight
+WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0)   # tried on dev by choose_weight
 
 
 class NluError(ValueError):

@@ -203,7 +203,10 @@ class Experiment:
             for name, kw in [("x_beta_0.02", {"beta": 0.02}), ("x_beta_1.0", {"beta": 1.0}),
                              ("x_n_4", {"num_samples": 4}), ("x_n_16", {"num_samples": 16}),
                              ("x_rule_best_of_n", {"rule": "best_of_n", "k": 1}),
-                             ("x_rule_threshold", {"rule": "threshold", "tau": 1.0, "cap": 2})]:
+                             ("x_rule_threshold_0.9", {"rule": "threshold", "tau": 0.9, "cap": 2}),
+                             # M = the reward's known maximum (verifier 1 + teacher log-lik 0), not the
+                             # utterance's best: an utterance whose best candidate is poor keeps nothing.
+                             ("x_bound_1.0", {"bound": 1.0})]:
                 results.append(self.rsft(name, A, rounds=1, **kw))
         return results
 
