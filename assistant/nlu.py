@@ -68,21 +68,23 @@ class NluPass:
         """Score both readings; ``enc`` holds the clips' encoder states (row i = frames[i])."""
         n = len(frames)
         text: list[Frame | None] = [None] * n
-        idx = [i for i, f in enumerate(frames) if f is not None]
-        if idx:
-            predicted = self.teacher.predict([frames[i].transcript for i in idx])
-            for i, (intent, slots, _) in zip(idx, predicted):
-                text[i] = Frame(intent=intent, slots=dict(slots), transcript=frames[i].transcript)
         speech_lp = np.zeros((n, 2))
         text_lp = np.zeros((n, 2))
-        pairs = [(i, j, f) for i in idx for j, f in enumerate((frames[i], text[i]))]
-        if pairs:
-            scores = model.sequence_logprobs(enc, [format_frame(f) for _, _, f in pairs],
-                                             expand=[i for i, _, _ in pairs]).cpu().numpy()
-            lls = self.teacher.log_likelihood([f.transcript for _, _, f in pairs], [f.intent for _, _, f in pairs],
-                                              [f.slots for _, _, f in pairs])
-            for (i, j, _), s, ll in zip(pairs, scores, lls):
-                speech_lp[i, j], text_lp[i, j] = s, ll
+        idx = [i for i, f in enumerate(frames) if f is not None]
+        if not idx:
+            return Readings(list(frames), text, speech_lp, text_lp)
+        read = self.teacher.read([frames[i].transcript for i in idx], [frames[i].intent for i in idx],
+                                 [frames[i].slots for i in idx])
+        for i, (intent, slots, own_ll, given_ll) in zip(idx, read):
+            text[i] = Frame(intent=intent, slots=dict(slots), transcript=frames[i].transcript)
+            text_lp[i] = given_ll, own_ll
+        # The speech model scores the text reading only where it differs from its own.
+        differ = [i for i in idx if (text[i].intent, text[i].slots) != (frames[i].intent, dict(frames[i].slots))]
+        own = model.sequence_logprobs(enc, [format_frame(frames[i]) for i in idx], expand=idx).cpu().numpy()
+        speech_lp[idx, 0] = speech_lp[idx, 1] = own
+        if differ:
+            speech_lp[differ, 1] = model.sequence_logprobs(enc, [format_frame(text[i]) for i in differ],
+                                                           expand=differ).cpu().numpy()
         # A reading the speech model cannot spell (-inf) must never win over its own.
         speech_lp = np.where(np.isfinite(speech_lp), speech_lp, -1e9)
         return Readings(list(frames), text, speech_lp, text_lp)

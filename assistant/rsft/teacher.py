@@ -548,6 +548,18 @@ class TextTeacher:
             out.append((intent, slots, float(math.exp(self._frame_logp(encoded, intent, slots)))))
         return out
 
+    def read(self, transcripts: Sequence[str], intents: Sequence[str], slots: Sequence[dict[str, str]]
+             ) -> list[tuple[str, dict[str, str], float, float]]:
+        """One network pass per transcript for both jobs of the NLU second pass: the teacher's own frame
+        (intent, slots), its log-likelihood, and the log-likelihood of the given frame."""
+        out = []
+        for encoded, intent, given in zip(self._encode(transcripts), intents, slots):
+            own = self.intents[int(np.argmax(encoded.intent_logp))]
+            own_slots = self._decode_slots(encoded, own)
+            out.append((own, own_slots, self._frame_logp(encoded, own, own_slots),
+                        self._frame_logp(encoded, intent, given or {})))
+        return out
+
     def _decode_slots(self, encoded: _Encoded, intent: str) -> dict[str, str]:
         allowed = self.intent_slots.get(intent)
         logp = encoded.tag_logp.copy()
