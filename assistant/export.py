@@ -217,6 +217,8 @@ def export_onnx(model, out_dir: str | Path, quantize: str | None = None, verify:
         "output_token_ids": model.vocab.ids.tolist(), "input_token_ids": table.tolist(),
     }
     (out / EXPORT_CONFIG).write_text(json.dumps(meta))
+    if getattr(model, "nlu", None) is not None:      # the text second pass travels with the export
+        model.nlu.save(out)
     if verify:
         for precision in precisions:
             report = verify_export(model, out, precision=precision)
@@ -286,7 +288,7 @@ class OnnxSLU:
         preds = predict_files(model, ["clip.wav"], schema)
     """
 
-    def __init__(self, folder: str | Path, precision: str = "fp32", threads: int = 0):
+    def __init__(self, folder: str | Path, precision: str = "fp32", threads: int = 0, nlu: bool = True):
         import onnxruntime as ort
         from transformers import WhisperTokenizerFast
 
@@ -317,6 +319,11 @@ class OnnxSLU:
         self.input_index_of[self.input_ids] = np.arange(len(self.input_ids))
         self.eot_index = int(np.searchsorted(self.output_ids, self.eot_id))
         self.training = False
+        self.nlu = None      # the text second pass, when the exported model had one (folder/nlu)
+        if nlu and (self.folder / "nlu").is_dir():
+            from assistant.nlu import NluPass
+
+            self.nlu = NluPass.load(self.folder / "nlu")
 
     # ------------------------------------------------------------------ SLUModel-compatible surface
     def eval(self) -> "OnnxSLU":
@@ -394,6 +401,29 @@ class OnnxSLU:
             out.append([Candidate(text=self.decode_tokens(seq), token_ids=seq, logprob=float(logprob[r]),
                                   greedy=True, finished=bool(finished[r]))])
         return out
+
+    def sequence_logprobs(self, encoded: OnnxEncoded, texts: Sequence[str], expand: Sequence[int] | None = None
+                          ) -> torch.Tensor:
+        """Sum log-prob of each text + <|endoftext|> over the restricted vocabulary, as
+        ``SLUModel.sequence_logprobs`` computes it (the text second pass needs it); -inf for a text this
+        export cannot spell. ``expand``: the encoder row of each text."""
+        from assistant.model.vocab import batch_text_token_ids
+
+        rows = list(range(len(texts))) if expand is None else [int(r) for r in expand]
+        out = np.full(len(texts), -np.inf)
+        for i, (seq, row) in enumerate(zip(batch_text_token_ids(self.tokenizer, list(texts)), rows)):
+            target = np.asarray(seq + [self.eot_id], dtype=np.int64)
+            position = np.searchsorted(self.output_ids, target).clip(max=len(self.output_ids) - 1)
+            inputs = np.asarray([self.slu_prefix + seq], dtype=np.int64)
+            if (self.output_ids[position] != target).any() or inputs.shape[1] > int(self.meta["max_target_positions"]) \
+                    or (self.input_index_of[inputs] < 0).any():
+                continue
+            one = OnnxEncoded(encoded.states[row:row + 1], encoded.cross_keys[:, row:row + 1],
+                              encoded.cross_values[:, row:row + 1])
+            logits = self.decoder_logits(inputs, one)[0, len(self.slu_prefix) - 1:].astype(np.float64)
+            logp = logits - _logsumexp(logits)
+            out[i] = float(logp[np.arange(len(target)), position].sum())
+        return torch.from_numpy(out)
 
     def decode_tokens(self, token_ids: Sequence[int]) -> str:
         ids = [int(t) for t in token_ids if int(t) != self.eot_id]

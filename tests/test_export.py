@@ -173,3 +173,33 @@ def test_transcribe_and_classify_runs_the_onnx_export(tiny, exported, tmp_path, 
     assert "nope" in capsys.readouterr().err
     assert infer_cli(clips + ["--int8"]) == 2
     assert "--onnx" in capsys.readouterr().err
+
+
+def test_text_second_pass_travels_with_the_export(tiny, waves, tmp_path):
+    from assistant.nlu import NluPass
+    from assistant.rsft.teacher import TextTeacher
+    from assistant.schema import load_schema
+    from assistant.train import frame_target
+    from assistant.data.manifest import read_manifest
+
+    schema = load_schema()
+    torch.manual_seed(0)
+    teacher = TextTeacher._fresh(list(schema.intents), sorted(schema.slots), implied_slots={}, intent_slots={})
+    tiny.nlu = NluPass(teacher, weight=1.0)
+    try:
+        folder = export_onnx(tiny, tmp_path / "onnx", progress=False)
+        runtime = OnnxSLU(folder)
+        assert runtime.nlu is not None and runtime.nlu.weight == 1.0
+        assert OnnxSLU(folder, nlu=False).nlu is None
+        texts = [frame_target(u) for u in read_manifest(FIXTURES / "fsc" / "data" / "train_data.csv")[:2]]
+        with torch.no_grad():
+            eager = tiny.sequence_logprobs(tiny.encode(tiny.features(waves)), texts, expand=[0, 3])
+        onnx = runtime.sequence_logprobs(runtime.encode(runtime.features(waves)), texts, expand=[0, 3])
+        np.testing.assert_allclose(onnx.numpy(), eager.numpy(), rtol=1e-3, atol=1e-3)
+        assert runtime.sequence_logprobs(runtime.encode(runtime.features(waves[:1])),
+                                         ["zebra | quantum |"]).item() == float("-inf")   # not spellable
+        a = predict_waves(tiny, waves, schema, max_new_tokens=24)
+        b = predict_waves(runtime, waves, schema, max_new_tokens=24)
+        assert [(p.intent, p.slots, p.reader) for p in b] == [(p.intent, p.slots, p.reader) for p in a]
+    finally:
+        tiny.nlu = None
