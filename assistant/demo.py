@@ -273,13 +273,11 @@ def cli(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from assistant.paths import default_model_dir
+    from assistant.paths import resolve_model_dir
 
-    model_dir = Path(args.model) if args.model else default_model_dir()
-    if not (model_dir / "slu_config.json").is_file():
-        hint = ("run `assistant run` (the main job) to build the default model, or pass --model DIR"
-                if not args.model else "pass a folder saved by `assistant train` / `assistant rsft` (e.g. runs/.../best)")
-        print(f"assistant demo: no trained model at {model_dir}; {hint}", file=sys.stderr)
+    model_dir, problem = resolve_model_dir(args.model)
+    if problem:
+        print(f"assistant demo: {problem}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     classifier = Classifier.from_dir(model_dir)

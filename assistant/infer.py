@@ -60,7 +60,7 @@ def cli(argv: list[str]) -> int:
 
     from assistant.inference import predict_files
     from assistant.model.slu import SLUModel
-    from assistant.paths import default_model_dir
+    from assistant.paths import resolve_model_dir
     from assistant.schema import load_schema
 
     if args.onnx:
@@ -72,11 +72,9 @@ def cli(argv: list[str]) -> int:
             print(f"assistant transcribe-and-classify: {e}", file=sys.stderr)
             return 2
     else:
-        model_dir = Path(args.model) if args.model else default_model_dir()
-        if not (model_dir / "slu_config.json").is_file():
-            hint = ("run `assistant run` (the main job) to build the default model, or pass --model DIR"
-                    if not args.model else "pass a folder saved by `assistant train` / `assistant rsft`")
-            print(f"assistant transcribe-and-classify: no trained model at {model_dir}; {hint}", file=sys.stderr)
+        model_dir, problem = resolve_model_dir(args.model)
+        if problem:
+            print(f"assistant transcribe-and-classify: {problem}", file=sys.stderr)
             return 2
         model = SLUModel.from_pretrained(model_dir)
         model.eval()
