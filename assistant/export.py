@@ -175,6 +175,8 @@ def export_onnx(model, out_dir: str | Path, quantize: str | None = None, verify:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    if getattr(model, "adapters", None) is not None:
+        model = model.merged_copy()     # LoRA folded in: the export is the SLU path only
     cfg = model.config
     n_layers, n_heads = cfg.decoder_layers, cfg.decoder_attention_heads
     head_dim = cfg.d_model // n_heads

@@ -141,7 +141,9 @@ def run_main(cfg: MainConfig) -> dict:
 
             real = compare({"stock tiny.en": None, "fine-tuned": str(final)})
             for name, r in real.items():
-                print(f"{name:<14} WER {r['wer']:.4f} on {r['n_clips']} clips")
+                print(f"{name:<14} stock-prompt ASR WER {r['wer']:.4f} on {r['n_clips']} clips"
+                      + (f"; SLU-output transcript WER {r['slu_wer']:.4f} on the {r['slu_n_clips']} clips that "
+                         "fit its context" if "slu_wer" in r else ""))
         except OSError as e:  # no registry access: say so, keep the rest
             print(f"skipped: could not fetch the pocketsphinx test audio ({e})")
         timings["real_speech_s"] = time.perf_counter() - t

@@ -90,15 +90,32 @@ def _digits_to_words(text: str) -> str:
     return " ".join(words)
 
 
+def slu_transcript_wer(model, clips) -> tuple[float, list[str], int]:
+    """WER of the transcript inside the SLU output (the words `transcribe-and-classify` prints), on the
+    clips that fit the model's context. Not the stock path: this shows what the command model hears."""
+    from assistant.inference import predict_waves
+    from assistant.metrics import wer
+
+    fit = [c for c in clips if c[1].numel() <= model.context_seconds * 16000]
+    hyps = [predict_waves(model, [w], use_nlu=False)[0].transcript for _, w, _ in fit]
+    return (wer([ref for _, _, ref in fit], [_digits_to_words(h) for h in hyps]) if fit else float("nan")), hyps, len(fit)
+
+
 def compare(model_dirs: dict[str, str | None]) -> dict[str, dict]:
-    """{name: model folder (None = packaged tiny.en)} -> {name: {"wer", "hypotheses"}}."""
-    from assistant.model.slu import SLUModel
+    """{name: model folder (None = packaged tiny.en)} -> {name: {"wer", "hypotheses", ...}}; SLU folders
+    also get ``slu_wer`` (see slu_transcript_wer)."""
+    from assistant.model.slu import SLU_CONFIG_FILE, SLUModel
 
     clips = load_clips()
     out = {}
     for name, path in model_dirs.items():
         model = SLUModel.from_pretrained(path).eval()
         w, hyps = asr_wer(model, clips)
-        out[name] = {"wer": w, "n_clips": len(clips),
+        out[name] = {"wer": w, "n_clips": len(clips), "lora": model.adapters is not None,
                      "hypotheses": {c[0]: h for c, h in zip(clips, hyps)}}
+        if path is not None and (Path(path) / SLU_CONFIG_FILE).is_file():
+            sw, shyps, n = slu_transcript_wer(model, clips)
+            fit = [c for c in clips if c[1].numel() <= model.context_seconds * 16000]
+            out[name].update({"slu_wer": sw, "slu_n_clips": n,
+                              "slu_hypotheses": {c[0]: h for c, h in zip(fit, shyps)}})
     return out

@@ -48,6 +48,8 @@ class TrainConfig:
     train_embeddings: bool = False    # the tied 51,864 x d token matrix: a dense gradient + Adam update per step
     asr_weight: float = 0.5           # weight of the plain-transcription loss (stock prompt) that keeps ASR alive
     asr_rows: int = 4                 # clips per batch that also get the ASR loss (its 51,864-way softmax is costly)
+    lora_rank: int = 0                # > 0: train LoRA adapters (off for the stock ASR prompt) instead of the weights
+    lora_alpha: float = 0.0           # adapter scale alpha / rank (0 = rank, i.e. scale 1)
     spec_augment: bool = False        # SpecAugment on log-mels; only without cache_encoder
     train_limit: int = 0              # use only the first N training utterances (0 = all)
     dev_limit: int = 200              # dev utterances scored per evaluation (0 = all)
@@ -71,7 +73,9 @@ class TrainConfig:
             raise ValueError(f"save_every_steps must be >= 1, got {self.save_every_steps}")
         if not (0.0 <= self.asr_weight <= 10.0):
             raise ValueError(f"asr_weight must be in [0, 10], got {self.asr_weight}")
-        for name in ("asr_rows", "max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
+        if self.lora_alpha < 0:
+            raise ValueError(f"lora_alpha must be >= 0, got {self.lora_alpha}")
+        for name in ("lora_rank", "asr_rows", "max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -188,7 +192,9 @@ class _LossModule(torch.nn.Module):
             enc = self.slu.encode_head(inputs, self.trunk_layers)
         loss = self.slu.loss(enc, targets)
         rows = [i for i, t in enumerate(transcripts or []) if t.strip()][:asr_rows]   # batches are shuffled
-        if asr_weight > 0 and rows:   # the same encoder states also teach plain transcription
+        # The same encoder states also teach plain transcription; a LoRA model needs no such loss: its
+        # adapters are off for the stock prompt, which therefore stays the pretrained model exactly.
+        if asr_weight > 0 and rows and self.slu.adapters is None:
             loss = loss + asr_weight * self.slu.asr_loss(enc[rows], [transcripts[i] for i in rows])
         return loss
 
@@ -249,7 +255,8 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     enc, dec = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (enc if ".encoder." in f".{name}" or name.startswith("encoder") else dec).append(p)
+            is_encoder = ".encoder." in f".{name}" or name.startswith(("encoder", "adapters.encoder_"))
+            (enc if is_encoder else dec).append(p)
     groups = [{"params": dec, "lr": cfg.lr}]
     if enc:
         groups.append({"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale})
@@ -423,6 +430,8 @@ class SupervisedRecipe:
         else:
             self.model = SLUModel.from_pretrained(cfg.model or None, context_seconds=cfg.context_seconds,
                                                   output_vocab=vocab_texts)
+        if cfg.lora_rank and self.model.adapters is None:
+            self.model.add_adapters(lora_config(cfg, len(self.model.whisper.model.encoder.layers)))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.out_dir / "config.yaml")
 
@@ -435,6 +444,14 @@ class SupervisedRecipe:
     def cleanup(self) -> None:
         print(f"sft: best checkpoint {self.result['best_dir']}  dev {self.result['best_dev']}  "
               f"({self.result['steps']} steps, {self.result['seconds']} s)")
+
+
+def lora_config(cfg: TrainConfig, encoder_layers: int):
+    """Adapters on every decoder layer and on the encoder layers that train (none if it is frozen)."""
+    from assistant.model.lora import LoraConfig
+
+    first = encoder_layers if cfg.freeze_encoder_layers < 0 else min(cfg.freeze_encoder_layers, encoder_layers)
+    return LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha or float(cfg.lora_rank), encoder_from=first)
 
 
 def vocabulary_texts(schema, targets: list[str]) -> list[str]:

@@ -203,3 +203,25 @@ def test_text_second_pass_travels_with_the_export(tiny, waves, tmp_path):
         assert [(p.intent, p.slots, p.reader) for p in b] == [(p.intent, p.slots, p.reader) for p in a]
     finally:
         tiny.nlu = None
+
+
+def test_lora_model_exports_with_its_adapters_folded_in(tiny, waves, tmp_path):
+    import copy
+
+    from assistant.model.lora import LoraConfig
+
+    model = copy.deepcopy(tiny)
+    model.add_adapters(LoraConfig(rank=4, encoder_from=0))
+    with torch.no_grad():
+        for p in model.adapters.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    folder = export_onnx(model, tmp_path / "onnx", progress=False)
+    mels = model.features(waves)
+    runtime = OnnxSLU(folder)
+    enc = runtime.encode(mels).states
+    np.testing.assert_allclose(enc, model.encode(mels).detach().numpy(), atol=1e-4, rtol=1e-4)
+    with model.stock():       # the export is the adapted model, not the stock one
+        assert not np.allclose(enc, model.encode(mels).detach().numpy(), atol=1e-3)
+    eager = predict_waves(model, waves, max_new_tokens=24)
+    assert [p.raw for p in predict_waves(runtime, waves, max_new_tokens=24)] == [p.raw for p in eager]
+    assert model.adapters is not None                    # exporting did not merge the caller's model

@@ -35,6 +35,7 @@ from torch import nn
 
 from assistant.features import (FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, batch_log_mel, context_log_mel,
                                 frames_for_seconds)
+from assistant.model.lora import ADAPTER_FILE, Gate, LoraConfig, attach_adapters, merge_into_base
 from assistant.model.vocab import OutputVocab, batch_text_token_ids, domain_vocab_texts
 
 SLU_CONFIG_FILE = "slu_config.json"
@@ -73,6 +74,9 @@ class SLUModel(nn.Module):
         self.whisper = whisper
         self.tokenizer = tokenizer
         self.nlu = None          # optional text second pass (assistant.nlu.NluPass), set by from_pretrained
+        self.lora = None         # LoraConfig when the model fine-tunes through adapters (add_adapters)
+        self.adapters = None     # nn.ModuleDict of LoRA adapters; off for the stock ASR prompt
+        self.adapter_gate = Gate()
         self.vocab = output_vocab
         if output_vocab.vocab_size != whisper.config.vocab_size:
             raise ValueError(f"output vocabulary is for {output_vocab.vocab_size} tokens, "
@@ -156,12 +160,58 @@ class SLUModel(nn.Module):
         if context_seconds is None:
             context_seconds = float(slu_config.get("context_seconds", 6.0))
         model = cls(whisper, tokenizer, vocab, context_seconds)
+        if slu_config.get("lora"):
+            model.load_adapters(folder, LoraConfig(**slu_config["lora"]))
         if nlu and is_slu and (folder / "nlu").is_dir():
             from assistant.nlu import NluPass
 
             model.nlu = NluPass.load(folder / "nlu")
             model.nlu.teacher.to(device)
         return model.to(device).eval()
+
+    # ================================================================== adapters (assistant.model.lora)
+    def add_adapters(self, cfg: LoraConfig) -> None:
+        """Fine-tune through LoRA adapters from now on; the Whisper weights stay the stock ones."""
+        if self.adapters is not None:
+            raise ValueError("this model already has adapters")
+        self.adapters = attach_adapters(self.whisper, cfg, self.adapter_gate)
+        self.lora = cfg
+
+    def load_adapters(self, folder: Path, cfg: LoraConfig) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(folder) / ADAPTER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: {Path(folder) / SLU_CONFIG_FILE} says the model has LoRA "
+                                    "adapters; copy the whole model folder or retrain it")
+        self.add_adapters(cfg)
+        missing, unexpected = self.adapters.load_state_dict(load_file(str(path)), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: adapters do not match the model (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}); the file belongs to another model")
+
+    def stock(self):
+        """Context in which the adapters are off: the model is exactly the pretrained checkpoint."""
+        return self.adapter_gate.off()
+
+    def merged_copy(self) -> "SLUModel":
+        """A copy with the adapters folded into the weights (same SLU outputs, one matmul per layer;
+        the stock ASR path is gone). Used by the ONNX export."""
+        import copy
+
+        clone = copy.deepcopy(self)
+        if clone.adapters is not None:
+            merge_into_base(clone.whisper, clone.adapters, clone.lora)
+            clone.adapters, clone.lora = None, None
+        return clone
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """Everything that determines the encoder's output: its weights and its adapters."""
+        state = dict(self.whisper.model.encoder.state_dict())
+        if self.adapters is not None:
+            state.update({f"adapters.{k}": v for k, v in self.adapters.state_dict().items()
+                          if k.startswith("encoder_")})
+        return state
 
     @staticmethod
     def _resolve_vocab(slu_folder: Path | None, output_vocab, tokenizer, vocab_size: int) -> OutputVocab:
@@ -223,12 +273,20 @@ class SLUModel(nn.Module):
                                             chunk_length=int(math.ceil(self.context_seconds)), n_fft=400)
         WhisperProcessor(feature_extractor=extractor, tokenizer=self.tokenizer).save_pretrained(folder)
         self.vocab.save(folder)
+        if self.adapters is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous() for k, v in self.adapters.state_dict().items()},
+                      str(folder / ADAPTER_FILE))
+        else:
+            (folder / ADAPTER_FILE).unlink(missing_ok=True)
         (folder / SLU_CONFIG_FILE).write_text(json.dumps({
             "format": FORMAT_VERSION,
             "context_seconds": self.context_seconds,
             "slu_prefix": self.tokenizer.convert_ids_to_tokens(self.slu_prefix),
             "asr_prefix": self.tokenizer.convert_ids_to_tokens(self.asr_prefix),
             "output_vocab_size": len(self.vocab),
+            "lora": self.lora.to_dict() if self.lora is not None else None,
         }, indent=2))
         return folder
 
@@ -243,8 +301,17 @@ class SLUModel(nn.Module):
 
     def freeze(self, encoder_layers: int | str | None) -> None:
         """Freeze the conv front end + the first ``encoder_layers`` encoder layers ('all' = whole encoder,
-        None/'none' = train everything). Everything else becomes trainable (calls are idempotent)."""
+        None/'none' = train everything). Everything else becomes trainable (calls are idempotent).
+        With adapters only adapters train (those of frozen encoder layers excepted): Whisper stays stock."""
         encoder = self.whisper.model.encoder
+        if self.adapters is not None:
+            self.whisper.requires_grad_(False)
+            n = len(encoder.layers)
+            frozen = n if encoder_layers == "all" else 0 if encoder_layers in (None, "none") else int(encoder_layers)
+            for key, adapter in self.adapters.items():
+                side, layer = key.split("_")[:2]
+                adapter.requires_grad_(side != "encoder" or int(layer) >= frozen)
+            return
         for p in self.whisper.parameters():
             p.requires_grad_(True)
         encoder.embed_positions.requires_grad_(False)  # fixed sinusoids in Whisper
@@ -552,9 +619,11 @@ class SLUModel(nn.Module):
             if context_seconds is not None and context_seconds != saved_context:
                 self.set_context(context_seconds)
             mels = self.features(waves)
-            out = self.whisper.generate(input_features=mels, max_new_tokens=max_new_tokens,
-                                        attention_mask=torch.ones(mels.shape[0], mels.shape[2], dtype=torch.long,
-                                                                  device=mels.device), **kwargs)
+            with self.stock():        # LoRA models: the adapters are for the SLU task only
+                out = self.whisper.generate(input_features=mels, max_new_tokens=max_new_tokens,
+                                            attention_mask=torch.ones(mels.shape[0], mels.shape[2],
+                                                                      dtype=torch.long, device=mels.device),
+                                            **kwargs)
         finally:
             if self.context_seconds != saved_context:
                 self.set_context(saved_context)

@@ -36,8 +36,7 @@ def same_encoder(model, ref_model) -> bool:
     round's generation time)."""
     if ref_model is None or ref_model is model:
         return True
-    a = model.whisper.model.encoder.state_dict()
-    b = ref_model.whisper.model.encoder.state_dict()
+    a, b = model.encoder_state(), ref_model.encoder_state()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and \
         model.context_seconds == ref_model.context_seconds
 

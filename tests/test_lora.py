@@ -1,0 +1,138 @@
+"""LoRA adapters: the SLU task trains them, the stock ASR prompt runs the untouched pretrained weights."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from assistant.config import load_config
+from assistant.model.lora import LoraConfig
+from assistant.model.slu import SLUModel
+from assistant.rsft.generate import same_encoder
+from assistant.train import TrainConfig, recipe_main
+
+FSC = Path(__file__).parent / "fixtures" / "fsc" / "data" / "train_data.csv"
+TEXT = "turn on the lights | activate_lights_none | object=lights"
+
+
+def _model(seed: int = 0) -> SLUModel:
+    return SLUModel.tiny_random([TEXT], seed=seed)
+
+
+def _scramble(model: SLUModel, seed: int = 1) -> None:
+    """Give the adapters non-zero weights, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.adapters.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def _outputs(model: SLUModel, mels: torch.Tensor):
+    with torch.no_grad():
+        enc = model.encode(mels)
+        return enc, model.sequence_logprobs(enc, [TEXT] * mels.shape[0])
+
+
+@pytest.fixture()
+def mels():
+    return torch.randn(2, 80, _model().n_frames, generator=torch.Generator().manual_seed(0))
+
+
+def test_new_adapters_start_as_the_stock_model_and_switch_off_exactly(mels):
+    model = _model()
+    enc0, lp0 = _outputs(model, mels)
+    model.add_adapters(LoraConfig(rank=4, encoder_from=1))
+    enc1, lp1 = _outputs(model, mels)
+    torch.testing.assert_close(enc1, enc0)            # B = 0 at the start
+    torch.testing.assert_close(lp1, lp0)
+    _scramble(model)
+    enc2, lp2 = _outputs(model, mels)
+    assert (enc2 - enc0).abs().max() > 1e-3 and (lp2 - lp0).abs().max() > 1e-3
+    with model.stock():
+        enc3, lp3 = _outputs(model, mels)
+    assert torch.equal(enc3, enc0) and torch.equal(lp3, lp0)   # bit for bit the pretrained model
+    enc4, _ = _outputs(model, mels)                            # and back on afterwards
+    assert torch.equal(enc4, enc2)
+
+
+def test_transcribe_runs_the_stock_weights():
+    wave = [torch.randn(16000, generator=torch.Generator().manual_seed(3)) * 0.1]
+    model = _model()
+    before = model.transcribe(wave, max_new_tokens=8)
+    model.add_adapters(LoraConfig(rank=4, encoder_from=0))
+    _scramble(model)
+    assert model.transcribe(wave, max_new_tokens=8) == before
+
+
+def test_adapters_round_trip_through_save_pretrained(tmp_path, mels):
+    model = _model()
+    model.add_adapters(LoraConfig(rank=4, alpha=8.0, encoder_from=1))
+    _scramble(model)
+    folder = model.save_pretrained(tmp_path / "m")
+    assert json.loads((folder / "slu_config.json").read_text())["lora"]["rank"] == 4
+    stock = load_file(str(folder / "model.safetensors"))
+    assert not any("adapters" in k for k in stock)             # the Whisper folder stays plain HF
+    loaded = SLUModel.from_pretrained(folder)
+    assert loaded.lora.alpha == 8.0
+    for a, b in zip(_outputs(model, mels), _outputs(loaded, mels)):
+        torch.testing.assert_close(a, b)
+    (folder / "adapters.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapters.safetensors"):
+        SLUModel.from_pretrained(folder)
+
+
+def test_merged_copy_gives_the_same_slu_outputs_without_hooks(mels):
+    model = _model()
+    model.add_adapters(LoraConfig(rank=4, encoder_from=0))
+    _scramble(model)
+    merged = model.merged_copy()
+    assert merged.adapters is None and model.adapters is not None
+    for a, b in zip(_outputs(model, mels), _outputs(merged, mels)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with merged.stock():                                       # no adapters left to switch off
+        torch.testing.assert_close(_outputs(merged, mels)[1], _outputs(model, mels)[1], rtol=1e-4, atol=1e-4)
+    with model.stock():                                        # the original still has its stock path
+        assert not torch.allclose(_outputs(model, mels)[1], _outputs(merged, mels)[1], atol=1e-3)
+
+
+def test_same_encoder_sees_encoder_adapters():
+    a, b = _model(), _model()
+    for m in (a, b):
+        m.add_adapters(LoraConfig(rank=4, encoder_from=0))
+    b.adapters.load_state_dict(a.adapters.state_dict())
+    assert same_encoder(a, b)
+    with torch.no_grad():
+        b.adapters["decoder_0_fc1"].B.add_(1.0)
+    assert same_encoder(a, b)                                  # decoder adapters do not matter
+    with torch.no_grad():
+        b.adapters["encoder_1_fc1"].B.add_(1.0)
+    assert not same_encoder(a, b)
+
+
+def test_lora_training_changes_only_adapters(tmp_path):
+    cfg = load_config(TrainConfig, None, tiny_random=True, train_manifest=str(FSC), dev_manifest=str(FSC),
+                      output_dir=str(tmp_path / "run"), batch_size=2, max_steps=2, save_every_steps=1,
+                      dev_limit=2, warmup_steps=1, lr=1e-2, lora_rank=4, freeze_encoder_layers=1,
+                      asr_weight=1.0)
+    recipe_main(cfg)
+    last = tmp_path / "run" / "last"
+    whisper = load_file(str(last / "model.safetensors"))
+    fresh = SLUModel.tiny_random([TEXT], seed=0).whisper.state_dict()
+    for k, v in whisper.items():                               # Whisper itself never moved
+        assert torch.equal(v, fresh[k].to(v.dtype)), k
+    adapters = load_file(str(last / "adapters.safetensors"))
+    assert any(k.startswith("encoder_1_") for k in adapters) and not any(k.startswith("encoder_0_") for k in adapters)
+    assert any(v.abs().max() > 0 for k, v in adapters.items() if k.endswith(".B"))   # they learned
+
+
+def test_bad_lora_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="rank"):
+        LoraConfig(rank=0).validate()
+    with pytest.raises(ValueError, match="modules"):
+        LoraConfig(modules=["conv1"]).validate()
+    model = _model()
+    model.add_adapters(LoraConfig(rank=2))
+    with pytest.raises(ValueError, match="already has adapters"):
+        model.add_adapters(LoraConfig(rank=2))
