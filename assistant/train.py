@@ -32,6 +32,9 @@ from assistant.paths import generated_dir, runs_dir
 class TrainConfig:
     train_manifest: str = field(default="", metadata={"help": "training manifest ('' = default corpus train split)"})
     dev_manifest: str = field(default="", metadata={"help": "dev manifest for checkpoint selection ('' = default corpus)"})
+    corpus: str = field(default="", metadata={"help": "folder of a downloaded FSC or SLURP corpus: fills the "
+                                                          "train/dev manifests from its official layout"})
+    corpus_format: str = field(default="", metadata={"help": "layout of --corpus: fsc or slurp"})
     audio_root: str = field(default="", metadata={"help": "SLURP only: folder with the recordings"})
     model: str = field(default="", metadata={"help": "base model: '' = packaged Whisper tiny.en, a folder or a hub id"})
     output_dir: str = field(default="", metadata={"help": "where best/ and last/ checkpoints go ('' = runs/sft_default)"})
@@ -407,31 +410,13 @@ class SupervisedRecipe:
         self.out_dir = Path(cfg.output_dir or runs_dir() / "sft_default")
 
     def setup(self) -> None:
-        from assistant.data.manifest import read_manifest
-        from assistant.model.slu import SLUModel
         from assistant.schema import load_schema
 
         cfg = self.cfg
         self.schema = load_schema()
-        kw = {"audio_root": cfg.audio_root} if cfg.audio_root else {}
-        train = read_manifest(cfg.train_manifest or default_manifest("train"), **kw)
-        dev = read_manifest(cfg.dev_manifest or default_manifest("dev"), **kw)
-        hidden = [u.id for u in train if u.meta.get("labels_hidden")]
-        if hidden:
-            raise ConfigError(f"{cfg.train_manifest}: {len(hidden)} utterances have hidden labels "
-                              "(labels_hidden); supervised training needs labelled data")
-        self.train_utts = train[: cfg.train_limit] if cfg.train_limit else train
-        self.dev_utts = dev[: cfg.dev_limit] if cfg.dev_limit else dev
+        self.train_utts, self.dev_utts = load_splits(cfg)
         self.examples = examples_from_utterances(self.train_utts)
-        # The output vocabulary must cover every target the model will ever be taught.
-        vocab_texts = vocabulary_texts(self.schema, [e.target for e in self.examples])
-        if cfg.tiny_random:
-            self.model = SLUModel.tiny_random(vocab_texts, seed=cfg.seed, context_seconds=cfg.context_seconds)
-        else:
-            self.model = SLUModel.from_pretrained(cfg.model or None, context_seconds=cfg.context_seconds,
-                                                  output_vocab=vocab_texts)
-        if cfg.lora_rank and self.model.adapters is None:
-            self.model.add_adapters(lora_config(cfg, len(self.model.whisper.model.encoder.layers)))
+        self.model = build_model(cfg, vocabulary_texts(self.schema, [e.target for e in self.examples]))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.out_dir / "config.yaml")
 
@@ -444,6 +429,50 @@ class SupervisedRecipe:
     def cleanup(self) -> None:
         print(f"sft: best checkpoint {self.result['best_dir']}  dev {self.result['best_dev']}  "
               f"({self.result['steps']} steps, {self.result['seconds']} s)")
+
+
+def load_splits(cfg: TrainConfig) -> tuple[list, list]:
+    """(train, dev) utterances, limits applied; hidden labels in train are an error."""
+    from assistant.data.manifest import read_manifest
+
+    kw = {"audio_root": cfg.audio_root} if cfg.audio_root else {}
+    train_path, dev_path = manifest_paths(cfg)
+    train, dev = read_manifest(train_path, **kw), read_manifest(dev_path, **kw)
+    hidden = [u.id for u in train if u.meta.get("labels_hidden")]
+    if hidden:
+        raise ConfigError(f"{train_path}: {len(hidden)} utterances have hidden labels "
+                          "(labels_hidden); supervised training needs labelled data")
+    return (train[: cfg.train_limit] if cfg.train_limit else train), (dev[: cfg.dev_limit] if cfg.dev_limit else dev)
+
+
+def build_model(cfg: TrainConfig, vocab_texts: list[str]):
+    """The pretrained model (or a tiny random one) with an output vocabulary covering ``vocab_texts`` --
+    every target it will ever be taught -- and LoRA adapters if the config asks for them."""
+    from assistant.model.slu import SLUModel
+
+    if cfg.tiny_random:
+        model = SLUModel.tiny_random(vocab_texts, seed=cfg.seed, context_seconds=cfg.context_seconds)
+    else:
+        model = SLUModel.from_pretrained(cfg.model or None, context_seconds=cfg.context_seconds,
+                                         output_vocab=vocab_texts)
+    if cfg.lora_rank and model.adapters is None:
+        model.add_adapters(lora_config(cfg, len(model.whisper.model.encoder.layers)))
+    return model
+
+
+def manifest_paths(cfg: TrainConfig) -> tuple[str, str]:
+    """(train, dev) manifests: explicit paths win, then --corpus in its official layout, then the default corpus."""
+    from assistant.data.manifest import corpus_splits
+
+    if cfg.corpus_format and not cfg.corpus and not (cfg.train_manifest and cfg.dev_manifest):
+        raise ConfigError(f"corpus_format {cfg.corpus_format!r} needs --corpus FOLDER (where you unpacked "
+                          f"the {cfg.corpus_format.upper()} download)")
+    if cfg.corpus and not cfg.corpus_format:
+        raise ConfigError("--corpus needs --corpus-format fsc or slurp (or use a recipe config that sets it)")
+    splits = corpus_splits(cfg.corpus, cfg.corpus_format) if cfg.corpus else {}
+    train = cfg.train_manifest or str(splits.get("train") or default_manifest("train"))
+    dev = cfg.dev_manifest or str(splits.get("dev") or default_manifest("dev"))
+    return train, dev
 
 
 def lora_config(cfg: TrainConfig, encoder_layers: int):

@@ -217,6 +217,38 @@ def detect_format(path: str | Path, text: str | None = None) -> str:
         "recordings)")
 
 
+# Where the official downloads keep their splits (train, dev, test), relative to the corpus folder.
+CORPUS_LAYOUTS = {
+    "fsc": [("data/train_data.csv", "data/valid_data.csv", "data/test_data.csv")],
+    "slurp": [("dataset/slurp/train.jsonl", "dataset/slurp/devel.jsonl", "dataset/slurp/test.jsonl"),
+              ("train.jsonl", "devel.jsonl", "test.jsonl")],
+}
+
+
+def corpus_splits(folder: str | Path, corpus_format: str) -> dict[str, Path | None]:
+    """{"train", "dev", "test"} manifest files of a downloaded FSC or SLURP corpus folder (test may be None).
+
+    FSC: the folder holding ``data/`` and ``wavs/`` (fluent_speech_commands_dataset). SLURP: the cloned
+    repository (``dataset/slurp/*.jsonl``; audio from its download script in ``audio/slurp_real``) or a
+    folder with ``train.jsonl`` / ``devel.jsonl`` directly."""
+    folder = Path(folder).expanduser()
+    if corpus_format not in CORPUS_LAYOUTS:
+        raise ManifestError(f"corpus_format {corpus_format!r}: choose one of {sorted(CORPUS_LAYOUTS)}")
+    if not folder.is_dir():
+        raise ManifestError(f"{folder}: no such corpus folder; download the {corpus_format.upper()} corpus "
+                            "and pass its folder with --corpus")
+    for train, dev, test in CORPUS_LAYOUTS[corpus_format]:
+        if (folder / train).is_file():
+            if not (folder / dev).is_file():
+                raise ManifestError(f"{folder / dev} missing: the dev split selects checkpoints; restore it from "
+                                    f"the {corpus_format.upper()} download or pass --dev-manifest")
+            return {"train": folder / train, "dev": folder / dev,
+                    "test": folder / test if (folder / test).is_file() else None}
+    expected = " or ".join(t for t, _, _ in CORPUS_LAYOUTS[corpus_format])
+    raise ManifestError(f"{folder}: not a {corpus_format.upper()} folder (no {expected} inside); pass the "
+                        "folder the corpus was unpacked to")
+
+
 def read_manifest(path: str | Path, audio_root: str | Path | None = None, format: str | None = None,  # noqa: A002
                   strict: bool = False) -> list[Utterance]:
     """Read any supported manifest into Utterances with absolute audio paths.

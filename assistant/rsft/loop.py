@@ -63,7 +63,8 @@ class RSFTConfig:
     lr: float = 1e-4
     freeze_encoder_layers: int = 2
     spec_augment: bool = True
-    asr_weight: float = 0.5              # plain-transcription loss on the labelled mix (keeps ASR alive)
+    asr_weight: float = 0.5              # plain-transcription loss on the labelled mix (full fine-tuning only;
+                                         # LoRA models keep the stock ASR path exactly without it)
     pool_limit: int = 0
     labelled_limit: int = 0
     dev_limit: int = 300
