@@ -145,7 +145,7 @@ def test_profiles_fill_only_what_is_not_given(tmp_path):
     assert smoke.intents == synth.PROFILES["smoke"]["intents"]
     assert load_config(synth.SynthConfig, profile="smoke", train_size=20, intents=[]).train_size == 20
     default = load_config(synth.SynthConfig)
-    assert default.sizes() == {"train": 1500, "pool": 1500, "dev": 400, "test": 600} and default.intents == []
+    assert default.sizes() == {"train": 3000, "pool": 1500, "dev": 400, "test": 600} and default.intents == []
     yaml_file = tmp_path / "synth.yaml"
     yaml_file.write_text("profile: large\ndev_size: 123\n")
     large = load_config(synth.SynthConfig, yaml_file)

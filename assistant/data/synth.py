@@ -1,6 +1,6 @@
 """`assistant synth`: build the spoken-intent corpus with real offline TTS voices.
 
-    assistant synth --profile default            # 4000 clips, ~150 voices, ~4 minutes on 2 cores
+    assistant synth --profile default            # 5500 clips, ~150 voices, ~5 minutes on 2 cores
     assistant synth --profile smoke --out-dir /tmp/c --workers 1
     python -m assistant.data.synth --list-voices
 
@@ -63,7 +63,9 @@ _MAX_LOGGED_FAILURES = 20
 # (YAML, flag, keyword) wins. "default" is the main job.
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {
-        "train_size": 1500, "pool_size": 1500, "dev_size": 400, "test_size": 600, "intents": [],
+        # train 3000: twice 1500 left dev intent accuracy equal but cut dev WER 0.109 -> 0.081 and lifted
+        # the final system (with the text pass) on dev 0.87 -> 0.8925. dev/test do not depend on train_size.
+        "train_size": 3000, "pool_size": 1500, "dev_size": 400, "test_size": 600, "intents": [],
         "espeak_variants": 0, "espeak_accents_per_variant": 2, "babble_clips": 12,
     },
     "smoke": {  # seconds: a handful of clips per split, used by the tests

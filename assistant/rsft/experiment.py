@@ -97,6 +97,11 @@ class Experiment:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         self.schema = load_schema()
+        if not (self.corpus / "train.jsonl").is_file():
+            from assistant.data.manifest import ManifestError
+
+            raise ManifestError(f"{self.corpus / 'train.jsonl'} not found: build the corpus first, e.g. `assistant "
+                                f"synth --profile default --out-dir {self.corpus}` (see the --config file's comments)")
         train = read_manifest(self.corpus / "train.jsonl")
         self.slice, self.slice_voices = labelled_slice(train, cfg.labelled_voices, cfg.labelled_limit, cfg.seed)
         pool = read_manifest(self.corpus / "pool.jsonl")
@@ -217,7 +222,8 @@ class Experiment:
         lines = [
             "# RSFT: label-scarce adaptation on the default corpus",
             "",
-            "Regenerate: `assistant experiment --config recipes/configs/experiment.yaml`",
+            "Regenerate: `assistant experiment --config recipes/configs/experiment.yaml` "
+            f"(corpus `{self.cfg.corpus or 'data/generated/default'}`; the config says how to build it)",
             "",
             f"Labelled slice: {len(self.slice)} utterances of {len(self.slice_voices)} train voices "
             f"({', '.join(self.slice_voices)}); pool: {len(self.pool)} utterances (labels hidden); "
