@@ -90,15 +90,18 @@ def _digits_to_words(text: str) -> str:
     return " ".join(words)
 
 
-def slu_transcript_wer(model, clips) -> tuple[float, list[str], int]:
+def slu_transcript_wer(model, clips) -> tuple[float, dict[str, str]]:
     """WER of the transcript inside the SLU output (the words `transcribe-and-classify` prints), on the
-    clips that fit the model's context. Not the stock path: this shows what the command model hears."""
+    clips that fit the model's context, and {clip name: transcript}. Not the stock path: this shows what
+    the command model hears."""
     from assistant.inference import predict_waves
     from assistant.metrics import wer
 
     fit = [c for c in clips if c[1].numel() <= model.context_seconds * 16000]
-    hyps = [predict_waves(model, [w], use_nlu=False)[0].transcript for _, w, _ in fit]
-    return (wer([ref for _, _, ref in fit], [_digits_to_words(h) for h in hyps]) if fit else float("nan")), hyps, len(fit)
+    hyps = {name: predict_waves(model, [w], use_nlu=False)[0].transcript for name, w, _ in fit}
+    if not fit:
+        return float("nan"), hyps
+    return wer([ref for _, _, ref in fit], [_digits_to_words(hyps[name]) for name, _, _ in fit]), hyps
 
 
 def compare(model_dirs: dict[str, str | None]) -> dict[str, dict]:
@@ -114,8 +117,6 @@ def compare(model_dirs: dict[str, str | None]) -> dict[str, dict]:
         out[name] = {"wer": w, "n_clips": len(clips), "lora": model.adapters is not None,
                      "hypotheses": {c[0]: h for c, h in zip(clips, hyps)}}
         if path is not None and (Path(path) / SLU_CONFIG_FILE).is_file():
-            sw, shyps, n = slu_transcript_wer(model, clips)
-            fit = [c for c in clips if c[1].numel() <= model.context_seconds * 16000]
-            out[name].update({"slu_wer": sw, "slu_n_clips": n,
-                              "slu_hypotheses": {c[0]: h for c, h in zip(fit, shyps)}})
+            slu_wer, slu_hyps = slu_transcript_wer(model, clips)
+            out[name].update({"slu_wer": slu_wer, "slu_n_clips": len(slu_hyps), "slu_hypotheses": slu_hyps})
     return out

@@ -13,8 +13,8 @@ def test_slu_transcript_wer_scores_only_clips_that_fit_the_context():
     g = torch.Generator().manual_seed(0)
     clips = [("short", torch.randn(16000, generator=g) * 0.1, "go forward ten meters"),
              ("long", torch.randn(48000, generator=g) * 0.1, "a sentence longer than the context")]
-    wer, hyps, n = slu_transcript_wer(model, clips)
-    assert n == 1 and len(hyps) == 1
+    wer, hyps = slu_transcript_wer(model, clips)
+    assert list(hyps) == ["short"]
     assert math.isfinite(wer) and wer >= 0
 
 

@@ -107,6 +107,12 @@ def adapter_targets(whisper: nn.Module, cfg: LoraConfig) -> dict[str, nn.Linear]
     return out
 
 
+def adapter_layer(key: str) -> tuple[str, int]:
+    """("encoder" | "decoder", layer index) of an adapter key made by ``adapter_targets``."""
+    side, index = key.split("_")[:2]
+    return side, int(index)
+
+
 def attach_adapters(whisper: nn.Module, cfg: LoraConfig, gate: Gate) -> nn.ModuleDict:
     """Create adapters for ``whisper`` and hook them in."""
     cfg.validate()

@@ -35,7 +35,7 @@ from torch import nn
 
 from assistant.features import (FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, batch_log_mel, context_log_mel,
                                 frames_for_seconds)
-from assistant.model.lora import ADAPTER_FILE, Gate, LoraConfig, attach_adapters, merge_into_base
+from assistant.model.lora import ADAPTER_FILE, Gate, LoraConfig, adapter_layer, attach_adapters, merge_into_base
 from assistant.model.vocab import OutputVocab, batch_text_token_ids, domain_vocab_texts
 
 SLU_CONFIG_FILE = "slu_config.json"
@@ -210,7 +210,7 @@ class SLUModel(nn.Module):
         state = dict(self.whisper.model.encoder.state_dict())
         if self.adapters is not None:
             state.update({f"adapters.{k}": v for k, v in self.adapters.state_dict().items()
-                          if k.startswith("encoder_")})
+                          if adapter_layer(k)[0] == "encoder"})
         return state
 
     @staticmethod
@@ -309,8 +309,8 @@ class SLUModel(nn.Module):
             n = len(encoder.layers)
             frozen = n if encoder_layers == "all" else 0 if encoder_layers in (None, "none") else int(encoder_layers)
             for key, adapter in self.adapters.items():
-                side, layer = key.split("_")[:2]
-                adapter.requires_grad_(side != "encoder" or int(layer) >= frozen)
+                side, layer = adapter_layer(key)
+                adapter.requires_grad_(side != "encoder" or layer >= frozen)
             return
         for p in self.whisper.parameters():
             p.requires_grad_(True)
