@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from assistant.data.manifest import Utterance, read_manifest
 from assistant.inference import Prediction, predict_files
-from assistant.metrics import grouped_accuracy, score_frames
+from assistant.metrics import grouped_accuracy, normalise_text, score_frames
 
 
 def predict_manifest(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
@@ -43,7 +43,25 @@ def evaluation_report(utterances: list[Utterance], preds: list[Prediction]) -> d
         "per_intent": grouped_accuracy([u.intent for u, _ in pairs], correct),
         "mean_latency_s": sum(p.latency_s for _, p in pairs) / max(len(pairs), 1),
         "text_reader_share": sum(p.reader == "text" for _, p in pairs) / max(len(pairs), 1),
+        **error_sources(pairs, correct),
     }
+
+
+def error_sources(pairs: list[tuple[Utterance, Prediction]], correct: list[bool]) -> dict:
+    """Where the intent errors come from: clips whose transcript is word-exact (errors there are the
+    NLU's: unseen phrasings) vs the rest (errors there start with a mis-heard word). Tells a user
+    whether more speech data or more text/phrasings will pay. Empty when the manifest has no transcripts."""
+    scored = [(normalise_text(p.transcript or "") == normalise_text(u.text), ok)
+              for (u, p), ok in zip(pairs, correct) if u.text]
+    if not scored:
+        return {}
+    exact = [ok for is_exact, ok in scored if is_exact]
+    misheard = [ok for is_exact, ok in scored if not is_exact]
+    return {"exact_transcript_rate": len(exact) / len(scored),
+            "intent_accuracy_exact_transcript": sum(exact) / len(exact) if exact else None,
+            "intent_accuracy_misheard": sum(misheard) / len(misheard) if misheard else None,
+            "intent_errors_misheard_share": (len(misheard) - sum(misheard))
+            / max(len(scored) - sum(exact) - sum(misheard), 1)}
 
 
 def evaluate_model(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
@@ -102,6 +120,12 @@ def format_report(report: dict) -> str:
     ]
     if report.get("text_reader_share"):
         lines.append(f"text NLU pass    changed {report['text_reader_share']:.1%} of the frames")
+    if report.get("exact_transcript_rate") is not None:
+        acc = lambda key: "-" if report[key] is None else f"{report[key]:.4f}"
+        lines.append(f"error sources    transcript word-exact on {report['exact_transcript_rate']:.1%} of clips: "
+                     f"intent acc {acc('intent_accuracy_exact_transcript')} there, {acc('intent_accuracy_misheard')} "
+                     f"on the rest; {report['intent_errors_misheard_share']:.0%} of intent errors follow a "
+                     "mis-heard word")
     worst = sorted(report["per_intent"].items(), key=lambda kv: kv[1]["accuracy"])[:5]
     lines.append("weakest intents  " + ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in worst))
     worst_spk = sorted(report["per_speaker"].items(), key=lambda kv: kv[1]["accuracy"])[:5]

@@ -53,7 +53,11 @@ class TrainConfig:
     asr_rows: int = 4                 # clips per batch that also get the ASR loss (its 51,864-way softmax is costly)
     lora_rank: int = 0                # > 0: train LoRA adapters (off for the stock ASR prompt) instead of the weights
     lora_alpha: float = 0.0           # adapter scale alpha / rank (0 = rank, i.e. scale 1)
-    spec_augment: bool = False        # SpecAugment on log-mels; only without cache_encoder
+    spec_augment: bool = False        # SpecAugment on log-mels (with cache_encoder: on the cached copies below)
+    augment_copies: int = 1           # cache_encoder + spec_augment: differently masked copies of each clip,
+                                      # encoded once; epoch e trains on copy e mod N (memory: N x the cache)
+    spec_freq_mask: int = 15          # SpecAugment: widest frequency mask (mel bins), 2 masks per clip
+    spec_time_mask: int = 15          # ... widest time mask (10 ms frames): short, a command can hinge on "off"
     train_limit: int = 0              # use only the first N training utterances (0 = all)
     dev_limit: int = 200              # dev utterances scored per evaluation (0 = all)
     eval_every_steps: int = 0         # 0 = once per epoch
@@ -78,7 +82,9 @@ class TrainConfig:
             raise ValueError(f"asr_weight must be in [0, 10], got {self.asr_weight}")
         if self.lora_alpha < 0:
             raise ValueError(f"lora_alpha must be >= 0, got {self.lora_alpha}")
-        for name in ("lora_rank", "asr_rows", "max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
+        if self.augment_copies < 1:
+            raise ValueError(f"augment_copies must be >= 1, got {self.augment_copies}")
+        for name in ("spec_freq_mask", "spec_time_mask", "lora_rank", "asr_rows", "max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -236,12 +242,17 @@ def load_waves(examples: list[Example], max_seconds: float, desc: str = "load au
 
 
 def compute_inputs(model, waves: list[torch.Tensor], trunk_layers: int | None, batch_size: int = 32,
-                   desc: str = "features") -> torch.Tensor:
-    """Log-mels, or (with trunk_layers) the frozen encoder trunk's output, for every clip, once."""
+                   desc: str = "features", augment=None) -> torch.Tensor:
+    """Log-mels, or (with trunk_layers) the frozen encoder trunk's output, for every clip, once.
+
+    ``augment`` (e.g. a SpecAugment module) masks the log-mels before the trunk runs, so a cached
+    copy can still be augmented."""
     chunks = []
     with torch.no_grad():
         for i in tqdm(range(0, len(waves), batch_size), desc=desc, unit="batch", leave=False, disable=None):
             x = model.features(waves[i:i + batch_size])
+            if augment is not None:
+                x = augment(x)
             if trunk_layers is not None:
                 x = model.encode_trunk(x, trunk_layers)
             chunks.append(x)
@@ -313,7 +324,18 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     frozen = n_layers if cfg.freeze_encoder_layers < 0 else min(cfg.freeze_encoder_layers, n_layers)
     trunk_layers = frozen if cfg.cache_encoder else None
     model.eval()
-    inputs = compute_inputs(model, waves, trunk_layers, desc=f"{desc}: encode")   # once, not per epoch
+    spec = SpecAugment(cfg.spec_freq_mask, cfg.spec_time_mask).train() if cfg.spec_augment else None
+    if spec is not None and trunk_layers is not None:
+        # The trunk output is cached, so masks cannot be drawn per step: cache a few masked copies
+        # instead (seeded per copy, so a resumed run sees the same ones) and cycle through them by epoch.
+        copies = []
+        for c in range(cfg.augment_copies):
+            torch.manual_seed(cfg.seed * 7919 + c)
+            copies.append(compute_inputs(model, waves, trunk_layers, augment=spec,
+                                         desc=f"{desc}: encode masked copy {c + 1}/{cfg.augment_copies}"))
+        spec = None
+    else:
+        copies = [compute_inputs(model, waves, trunk_layers, desc=f"{desc}: encode")]   # once, not per epoch
     targets = [ex.target for ex in kept]
     transcripts = [ex.transcript for ex in kept]
 
@@ -338,7 +360,6 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
 
     loss_module = _LossModule(model, trunk_layers)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
-    spec = SpecAugment() if cfg.spec_augment and trunk_layers is None else None
 
     def save_last():
         def write(tmp: Path):
@@ -370,7 +391,7 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
             if state["step"] >= total:
                 break
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            batch = inputs[idx]
+            batch = copies[epoch % len(copies)][idx]
             if spec is not None:
                 torch.manual_seed(cfg.seed * 1_000_003 + state["step"])
                 batch = spec(batch)

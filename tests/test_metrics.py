@@ -42,3 +42,27 @@ def test_score_frames_intent_slots_invalid():
     assert s.invalid_rate == pytest.approx(1 / 3)
     assert s.slot_f1 == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert s.wer == pytest.approx(1 / 4)
+
+
+def test_error_sources_split_intent_errors_by_transcript_exactness():
+    from assistant.data.manifest import Utterance
+    from assistant.evaluate import evaluation_report, format_report
+    from assistant.inference import Prediction
+
+    def pair(text, heard, intent, said):
+        return (Utterance(audio=f"{text}.wav", text=text, intent=intent),
+                Prediction(path=f"{text}.wav", valid=True, intent=said, transcript=heard))
+
+    pairs = [pair("lights on", "Lights on.", "on", "on"),          # exact (after normalising), right
+             pair("lights off", "lights off", "off", "on"),        # exact, wrong: an NLU error
+             pair("music off", "music of", "off", "on"),           # mis-heard, wrong
+             pair("music on", "music one", "on", "on")]            # mis-heard, right
+    report = evaluation_report([u for u, _ in pairs], [p for _, p in pairs])
+    assert report["exact_transcript_rate"] == 0.5
+    assert report["intent_accuracy_exact_transcript"] == 0.5
+    assert report["intent_accuracy_misheard"] == 0.5
+    assert report["intent_errors_misheard_share"] == 0.5
+    assert "error sources" in format_report(report)
+    no_text = evaluation_report([Utterance(audio="a.wav", text="", intent="on")],
+                                [Prediction(path="a.wav", valid=True, intent="on")])
+    assert "exact_transcript_rate" not in no_text and "error sources" not in format_report(no_text)

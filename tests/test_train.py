@@ -89,3 +89,31 @@ def test_bad_config_values_are_clear_errors(tmp_path):
     bad.write_text("epochs: many\n")
     with pytest.raises(ConfigError, match="epochs"):
         load_config(TrainConfig, bad)
+
+
+def test_spec_augment_with_a_cached_encoder_trains_on_masked_copies(tmp_path):
+    from assistant.audio import load_audio
+    from assistant.data.manifest import read_manifest
+    from assistant.features import SpecAugment
+    from assistant.model.slu import SLUModel
+    from assistant.train import compute_inputs
+
+    model = SLUModel.tiny_random(seed=0).eval()
+    waves = [load_audio(u.audio) for u in read_manifest(FSC)[:2]]
+    plain = compute_inputs(model, waves, trunk_layers=1)
+    torch.manual_seed(0)
+    masked = compute_inputs(model, waves, trunk_layers=1, augment=SpecAugment(15, 15).train())
+    assert masked.shape == plain.shape and not torch.allclose(masked, plain)
+
+    def weights(name, **kw):
+        recipe_main(_cfg(tmp_path / name, max_steps=4, freeze_encoder_layers=1, **kw))
+        return load_file(str(tmp_path / name / "last" / "model.safetensors"))
+
+    base = weights("plain")
+    aug = weights("masked", spec_augment=True, augment_copies=2)
+    again = weights("masked_again", spec_augment=True, augment_copies=2)
+    layer = [k for k in base if "decoder.layers.0.self_attn.q_proj.weight" in k][0]
+    assert not torch.allclose(base[layer], aug[layer])              # the masks reached training
+    torch.testing.assert_close(aug[layer], again[layer])            # seeded: a rerun sees the same copies
+    with pytest.raises(ConfigError, match="augment_copies"):
+        load_config(TrainConfig, None, augment_copies=0)

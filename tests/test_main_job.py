@@ -1,0 +1,45 @@
+"""`assistant run` end to end on the `smoke` corpus (real TTS), a tiny random speech model and an
+untrained MiniLM teacher: every stage runs and hands its result to the next."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from assistant.config import load_config
+from assistant.main_job import MainConfig, run_main
+
+
+def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, monkeypatch):
+    from assistant.rsft import teacher as teacher_mod
+    from assistant.schema import load_schema
+
+    monkeypatch.setenv("ASSISTANT_DATA", str(tmp_path / "data"))
+    schema = load_schema()
+    torch.manual_seed(0)
+    fresh = teacher_mod.TextTeacher._fresh(list(schema.intents), sorted(schema.slots), implied_slots={},
+                                           intent_slots={})
+    monkeypatch.setattr(teacher_mod, "default_teacher", lambda *a, **k: fresh)   # no 6-minute training here
+    sft = tmp_path / "sft.yaml"
+    sft.write_text("tiny_random: true\nmax_steps: 2\nbatch_size: 4\ndev_limit: 4\nlr: 0.001\nwarmup_steps: 1\n")
+    rsft = tmp_path / "rsft.yaml"
+    rsft.write_text("num_samples: 2\nmax_new_tokens: 12\nrewards: {verifier: 1.0}\nrule: best_of_n\nk: 1\n"
+                    "epochs: 1\nbatch_size: 4\npool_limit: 4\nlabelled_limit: 4\ndev_limit: 4\n")
+    cfg = load_config(MainConfig, None, profile="smoke", sft_config=str(sft), rsft_config=str(rsft),
+                      rsft_rounds=1, real_speech=False, output_dir=str(tmp_path / "run"))
+    summary = run_main(cfg)
+
+    out = tmp_path / "run"
+    assert (tmp_path / "data" / "smoke" / "test.jsonl").is_file()               # the corpus was synthesised
+    nlu = summary["nlu"]
+    assert set(nlu["dev_intent_accuracy_by_model"]) == {"supervised", "rsft round 1"}
+    assert nlu["speech_model"] in nlu["dev_intent_accuracy_by_model"]
+    assert nlu["dev_intent_accuracy_by_model"][nlu["speech_model"]] == max(nlu["dev_intent_accuracy_by_model"].values())
+    assert 0.0 <= nlu["teacher_dev_gold_transcript_accuracy"] <= 1.0
+    assert json.loads((out / "final" / "nlu" / "nlu.json").read_text())["weight"] == nlu["weight"]
+    final_row = f"final = {nlu['speech_model']} + text pass"
+    assert set(summary["test"]) == {"supervised", "rsft round 1", final_row}
+    assert summary["test"][final_row]["n"] == 8
+    assert json.loads((out / "summary.json").read_text())["nlu"]["speech_model"] == nlu["speech_model"]
+    assert len((out / "test_predictions.jsonl").read_text().splitlines()) == 8
