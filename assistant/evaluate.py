@@ -57,11 +57,11 @@ def error_sources(pairs: list[tuple[Utterance, Prediction]], correct: list[bool]
         return {}
     exact = [ok for is_exact, ok in scored if is_exact]
     misheard = [ok for is_exact, ok in scored if not is_exact]
+    errors = len(scored) - sum(ok for _, ok in scored)
     return {"exact_transcript_rate": len(exact) / len(scored),
             "intent_accuracy_exact_transcript": sum(exact) / len(exact) if exact else None,
             "intent_accuracy_misheard": sum(misheard) / len(misheard) if misheard else None,
-            "intent_errors_misheard_share": (len(misheard) - sum(misheard))
-            / max(len(scored) - sum(exact) - sum(misheard), 1)}
+            "intent_errors_misheard_share": (len(misheard) - sum(misheard)) / max(errors, 1)}
 
 
 def evaluate_model(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
