@@ -87,6 +87,10 @@ def run_main(cfg: MainConfig) -> dict:
         rounds_table = rsft_result.get("rounds", [])
         timings["rsft_s"] = time.perf_counter() - t
 
+    # Every speech model this run trained; the text pass picks one, evaluation scores them all.
+    speech_models = [("supervised", Path(sft_result["best_dir"]))]
+    speech_models += [(f"rsft round {r['round']}", Path(r["model_dir"])) for r in rounds_table if r.get("model_dir")]
+
     # The model `transcribe-and-classify` uses by default: a speech model + the text pass.
     schema = load_schema()
     final = out / "final"
@@ -101,10 +105,8 @@ def run_main(cfg: MainConfig) -> dict:
         dev = read_manifest(corpus / "dev.jsonl")
         # RSFT picks its round on a dev slice with the speech model alone; what ships is speech model +
         # text pass, so pick that pair on every dev clip (one clip of a 150-clip slice is 0.7 points).
-        options = [("supervised", Path(sft_result["best_dir"]))]
-        options += [(f"rsft round {r['round']}", Path(r["model_dir"])) for r in rounds_table if r.get("model_dir")]
         scored = []
-        for name, model_dir in options:
+        for name, model_dir in speech_models:
             model = SLUModel.from_pretrained(model_dir, nlu=False)
             readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}")
             w, by_weight = choose_weight(readings, [u.intent for u in dev])
@@ -132,8 +134,7 @@ def run_main(cfg: MainConfig) -> dict:
     t = _stage("5. evaluation on `test` (unseen voices and phrasings)")
     test = read_manifest(corpus / "test.jsonl")
     rows = []
-    candidates = [("supervised", Path(sft_result["best_dir"]), False)]
-    candidates += [(f"rsft round {r['round']}", Path(r["model_dir"]), False) for r in rounds_table if r.get("model_dir")]
+    candidates = [(name, model_dir, False) for name, model_dir in speech_models]
     if nlu_info is not None:
         candidates.append((f"final = {nlu_info['speech_model']} + text pass", final, True))
     for name, model_dir, use_nlu in candidates:

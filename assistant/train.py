@@ -333,7 +333,7 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
             torch.manual_seed(cfg.seed * 7919 + c)
             copies.append(compute_inputs(model, waves, trunk_layers, augment=spec,
                                          desc=f"{desc}: encode masked copy {c + 1}/{cfg.augment_copies}"))
-        spec = None
+        spec = None                                   # the masks are in the copies: none per step
     else:
         copies = [compute_inputs(model, waves, trunk_layers, desc=f"{desc}: encode")]   # once, not per epoch
     targets = [ex.target for ex in kept]
