@@ -19,13 +19,62 @@ from assistant.metrics import grouped_accuracy, normalise_text, score_frames
 
 
 def predict_manifest(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
-                     desc: str = "decode", use_nlu: bool = True) -> list[Prediction]:
+                     desc: str = "decode", use_nlu: bool = True, stock: list[str] | None = None) -> list[Prediction]:
     preds = []
     bar = tqdm(total=len(utterances), desc=desc, unit="utt", leave=False, disable=None)
-    for p in predict_files(model, [u.audio for u in utterances], schema, batch_size=batch_size, use_nlu=use_nlu):
+    lookup = None if stock is None else {str(u.audio): t for u, t in zip(utterances, stock)}
+    for p in predict_files(model, [u.audio for u in utterances], schema, batch_size=batch_size, use_nlu=use_nlu,
+                           stock=lookup):
         preds.append(p)
         bar.update(1)
     bar.close()
+    return preds
+
+
+def engine_of(u: Utterance) -> str:
+    """The TTS engine (or 'recorded' for manifests of real recordings) behind a clip."""
+    return str(u.meta.get("engine") or "unknown")
+
+
+def condition_of_utterance(u: Utterance) -> str:
+    """clean / noise / room for corpus clips (assistant.data.augment.condition_of); 'unknown' otherwise."""
+    from assistant.data.augment import condition_of
+
+    if u.meta.get("condition"):
+        return str(u.meta["condition"])
+    return condition_of(u.meta["augment"]) if isinstance(u.meta.get("augment"), dict) else "unknown"
+
+
+def by_engine_condition(utterances: list[Utterance], systems: dict[str, list[Prediction]]) -> dict:
+    """{engine: {condition: {system: intent accuracy, ..., "n": clips}}}, every system on the same clips."""
+    cells: dict[str, dict[str, list[int]]] = {}
+    table: dict = {}
+    for i, u in enumerate(utterances):
+        if any(preds[i].error for preds in systems.values()):
+            continue
+        cells.setdefault(engine_of(u), {}).setdefault(condition_of_utterance(u), []).append(i)
+    for engine, conditions in sorted(cells.items()):
+        for condition, rows in sorted(conditions.items()):
+            cell = {name: sum(preds[i].valid and preds[i].intent == utterances[i].intent for i in rows) / len(rows)
+                    for name, preds in systems.items()}
+            table.setdefault(engine, {})[condition] = {**cell, "n": len(rows)}
+    return table
+
+
+def stock_cascade_predictions(teacher, utterances: list[Utterance], stock: list[str]) -> list[Prediction]:
+    """The peer a user would build with no training: stock Whisper's transcript -> our text NLU."""
+    from assistant.rsft.teacher import normalize_text
+
+    words = [normalize_text(t) for t in stock]
+    read = iter(teacher.predict([w for w in words if w]))
+    preds = []
+    for u, w in zip(utterances, words):
+        p = Prediction(path=str(u.audio), transcript=w, stock_transcript=w, reader="stock")
+        if w:
+            p.intent, slots, p.confidence = next(read)
+            p.slots, p.valid = dict(slots), True
+            p.stock_intent, p.stock_slots = p.intent, dict(slots)
+        preds.append(p)
     return preds
 
 
@@ -41,8 +90,11 @@ def evaluation_report(utterances: list[Utterance], preds: list[Prediction]) -> d
         "n_unreadable": len(preds) - len(pairs),
         "per_speaker": grouped_accuracy([u.speaker for u, _ in pairs], correct),
         "per_intent": grouped_accuracy([u.intent for u, _ in pairs], correct),
+        "per_engine": grouped_accuracy([engine_of(u) for u, _ in pairs], correct),
+        "per_condition": grouped_accuracy([condition_of_utterance(u) for u, _ in pairs], correct),
         "mean_latency_s": sum(p.latency_s for _, p in pairs) / max(len(pairs), 1),
         "text_reader_share": sum(p.reader == "text" for _, p in pairs) / max(len(pairs), 1),
+        "stock_reader_share": sum(p.reader == "stock" for _, p in pairs) / max(len(pairs), 1),
         **error_sources(pairs, correct),
     }
 
@@ -65,8 +117,9 @@ def error_sources(pairs: list[tuple[Utterance, Prediction]], correct: list[bool]
 
 
 def evaluate_model(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
-                   desc: str = "evaluate", use_nlu: bool = True) -> tuple[dict, list[Prediction]]:
-    preds = predict_manifest(model, utterances, schema, batch_size, desc, use_nlu=use_nlu)
+                   desc: str = "evaluate", use_nlu: bool = True, stock: list[str] | None = None
+                   ) -> tuple[dict, list[Prediction]]:
+    preds = predict_manifest(model, utterances, schema, batch_size, desc, use_nlu=use_nlu, stock=stock)
     return evaluation_report(utterances, preds), preds
 
 
@@ -118,8 +171,12 @@ def format_report(report: dict) -> str:
         f"WER              {report['wer']:.4f}",
         f"invalid outputs  {report['invalid_rate']:.4f}",
     ]
-    if report.get("text_reader_share"):
-        lines.append(f"text NLU pass    changed {report['text_reader_share']:.1%} of the frames")
+    if report.get("text_reader_share") or report.get("stock_reader_share"):
+        lines.append(f"text NLU pass    changed {report['text_reader_share']:.1%} of the frames; the stock "
+                     f"transcript's reading won on {report.get('stock_reader_share', 0):.1%}")
+    for key, label in (("per_engine", "per engine      "), ("per_condition", "per condition   ")):
+        if len(report.get(key, {})) > 1:
+            lines.append(label + ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in report[key].items()))
     if report.get("exact_transcript_rate") is not None:
         acc = lambda key: "-" if report[key] is None else f"{report[key]:.4f}"
         lines.append(f"error sources    transcript word-exact on {report['exact_transcript_rate']:.1%} of clips: "

@@ -321,6 +321,7 @@ class OnnxSLU:
         self.input_index_of[self.input_ids] = np.arange(len(self.input_ids))
         self.eot_index = int(np.searchsorted(self.output_ids, self.eot_id))
         self.training = False
+        self.has_stock_path = False   # the export merges the adapters: the stock reading is not available
         self.nlu = None      # the text second pass, when the exported model had one (folder/nlu)
         if nlu and (self.folder / "nlu").is_dir():
             from assistant.nlu import NluPass

@@ -29,7 +29,11 @@ class Prediction:
     response: str = ""
     latency_s: float = 0.0
     error: str = ""                    # set when the file could not be read
-    reader: str = "speech"             # whose reading of the transcript won: "speech" or "text" (NLU pass)
+    reader: str = "speech"             # whose reading won: "speech", "text" (NLU pass on our transcript) or
+                                       # "stock" (NLU pass on stock Whisper's transcript)
+    stock_transcript: str = ""         # stock Whisper's transcript, when the pass decoded it
+    stock_intent: str = ""             # the text model's reading of it: what "stock Whisper + our NLU" says
+    stock_slots: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,11 +45,13 @@ def _confidence(logprob: float, n_tokens: int) -> float:
 
 @torch.inference_mode()
 def predict_waves(model, waves: list[torch.Tensor], schema=None, paths: list[str] | None = None,
-                  max_new_tokens: int = 96, use_nlu: bool = True) -> list[Prediction]:
+                  max_new_tokens: int = 96, use_nlu: bool = True,
+                  stock_transcripts: list[str] | None = None) -> list[Prediction]:
     """Greedy-decode a batch of 16 kHz waves into predictions.
 
     A model loaded with a text second pass (``model.nlu``, see assistant.nlu) lets it re-read each valid
-    transcript; ``use_nlu=False`` scores the speech model alone."""
+    transcript -- and, when the pass uses the stock reading, stock Whisper's transcript too (decoded here
+    unless ``stock_transcripts`` gives it); ``use_nlu=False`` scores the speech model alone."""
     paths = paths or [f"<clip {i}>" for i in range(len(waves))]
     start = time.perf_counter()
     enc = model.encode(model.features(waves))
@@ -60,25 +66,35 @@ def predict_waves(model, waves: list[torch.Tensor], schema=None, paths: list[str
                           confidence=_confidence(best.logprob, len(best.token_ids)))
         out.append(pred)
         frames.append(parsed.frame if pred.valid else None)
-    nlu = getattr(model, "nlu", None) if use_nlu else None
-    from_text = [False] * len(out)
-    if nlu is not None and any(f is not None for f in frames):
-        frames, from_text = nlu.apply(model, enc, frames)
+    nlu = model.nlu if use_nlu else None
+    readers = ["speech"] * len(out)
+    if nlu is not None:
+        if nlu.uses_stock and model.has_stock_path and stock_transcripts is None:
+            stock_transcripts = model.stock_greedy(model.stock_encode(waves))
+        readings = nlu.readings(model, enc, frames, stock_transcripts if nlu.uses_stock else None)
+        frames, readers = readings.choose(nlu.weight, nlu.stock_bonus)
+        for pred, heard, reading in zip(out, stock_transcripts or [], readings.stock):
+            pred.stock_transcript = heard
+            if reading is not None:
+                pred.stock_intent, pred.stock_slots = reading.intent, dict(reading.slots)
     latency = (time.perf_counter() - start) / max(len(waves), 1)
-    for pred, frame, text in zip(out, frames, from_text):
+    for pred, frame, reader in zip(out, frames, readers):
         pred.latency_s = latency
         if frame is not None:
+            pred.valid = True
             pred.intent, pred.slots, pred.transcript = frame.intent, dict(frame.slots), frame.transcript
-            pred.reader = "text" if text else "speech"
+            pred.reader = reader
             if schema is not None:
                 pred.response = schema.render_response(pred.intent, pred.slots)
     return out
 
 
 def predict_files(model, paths: Iterable[str | Path], schema=None, batch_size: int = 8,
-                  max_seconds: float | None = None, use_nlu: bool = True) -> Iterator[Prediction]:
+                  max_seconds: float | None = None, use_nlu: bool = True,
+                  stock: dict[str, str] | None = None) -> Iterator[Prediction]:
     """Yield one Prediction per path, in the order of `paths` (callers zip them with their utterances);
-    unreadable files yield a Prediction with `error` set."""
+    unreadable files yield a Prediction with `error` set. ``stock``: path -> stock transcript, decoded
+    once elsewhere (e.g. for several models on the same clips)."""
     max_seconds = max_seconds or float(getattr(model, "context_seconds", 30.0))
     # Unreadable files wait in the batch with the readable ones, so the output order is the input order.
     batch: list[tuple[str, torch.Tensor | Prediction]] = []
@@ -87,8 +103,9 @@ def predict_files(model, paths: Iterable[str | Path], schema=None, batch_size: i
     def flush():
         nonlocal n_waves
         waves = [(p, w) for p, w in batch if isinstance(w, torch.Tensor)]
+        heard = [stock[p] for p, _ in waves] if stock is not None and all(p in stock for p, _ in waves) else None
         decoded = iter(predict_waves(model, [w for _, w in waves], schema, [p for p, _ in waves],
-                                     use_nlu=use_nlu) if waves else [])
+                                     use_nlu=use_nlu, stock_transcripts=heard) if waves else [])
         for _, item in batch:
             yield next(decoded) if isinstance(item, torch.Tensor) else item
         batch.clear()

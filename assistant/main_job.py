@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import time
@@ -39,7 +40,8 @@ def _stage(name: str) -> float:
 
 def run_main(cfg: MainConfig) -> dict:
     from assistant.data.manifest import read_manifest
-    from assistant.evaluate import evaluate_model, format_report, plot_confusion, write_predictions
+    from assistant.evaluate import (by_engine_condition, evaluate_model, evaluation_report, format_report,
+                                    plot_confusion, stock_cascade_predictions, write_predictions)
     from assistant.model.slu import SLUModel
     from assistant.schema import load_schema
     from assistant.train import TrainConfig
@@ -95,57 +97,86 @@ def run_main(cfg: MainConfig) -> dict:
     schema = load_schema()
     final = out / "final"
     nlu_info = None
-    teacher = weight = None
+    teacher = None
+    weight, stock_bonus = 0.0, -math.inf
+    dev, test = read_manifest(corpus / "dev.jsonl"), read_manifest(corpus / "test.jsonl")
+    # Stock Whisper's transcripts do not depend on the fine-tuning: decoded once per clip, shared by every
+    # speech model's text pass and by the peer (stock transcript + our text NLU).
+    stock_model = SLUModel.from_pretrained(speech_models[0][1], nlu=False)
     if cfg.nlu:
-        t = _stage("4. text NLU second pass (MiniLM teacher): speech model and weight chosen on all of `dev`")
-        from assistant.nlu import NluPass, choose_weight, dev_readings
+        t = _stage("4. text NLU second pass (MiniLM teacher) over our and stock Whisper's transcripts: "
+                   "speech model, weight and stock bonus chosen on all of `dev`")
+        from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings, stock_transcripts
         from assistant.rsft.teacher import default_teacher
 
         teacher = default_teacher(schema)
-        dev = read_manifest(corpus / "dev.jsonl")
+        dev_stock = stock_transcripts(stock_model, dev, desc="nlu: stock transcripts of dev")
         # RSFT picks its round on a dev slice with the speech model alone; what ships is speech model +
         # text pass, so pick that pair on every dev clip (one clip of a 150-clip slice is 0.7 points).
         scored = []
         for name, model_dir in speech_models:
             model = SLUModel.from_pretrained(model_dir, nlu=False)
-            readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}")
-            w, by_weight = choose_weight(readings, [u.intent for u in dev])
-            scored.append((by_weight[w], name, model_dir, w, by_weight))
-            print(f"{name}: dev intent accuracy {by_weight[0.0]:.4f} alone, {by_weight[w]:.4f} with the text "
-                  f"pass (weight {w:g})")
+            readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}",
+                                    stock=dev_stock if model.has_stock_path else None)
+            bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
+            (w, b), by_choice = choose_weight(readings, [u.intent for u in dev], stock_bonuses=bonuses)
+            scored.append((by_choice[(w, b)], name, model_dir, w, b, by_choice))
+            print(f"{name}: dev intent accuracy {by_choice[(0.0, -math.inf)]:.4f} alone, "
+                  f"{by_choice[(w, -math.inf)]:.4f} with the text pass on its transcript, {by_choice[(w, b)]:.4f} "
+                  f"with the stock reading too (weight {w:g}, stock bonus {b:g})")
         best_acc = max(s[0] for s in scored)
-        _, chosen, final_dir, weight, dev_accuracy = next(s for s in scored if s[0] == best_acc)  # ties: earlier
+        _, chosen, final_dir, weight, stock_bonus, by_choice = next(s for s in scored if s[0] == best_acc)  # ties: earlier
         # The text model on the *gold* dev transcripts: what the NLU alone does on unseen phrasings,
         # the ceiling the speech side works under.
         gold_text = sum(p[0] == u.intent for p, u in zip(teacher.predict([u.text for u in dev]), dev)) / len(dev)
-        nlu_info = {"speech_model": chosen, "weight": weight, "dev_intent_accuracy_by_weight": dev_accuracy,
+        dev_cascade = evaluation_report(dev, stock_cascade_predictions(teacher, dev, dev_stock))["intent_accuracy"]
+        nlu_info = {"speech_model": chosen, "weight": weight, "stock_bonus": str(stock_bonus),
+                    "dev_intent_accuracy_by_choice": {f"w={w:g} b={b:g}": a for (w, b), a in by_choice.items()},
                     "dev_intent_accuracy_by_model": {s[1]: s[0] for s in scored},
+                    "dev_stock_cascade_accuracy": dev_cascade,
                     "teacher_dev_gold_transcript_accuracy": gold_text}
-        print(f"-> {chosen} + text pass (weight {weight:g}); the text model alone on the gold dev transcripts: "
-              f"{gold_text:.4f}")
+        print(f"-> {chosen} + text pass (weight {weight:g}, stock bonus {stock_bonus:g}); stock Whisper + text "
+              f"NLU on dev: {dev_cascade:.4f}; the text model alone on the gold dev transcripts: {gold_text:.4f}")
         timings["nlu_s"] = time.perf_counter() - t
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(final_dir, final, ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
     if teacher is not None:
         from assistant.nlu import attach
 
-        attach(final, teacher, weight)
+        attach(final, teacher, weight, stock_bonus)
 
     t = _stage("5. evaluation on `test` (unseen voices and phrasings)")
-    test = read_manifest(corpus / "test.jsonl")
+    from assistant.nlu import stock_transcripts
+
+    test_stock = stock_transcripts(stock_model, test, desc="test: stock transcripts")
     rows = []
-    candidates = [(name, model_dir, False) for name, model_dir in speech_models]
+    candidates = [(name, model_dir, None) for name, model_dir in speech_models]
     if nlu_info is not None:
-        candidates.append((f"final = {nlu_info['speech_model']} + text pass", final, True))
-    for name, model_dir, use_nlu in candidates:
-        model = SLUModel.from_pretrained(model_dir, nlu=use_nlu)
+        from assistant.nlu import NluPass
+
+        if nlu_info["speech_model"] != "supervised":   # the baseline RSFT must beat: supervised + its text pass
+            sup = next(s for s in scored if s[1] == "supervised")
+            candidates.append(("supervised + text pass", Path(sft_result["best_dir"]), NluPass(teacher, sup[3], sup[4])))
+        candidates.append((f"final = {nlu_info['speech_model']} + text pass", final, "saved"))
+    systems: dict[str, list] = {}
+    for name, model_dir, nlu_pass in candidates:
+        model = SLUModel.from_pretrained(model_dir, nlu=nlu_pass == "saved")
+        if nlu_pass not in (None, "saved"):
+            model.nlu = nlu_pass
         model.eval()
-        report, preds = evaluate_model(model, test, schema, desc=f"test: {name}")
+        report, preds = evaluate_model(model, test, schema, desc=f"test: {name}", use_nlu=nlu_pass is not None,
+                                       stock=test_stock)
         rows.append((name, report))
         if model_dir in (final_dir, final):     # the last match is the deployed model
             write_predictions(test, preds, out / "test_predictions.jsonl")
             plot_confusion(test, preds, out / "test_confusion.png")
-            final_report = report
+            final_report, final_preds = report, preds
+    if teacher is not None:
+        cascade = stock_cascade_predictions(teacher, test, test_stock)
+        rows.append(("peer: stock Whisper tiny.en + our text NLU", evaluation_report(test, cascade)))
+        by_cell = by_engine_condition(test, {"shipped": final_preds, "stock_cascade": cascade})
+    else:
+        by_cell = by_engine_condition(test, {"shipped": final_preds})
     timings["evaluate_s"] = time.perf_counter() - t
 
     print("\n=== results on test ===")
@@ -155,6 +186,7 @@ def run_main(cfg: MainConfig) -> dict:
         print(f"{name:<{width}} {r['intent_accuracy']:>10.4f} {r['slot_f1']:>8.4f} {r['slu_f1']:>7.4f} "
               f"{r['wer']:>7.4f} {r['invalid_rate']:>8.4f}")
     print("\nfinal model:", final, "\n" + format_report(final_report))
+    print("\n" + format_cells(by_cell))
 
     real = None
     if cfg.real_speech:
@@ -171,10 +203,22 @@ def run_main(cfg: MainConfig) -> dict:
             print(f"skipped: could not fetch the pocketsphinx test audio ({e})")
         timings["real_speech_s"] = time.perf_counter() - t
     print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    summary = {"final_model": str(final), "test": {n: r for n, r in rows}, "timings_s": timings,
+    summary = {"final_model": str(final), "test": {n: r for n, r in rows}, "test_by_engine_condition": by_cell,
+               "timings_s": timings,
                "rsft_rounds": rounds_table, "nlu": nlu_info, "real_speech": real}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def format_cells(cells: dict) -> str:
+    """The engine x condition table: intent accuracy of each system on the same test clips."""
+    systems = sorted({k for conds in cells.values() for c in conds.values() for k in c if k != "n"},
+                     key=lambda k: (k != "shipped", k))
+    lines = [f"{'engine':<9} {'condition':<9} {'n':>4} " + " ".join(f"{s:>13}" for s in systems)]
+    for engine, conds in cells.items():
+        for condition, cell in conds.items():
+            lines.append(f"{engine:<9} {condition:<9} {cell['n']:>4} " + " ".join(f"{cell[s]:>13.4f}" for s in systems))
+    return "\n".join(lines)
 
 
 def cli(argv: list[str]) -> int:

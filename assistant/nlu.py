@@ -18,6 +18,7 @@ when loaded with ``SLUModel.from_pretrained``; ``attach`` writes it.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from assistant.frames import Frame, format_frame
+from assistant.rsft.teacher import normalize_text
 
 NLU_DIR = "nlu"
 NLU_FILE = "nlu.json"
@@ -37,60 +39,117 @@ class NluError(ValueError):
     """An nlu/ folder that cannot be used; the message names it and the fix."""
 
 
+READERS = ("speech", "text", "stock")   # whose reading a chosen frame is (columns of Readings' scores)
+STOCK_BONUSES = (-math.inf, -8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0, 16.0, 32.0, math.inf)   # tried on dev
+
+
 @dataclass
 class Readings:
-    """Both readings of each clip's transcript and their scores under both models."""
+    """Up to three readings of each clip and their scores.
+
+    Columns: 0 the speech model's frame, 1 the text model's reading of the speech model's transcript,
+    2 the text model's reading of the *stock* transcript (the pretrained Whisper, adapters off). Scores
+    of a reading that does not exist are ignored."""
     speech: list[Frame | None]        # the speech model's frame (None: its output did not parse)
     text: list[Frame | None]          # the text model's frame for the same transcript
-    speech_lp: np.ndarray             # [n, 2] log p_speech of (speech frame, text frame)
-    text_lp: np.ndarray               # [n, 2] log p_text of (speech frame, text frame)
+    speech_lp: np.ndarray             # [n, 3] log p_speech(frame line | audio) of each reading
+    text_lp: np.ndarray               # [n, 3] log p_text(intent, slots | the reading's transcript)
+    stock: list[Frame | None] | None = None   # the text model's frame for the stock transcript
 
-    def choose(self, weight: float) -> tuple[list[Frame | None], list[bool]]:
-        """The winning frame per clip and whether it is the text model's."""
+    def __post_init__(self) -> None:
+        n = len(self.speech)
+        if self.stock is None:
+            self.stock = [None] * n
+        pad = lambda a: np.concatenate([a, np.zeros((n, 3 - a.shape[1]))], axis=1) if a.shape[1] < 3 else a
+        self.speech_lp, self.text_lp = pad(np.asarray(self.speech_lp, float)), pad(np.asarray(self.text_lp, float))
+
+    def choose(self, weight: float, stock_bonus: float = -math.inf) -> tuple[list[Frame | None], list[str]]:
+        """The winning frame per clip and whose reading it is (READERS).
+
+        score = log p_speech + weight * log p_text (+ stock_bonus for the stock reading); ties keep the
+        earlier reader. stock_bonus -inf never uses the stock reading, +inf always does when it exists.
+        The text reading of the speech transcript needs a valid speech frame; the stock reading does not
+        (it rescues clips whose speech output did not parse)."""
         total = self.speech_lp + weight * self.text_lp
-        frames, from_text = [], []
-        for i, (s, t) in enumerate(zip(self.speech, self.text)):
-            use_text = t is not None and s is not None and bool(total[i, 1] > total[i, 0])
-            frames.append(t if use_text else s)
-            from_text.append(use_text)
-        return frames, from_text
+        frames, readers = [], []
+        for i, (s, t, k) in enumerate(zip(self.speech, self.text, self.stock)):
+            options = [(0, s)] if s is not None else []
+            if t is not None and s is not None:
+                options.append((1, t))
+            if k is not None and stock_bonus > -math.inf:
+                if stock_bonus == math.inf:
+                    options = [(2, k)]
+                else:
+                    options.append((2, k))
+            if not options:
+                frames.append(None)
+                readers.append("speech")
+                continue
+            bonus = lambda col: stock_bonus if col == 2 else 0.0
+            col, frame = max(options, key=lambda o: (total[i, o[0]] + bonus(o[0]), -o[0]))
+            frames.append(frame)
+            readers.append(READERS[col])
+        return frames, readers
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """A reading the speech model cannot spell (-inf) must never win on its speech score."""
+    return np.where(np.isfinite(values), values, -1e9)
 
 
 class NluPass:
-    def __init__(self, teacher, weight: float = 1.0):
+    def __init__(self, teacher, weight: float = 1.0, stock_bonus: float = -math.inf):
         if not weight >= 0:
             raise NluError(f"nlu weight must be >= 0, got {weight}")
+        if math.isnan(stock_bonus):
+            raise NluError("nlu stock_bonus must be a number or +-inf, got nan")
         self.teacher = teacher
         self.weight = float(weight)
+        self.stock_bonus = float(stock_bonus)
+
+    @property
+    def uses_stock(self) -> bool:
+        """Whether the deployed choice can pick the stock reading (then inference decodes it)."""
+        return self.stock_bonus > -math.inf
 
     @torch.no_grad()
-    def readings(self, model, enc: torch.Tensor, frames: Sequence[Frame | None]) -> Readings:
-        """Score both readings; ``enc`` holds the clips' encoder states (row i = frames[i])."""
+    def readings(self, model, enc: torch.Tensor, frames: Sequence[Frame | None],
+                 stock_transcripts: Sequence[str] | None = None) -> Readings:
+        """Score the readings; ``enc`` holds the clips' encoder states (row i = frames[i]);
+        ``stock_transcripts`` (optional) the stock Whisper transcript of each clip."""
         n = len(frames)
         text: list[Frame | None] = [None] * n
-        speech_lp = np.zeros((n, 2))
-        text_lp = np.zeros((n, 2))
+        stock: list[Frame | None] = [None] * n
+        speech_lp = np.zeros((n, 3))
+        text_lp = np.zeros((n, 3))
         idx = [i for i, f in enumerate(frames) if f is not None]
-        if not idx:
-            return Readings(list(frames), text, speech_lp, text_lp)
-        read = self.teacher.read([frames[i].transcript for i in idx], [frames[i].intent for i in idx],
-                                 [frames[i].slots for i in idx])
-        for i, (intent, slots, own_ll, given_ll) in zip(idx, read):
-            text[i] = Frame(intent=intent, slots=dict(slots), transcript=frames[i].transcript)
-            text_lp[i] = given_ll, own_ll
-        # The speech model scores the text reading only where it differs from its own.
-        differ = [i for i in idx if (text[i].intent, text[i].slots) != (frames[i].intent, dict(frames[i].slots))]
-        own = model.sequence_logprobs(enc, [format_frame(frames[i]) for i in idx], expand=idx).cpu().numpy()
-        speech_lp[idx, 0] = speech_lp[idx, 1] = own
-        if differ:
-            speech_lp[differ, 1] = model.sequence_logprobs(enc, [format_frame(text[i]) for i in differ],
-                                                           expand=differ).cpu().numpy()
-        # A reading the speech model cannot spell (-inf) must never win over its own.
-        speech_lp = np.where(np.isfinite(speech_lp), speech_lp, -1e9)
-        return Readings(list(frames), text, speech_lp, text_lp)
+        if idx:
+            read = self.teacher.read([frames[i].transcript for i in idx], [frames[i].intent for i in idx],
+                                     [frames[i].slots for i in idx])
+            for i, (intent, slots, own_ll, given_ll) in zip(idx, read):
+                text[i] = Frame(intent=intent, slots=dict(slots), transcript=frames[i].transcript)
+                text_lp[i, :2] = given_ll, own_ll
+            # The speech model scores the text reading only where it differs from its own.
+            differ = [i for i in idx if (text[i].intent, text[i].slots) != (frames[i].intent, dict(frames[i].slots))]
+            own = model.sequence_logprobs(enc, [format_frame(frames[i]) for i in idx], expand=idx).cpu().numpy()
+            speech_lp[idx, 0] = speech_lp[idx, 1] = own
+            if differ:
+                speech_lp[differ, 1] = model.sequence_logprobs(enc, [format_frame(text[i]) for i in differ],
+                                                               expand=differ).cpu().numpy()
+        if stock_transcripts is not None:
+            heard = [(i, normalize_text(t)) for i, t in enumerate(stock_transcripts) if normalize_text(t)]
+            if heard:
+                rows = [i for i, _ in heard]
+                for (i, words), (intent, slots, confidence) in zip(heard, self.teacher.predict([w for _, w in heard])):
+                    stock[i] = Frame(intent=intent, slots=dict(slots), transcript=words)
+                    text_lp[i, 2] = math.log(max(confidence, 1e-300))
+                speech_lp[rows, 2] = model.sequence_logprobs(enc, [format_frame(stock[i]) for i in rows],
+                                                             expand=rows).cpu().numpy()
+        return Readings(list(frames), text, _finite(speech_lp), text_lp, stock)
 
-    def apply(self, model, enc: torch.Tensor, frames: Sequence[Frame | None]) -> tuple[list[Frame | None], list[bool]]:
-        return self.readings(model, enc, frames).choose(self.weight)
+    def apply(self, model, enc: torch.Tensor, frames: Sequence[Frame | None],
+              stock_transcripts: Sequence[str] | None = None) -> tuple[list[Frame | None], list[str]]:
+        return self.readings(model, enc, frames, stock_transcripts).choose(self.weight, self.stock_bonus)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
@@ -99,7 +158,8 @@ class NluPass:
         tmp = target.with_name(NLU_DIR + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.teacher.save(tmp)
-        (tmp / NLU_FILE).write_text(json.dumps({"weight": self.weight}, indent=1))
+        meta = {"weight": self.weight, **({"stock_bonus": str(self.stock_bonus)} if self.uses_stock else {})}
+        (tmp / NLU_FILE).write_text(json.dumps(meta, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         return target
@@ -112,54 +172,82 @@ class NluPass:
         meta = folder / NLU_FILE
         fix = f"delete {folder} (the model then runs without the text pass) or rerun `assistant run`"
         try:
-            weight = float(json.loads(meta.read_text())["weight"])
+            saved = json.loads(meta.read_text())
+            weight = float(saved["weight"])
+            stock_bonus = float(saved.get("stock_bonus", "-inf"))
         except FileNotFoundError:
             raise NluError(f"{meta} not found; {fix}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise NluError(f"{meta}: unreadable ({e}); {fix}") from None
         try:
-            return cls(TextTeacher.load(folder), weight)
+            return cls(TextTeacher.load(folder), weight, stock_bonus)
         except TeacherError as e:
             raise NluError(f"{e}") from None
 
 
-def attach(model_folder: str | Path, teacher, weight: float) -> Path:
+def attach(model_folder: str | Path, teacher, weight: float, stock_bonus: float = -math.inf) -> Path:
     """Give a saved SLU model folder the text second pass."""
-    return NluPass(teacher, weight).save(model_folder)
+    return NluPass(teacher, weight, stock_bonus).save(model_folder)
 
 
-def choose_weight(readings: Readings, gold_intents: Sequence[str], weights: Sequence[float] = WEIGHTS
-                  ) -> tuple[float, dict[float, float]]:
-    """The weight with the best intent accuracy on (dev) readings; ties go to the smaller weight."""
+def choose_weight(readings: Readings, gold_intents: Sequence[str], weights: Sequence[float] = WEIGHTS,
+                  stock_bonuses: Sequence[float] = (-math.inf,)
+                  ) -> tuple[tuple[float, float], dict[tuple[float, float], float]]:
+    """The (weight, stock_bonus) with the best intent accuracy on (dev) readings.
+
+    Ties go to the stock bonus nearest to "never" (-inf first), then to the smaller weight."""
     accuracy = {}
-    for w in weights:
-        frames, _ = readings.choose(w)
-        accuracy[w] = float(np.mean([f is not None and f.intent == g for f, g in zip(frames, gold_intents)]))
-    best = max(weights, key=lambda w: (accuracy[w], -w))
+    for b in stock_bonuses:
+        for w in weights:
+            frames, _ = readings.choose(w, b)
+            accuracy[(w, b)] = float(np.mean([f is not None and f.intent == g for f, g in zip(frames, gold_intents)]))
+    rank = {b: i for i, b in enumerate(sorted(stock_bonuses))}
+    best = max(accuracy, key=lambda wb: (accuracy[wb], -rank[wb[1]], -wb[0]))
     return best, accuracy
 
 
+def _load_batch(model, utterances) -> list[torch.Tensor]:
+    from assistant.audio import AudioError, load_audio
+
+    waves = []
+    for u in utterances:
+        try:
+            waves.append(load_audio(u.audio, max_seconds=model.context_seconds))
+        except AudioError:
+            waves.append(torch.zeros(1600))       # scored as a miss, keeps rows aligned with the golds
+    return waves
+
+
 @torch.no_grad()
-def dev_readings(model, utterances, nlu: NluPass, batch_size: int = 16, desc: str = "nlu: dev readings") -> Readings:
-    """Greedy-decode the utterances once and score both readings of each (for ``choose_weight``)."""
+def stock_transcripts(model, utterances, batch_size: int = 16, desc: str = "stock transcripts") -> list[str]:
+    """Stock Whisper's greedy transcript of each clip (``SLUModel.stock_encode`` + ``stock_greedy``):
+    independent of the fine-tuning, so one list serves every speech model of a run and the peer."""
     from tqdm import tqdm
 
-    from assistant.audio import AudioError, load_audio
+    out: list[str] = []
+    for start in tqdm(range(0, len(utterances), batch_size), desc=desc, unit="batch", disable=None):
+        out += model.stock_greedy(model.stock_encode(_load_batch(model, utterances[start:start + batch_size])))
+    return out
+
+
+@torch.no_grad()
+def dev_readings(model, utterances, nlu: NluPass, batch_size: int = 16, desc: str = "nlu: dev readings",
+                 stock: Sequence[str] | None = None) -> Readings:
+    """Greedy-decode the utterances once and score the readings of each (for ``choose_weight``);
+    ``stock``: the clips' stock transcripts (``stock_transcripts``) to add the stock reading."""
+    from tqdm import tqdm
+
     from assistant.frames import parse_frame
 
     parts: list[Readings] = []
     for start in tqdm(range(0, len(utterances), batch_size), desc=desc, unit="batch", disable=None):
-        waves = []
-        for u in utterances[start:start + batch_size]:
-            try:
-                waves.append(load_audio(u.audio, max_seconds=model.context_seconds))
-            except AudioError:
-                waves.append(torch.zeros(1600))       # scored as a miss, keeps rows aligned with the golds
+        waves = _load_batch(model, utterances[start:start + batch_size])
         enc = model.encode(model.features(waves))
         frames = []
         for cands in model.generate(enc, num_samples=0, greedy=True):
             parsed = parse_frame(cands[0].text)
             frames.append(parsed.frame if parsed.valid and cands[0].finished else None)
-        parts.append(nlu.readings(model, enc, frames))
+        parts.append(nlu.readings(model, enc, frames, None if stock is None else stock[start:start + batch_size]))
     return Readings([f for p in parts for f in p.speech], [f for p in parts for f in p.text],
-                    np.concatenate([p.speech_lp for p in parts]), np.concatenate([p.text_lp for p in parts]))
+                    np.concatenate([p.speech_lp for p in parts]), np.concatenate([p.text_lp for p in parts]),
+                    [f for p in parts for f in p.stock])

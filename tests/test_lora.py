@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from assistant.config import load_config
 from assistant.model.lora import LoraConfig
-from assistant.model.slu import SLUModel
+from assistant.model.slu import SLUModel, cut_repeats
 from assistant.rsft.generate import same_encoder
 from assistant.train import TrainConfig, recipe_main
 
@@ -64,6 +64,29 @@ def test_transcribe_runs_the_stock_weights():
     model.add_adapters(LoraConfig(rank=4, encoder_from=0))
     _scramble(model)
     assert model.transcribe(wave, max_new_tokens=8) == before
+
+
+def test_stock_reading_is_the_pretrained_model_over_whisper_s_window():
+    """The deployed stock reading (stock_encode + stock_greedy, our loop) is transformers' own greedy
+    generate of the pretrained weights on a 30 s window, adapters on or off."""
+    g = torch.Generator().manual_seed(4)
+    waves = [torch.randn(n, generator=g) * 0.1 for n in (16000, 40000)]
+    model = _model()
+    reference = [cut_repeats(t) for t in model.transcribe(waves, max_new_tokens=12, context_seconds=30.0)]
+    model.add_adapters(LoraConfig(rank=4, encoder_from=0))
+    _scramble(model)
+    assert model.has_stock_path
+    assert model.stock_greedy(model.stock_encode(waves), max_new_tokens=12) == reference
+    assert model.context_seconds == 6.0                       # the SLU context is untouched
+
+
+def test_cut_repeats_cuts_a_phrase_repeated_to_the_token_limit():
+    assert cut_repeats("Make sure I'm awake. Make sure I'm awake. Make sure I") == "Make sure I'm awake."
+    assert cut_repeats("Turn on the lights.") == "Turn on the lights."
+    assert cut_repeats("play it again play it again pl") == "play it again"
+    assert cut_repeats("play it again play it") == "play it again play it"     # no full repeat: kept
+    assert cut_repeats("set a timer for ten minutes") == "set a timer for ten minutes"
+    assert cut_repeats("") == ""
 
 
 def test_adapters_round_trip_through_save_pretrained(tmp_path, mels):

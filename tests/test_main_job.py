@@ -39,7 +39,14 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
     assert 0.0 <= nlu["teacher_dev_gold_transcript_accuracy"] <= 1.0
     assert json.loads((out / "final" / "nlu" / "nlu.json").read_text())["weight"] == nlu["weight"]
     final_row = f"final = {nlu['speech_model']} + text pass"
-    assert set(summary["test"]) == {"supervised", "rsft round 1", final_row}
+    peer = "peer: stock Whisper tiny.en + our text NLU"
+    baseline = {"supervised + text pass"} if nlu["speech_model"] != "supervised" else set()
+    assert set(summary["test"]) == {"supervised", "rsft round 1", final_row, peer} | baseline
+    cells = summary["test_by_engine_condition"]
+    assert sum(c["n"] for conds in cells.values() for c in conds.values()) == 8
+    for conds in cells.values():
+        for cell in conds.values():
+            assert set(cell) == {"shipped", "stock_cascade", "n"} and 0 <= cell["shipped"] <= 1
     assert summary["test"][final_row]["n"] == 8
     assert json.loads((out / "summary.json").read_text())["nlu"]["speech_model"] == nlu["speech_model"]
     assert len((out / "test_predictions.jsonl").read_text().splitlines()) == 8

@@ -7,6 +7,7 @@ arbitrary but real, which is all the choice logic needs; trained-teacher accurac
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def test_readings_score_both_frames_under_both_models(model, enc, teacher):
         intent, slots, _ = teacher.predict([frame.transcript])[0]
         assert (text.intent, text.slots) == (intent, slots)
         want = teacher.log_likelihood([frame.transcript] * 2, [frame.intent, text.intent], [frame.slots, text.slots])
-        np.testing.assert_allclose(r.text_lp[i], want, rtol=1e-6)
+        np.testing.assert_allclose(r.text_lp[i, :2], want, rtol=1e-6)
         with torch.no_grad():
             own = float(model.sequence_logprobs(enc[i:i + 1], [format_frame(frame)])[0])
         assert r.speech_lp[i, 0] == pytest.approx(own, rel=1e-5)
@@ -65,12 +66,59 @@ def test_choose_weight_zero_is_the_speech_model_and_a_big_weight_is_the_text_mod
     r = Readings(speech, text, speech_lp=np.array([[-1.0, -5.0], [-1.0, -1.5], [0, 0]]),
                  text_lp=np.array([[-3.0, -0.1], [-0.1, -3.0], [0, 0]]))
     assert [f and f.intent for f in r.choose(0.0)[0]] == ["a", "b", None]
-    frames, from_text = r.choose(100.0)
-    assert [f and f.intent for f in frames] == ["c", "b", None] and from_text == [True, False, False]
+    frames, readers = r.choose(100.0)
+    assert [f and f.intent for f in frames] == ["c", "b", None] and readers == ["text", "speech", "speech"]
     # weight 2: row 0: -1 + 2*-3 = -7 vs -5 + 2*-0.1 = -5.2 -> text
-    assert r.choose(2.0)[1] == [True, False, False]
+    assert r.choose(2.0)[1] == ["text", "speech", "speech"]
     best, accuracy = choose_weight(r, ["c", "b", "z"], weights=(0.0, 2.0, 100.0))
-    assert best == 2.0 and accuracy == {0.0: pytest.approx(1 / 3), 2.0: pytest.approx(2 / 3), 100.0: pytest.approx(2 / 3)}
+    ninf = -math.inf
+    assert best == (2.0, ninf)
+    assert accuracy == {(0.0, ninf): pytest.approx(1 / 3), (2.0, ninf): pytest.approx(2 / 3),
+                        (100.0, ninf): pytest.approx(2 / 3)}
+
+
+def _three_readings() -> Readings:
+    """Row 0: the stock reading is right but scores 3 lower than ours; row 1: ours is right, the stock
+    one scores 6 lower; row 2: our output did not parse, only the stock reading exists."""
+    speech = [Frame("a", {}, "x"), Frame("b", {}, "y"), None]
+    text = [Frame("a", {}, "x"), Frame("b", {}, "y"), None]
+    stock = [Frame("k", {}, "xk"), Frame("q", {}, "yq"), Frame("z", {}, "zz")]
+    return Readings(speech, text, speech_lp=np.array([[-1.0, -1.0, -4.0], [-1.0, -1.0, -7.0], [0, 0, -2.0]]),
+                    text_lp=np.zeros((3, 3)), stock=stock)
+
+
+def test_the_stock_reading_wins_by_its_bonus_and_rescues_invalid_outputs():
+    r = _three_readings()
+    assert [f and f.intent for f in r.choose(0.0)[0]] == ["a", "b", None]            # bonus -inf: never
+    frames, readers = r.choose(0.0, stock_bonus=0.0)
+    assert [f.intent for f in frames] == ["a", "b", "z"] and readers == ["speech", "speech", "stock"]
+    frames, readers = r.choose(0.0, stock_bonus=4.0)                                  # -4 + 4 > -1
+    assert [f.intent for f in frames] == ["k", "b", "z"] and readers == ["stock", "speech", "stock"]
+    frames, _ = r.choose(0.0, stock_bonus=3.0)                                        # a tie keeps ours
+    assert [f.intent for f in frames] == ["a", "b", "z"]
+    assert [f.intent for f in r.choose(0.0, stock_bonus=math.inf)[0]] == ["k", "q", "z"]   # always stock
+
+
+def test_choose_weight_searches_the_stock_bonus_and_prefers_never_on_ties():
+    r = _three_readings()
+    best, accuracy = choose_weight(r, ["k", "b", "z"], weights=(0.0,), stock_bonuses=(-math.inf, 0.0, 4.0, math.inf))
+    assert best == (0.0, 4.0) and accuracy[(0.0, 4.0)] == 1.0
+    assert accuracy[(0.0, -math.inf)] == pytest.approx(1 / 3) and accuracy[(0.0, math.inf)] == pytest.approx(2 / 3)
+    best, _ = choose_weight(r, ["a", "b", "x"], weights=(0.0,), stock_bonuses=(math.inf, 0.0, -math.inf))
+    assert best == (0.0, -math.inf)
+
+
+def test_readings_read_the_stock_transcript(model, enc, teacher):
+    stock = ["Turn on the lights in the kitchen.", "Set an alarm for 7:30 a.m."]
+    r = NluPass(teacher).readings(model, enc, [FRAMES[0], None], stock)
+    assert r.stock[1].transcript == "set an alarm for seven thirty a m"          # our spoken word form
+    intent, slots, confidence = teacher.predict([r.stock[0].transcript])[0]
+    assert (r.stock[0].intent, r.stock[0].slots) == (intent, slots)
+    assert r.text_lp[0, 2] == pytest.approx(math.log(confidence), rel=1e-6)
+    with torch.no_grad():
+        own = float(model.sequence_logprobs(enc[1:2], [format_frame(r.stock[1])])[0])
+    assert r.speech_lp[1, 2] == pytest.approx(max(own, -1e9), rel=1e-5)
+    assert r.text[1] is None                        # no speech frame: no text reading of it
 
 
 def test_weight_must_be_non_negative(teacher):
@@ -85,6 +133,11 @@ def test_attach_save_load_and_inference(model, teacher, tmp_path):
     model.save_pretrained(folder)
     attach(folder, teacher, weight=0.5)
     assert json.loads((folder / "nlu" / "nlu.json").read_text()) == {"weight": 0.5}
+    attach(folder, teacher, weight=0.5, stock_bonus=4.0)
+    assert SLUModel.from_pretrained(folder).nlu.stock_bonus == 4.0
+    attach(folder, teacher, weight=0.5, stock_bonus=math.inf)
+    assert SLUModel.from_pretrained(folder).nlu.stock_bonus == math.inf
+    attach(folder, teacher, weight=0.5)
     loaded = SLUModel.from_pretrained(folder)
     assert loaded.nlu is not None and loaded.nlu.weight == 0.5
     assert SLUModel.from_pretrained(folder, nlu=False).nlu is None

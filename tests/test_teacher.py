@@ -35,6 +35,8 @@ TRAIN_PER_TEMPLATE = 4
     ("On March 3rd", "on march third"),
     ("What's the \"weather\" in New-York?", "whats the weather in new york"),
     ("Set a timer for 1,500 seconds", "set a timer for one thousand five hundred seconds"),
+    ("Make sure I'm awake by 6.15.", "make sure im awake by six fifteen"),      # Whisper's clock times
+    ("Set the volume to 2.5", "set the volume to two point five"),
     ("", ""),
 ])
 def test_normalize_text_turns_asr_output_into_spoken_words(raw, spoken):

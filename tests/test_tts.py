@@ -74,6 +74,7 @@ def test_piper_seeded_noise_keeps_the_voice_natural():
 
 
 def test_pip_engines_alone_give_at_least_20_people():
+    assert tts.PIP_ENGINES == ("espeak", "piper", "kokoro")
     voices = tts.list_voices(["espeak", "piper"])
     persons = {v.person for v in voices}
     assert len(persons) >= 20
@@ -81,6 +82,75 @@ def test_pip_engines_alone_give_at_least_20_people():
     espeak = [v for v in voices if v.engine == "espeak"]
     assert len({v.params["accent"] for v in espeak}) >= 6
     assert len({v.params["variant"] for v in espeak}) >= 20
+
+
+def test_espeak_gives_tied_ipa_for_kokoro():
+    ipa = tts._espeak().phonemize("turn on the kitchen lights")
+    assert "ˈ" in ipa and "a^ɪ" in ipa and "t^ʃ" in ipa          # stress kept, multi-letter phonemes tied
+
+
+def test_kokoro_phonemes_map_espeak_ipa_onto_kokoro_symbols():
+    assert tts.kokoro_phonemes("lˈa^ɪts") == "lˈIts"             # diphthongs -> one symbol
+    assert tts.kokoro_phonemes("kˈɪt^ʃən") == "kˈɪʧən"
+    assert tts.kokoro_phonemes("ɐlˈɑː^ɹm") == "əlˈɑɹm"          # length marks dropped, r -> ɹ, ɐ -> ə
+    assert tts.kokoro_phonemes("tˈɜːn") == "tˈɜɹn"
+    assert tts.kokoro_phonemes("bˈʌʔn̩") == "bˈʌtᵊn"             # glottal stop + syllabic n
+    assert tts.kokoro_phonemes("hˈo^ʊm") == "hˈOm"
+    vocab = tts._kokoro().vocab
+    for text in ("set an alarm for seven thirty", "what's the weather like in london", "play some jazz"):
+        phonemes = tts.kokoro_phonemes(tts._espeak().phonemize(text))
+        assert all(c in vocab for c in phonemes), [c for c in phonemes if c not in vocab]
+
+
+def test_kokoro_speakers_derive_from_the_two_allowed_voices_only():
+    speakers = tts.kokoro_speakers(12)
+    assert tts.KOKORO_BASE_VOICES == ("jf_alpha", "jf_nezumi")
+    assert set(tts._kokoro().tables) == {"jf_alpha", "jf_nezumi"}
+    assert len({v.person for v in speakers}) == 12 and all(v.engine == "kokoro" for v in speakers)
+    assert all(0.0 <= v.params["mix"] <= 1.0 and tts.KOKORO_SPEED_RANGE[0] <= v.params["speed"]
+               <= tts.KOKORO_SPEED_RANGE[1] for v in speakers)
+    assert [v.params for v in tts.kokoro_speakers(12)] == [v.params for v in speakers]      # deterministic
+    assert [v.params for v in tts.kokoro_speakers(12, seed=1)] != [v.params for v in speakers]
+    engine = tts._kokoro()
+    alpha, nezumi = engine.style_table(speakers[0].params), engine.style_table(speakers[1].params)
+    assert np.array_equal(alpha, engine.tables["jf_alpha"]) and np.array_equal(nezumi, engine.tables["jf_nezumi"])
+    blend = engine.style_table({**speakers[2].params, "perturb": 0.0})
+    mix = speakers[2].params["mix"]
+    np.testing.assert_allclose(blend, (1 - mix) * alpha + mix * nezumi, rtol=1e-6, atol=1e-7)
+
+
+def test_kokoro_speaks_english_reproducibly_and_speakers_differ():
+    first, second = tts.kokoro_speakers(4)[2:4]
+    wave, sr = tts.synthesize(first, "turn on the lights")
+    assert sr == 24000
+    assert_speech(wave, sr, min_s=0.4)
+    again, _ = tts.synthesize(first, "turn on the lights")
+    assert np.array_equal(wave, again)
+    other, _ = tts.synthesize(second, "turn on the lights")
+    assert len(other) != len(wave) or not np.array_equal(other, wave)
+    slow, _ = tts.synthesize(first.with_params(speed_jitter=0.85), "turn on the lights")
+    assert len(slow) > 1.05 * len(wave)
+
+
+@pytest.mark.slow
+def test_kokoro_speakers_stay_intelligible_to_stock_whisper():
+    """The derived speakers must still be English a listener understands: stock Whisper tiny.en's WER."""
+    import jiwer
+    import torch
+
+    from assistant.model.slu import SLUModel
+    from assistant.rsft.teacher import normalize_text
+
+    texts = ["turn on the kitchen lights", "set an alarm for seven thirty"]
+    speakers = tts.kokoro_speakers(6)[1::2]                     # nezumi and two derived speakers
+    waves, refs = [], []
+    for voice in speakers:
+        for text in texts:
+            wave, sr = tts.synthesize(voice, text)
+            waves.append(torch.from_numpy(resample(wave, sr, SAMPLE_RATE)))
+            refs.append(text)
+    heard = SLUModel.from_pretrained(None).transcribe(waves, context_seconds=30.0)
+    assert jiwer.wer(refs, [normalize_text(h) for h in heard]) < 0.35, heard
 
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")

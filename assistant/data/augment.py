@@ -229,6 +229,18 @@ def _fit_tempo(speech_s: float, tempo: float, budget_s: float, max_speedup: floa
     return needed * 1.01, True
 
 
+CONDITIONS = ("clean", "noise", "room")
+
+
+def condition_of(params: dict[str, Any]) -> str:
+    """The acoustic condition of a clip from its augmentation record: ``room`` (simulated room, with
+    or without added noise), ``noise`` (added noise, no room) or ``clean`` (only the faint noise floor)."""
+    if params.get("room"):
+        return "room"
+    kind = (params.get("noise") or {}).get("kind", "floor")
+    return "clean" if kind == "floor" else "noise"
+
+
 def augment(wave: np.ndarray, sr: int, rng: np.random.Generator, cfg: AugmentConfig | None = None,
             babble_bank: list[np.ndarray] | None = None,
             max_seconds: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:

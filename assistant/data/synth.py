@@ -50,7 +50,7 @@ import soundfile as sf
 from ..config import ConfigError, add_dataclass_arguments, parse_config
 from ..paths import generated_dir
 from . import tts
-from .augment import SAMPLE_RATE, AugmentConfig, ClipTooLong, augment, check_range, resample
+from .augment import SAMPLE_RATE, AugmentConfig, ClipTooLong, augment, check_range, condition_of, resample
 from .manifest import Utterance, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         # the final system (with the text pass) on dev 0.87 -> 0.8925. dev/test do not depend on train_size.
         "train_size": 3000, "pool_size": 1500, "dev_size": 400, "test_size": 600, "intents": [],
         "espeak_variants": 0, "espeak_accents_per_variant": 2, "babble_clips": 12,
+        # Kokoro costs ~1.2 s of one core per second of audio (espeak ~0.01): 700 neural clips in all.
+        "kokoro_speakers": 40, "kokoro_share": [0.1, 0.1, 0.25, 0.25],
     },
     "smoke": {  # seconds: a handful of clips per split, used by the tests
         "train_size": 16, "pool_size": 8, "dev_size": 8, "test_size": 8,
         "intents": ["activate_lights_kitchen", "increase_volume_none", "alarm_set", "weather_query"],
         "espeak_variants": 8, "espeak_accents_per_variant": 1, "babble_clips": 4,
+        "kokoro_speakers": 8, "kokoro_share": [0.125, 0.25, 0.25, 0.25],
     },
     "large": {
         "train_size": 8000, "pool_size": 8000, "dev_size": 1500, "test_size": 2500, "intents": [],
         "espeak_variants": 0, "espeak_accents_per_variant": 4, "babble_clips": 24,
+        "kokoro_speakers": 80, "kokoro_share": [0.25, 0.5, 0.4, 0.4],
     },
 }
 
@@ -87,7 +91,9 @@ class SynthConfig(AugmentConfig):
     seed: int = field(default=0, metadata={"help": "one seed for the plan, voices and every clip"})
     workers: int = field(default=2, metadata={"help": "processes synthesising in parallel"})
     engines: list[str] = field(default_factory=list, metadata={
-        "help": f"TTS engines to use, of {list(tts.ENGINES)} (default: all installed)"})
+        "help": f"TTS engines to use, of {list(tts.ENGINES)} (default: the pip-installed ones, "
+                f"{list(tts.PIP_ENGINES)}, so every machine builds the same corpus; system voices such as "
+                "flite and festival join only when listed here)"})
     intents: list[str] | None = field(default=None, metadata={"help": "intents to cover ([] = all in the schema; "
                                                                      "unset = the profile's)"})
     train_size: int | None = field(default=None, metadata={"help": "clips in train (labelled; unset = the profile's)"})
@@ -107,8 +113,12 @@ class SynthConfig(AugmentConfig):
                                            metadata={"help": "espeak speaking rate, words per minute"})
     espeak_pitch_range: list[float] = field(default_factory=lambda: [35.0, 65.0],
                                             metadata={"help": "espeak base pitch (0-100)"})
-    recorded_share: float = field(default=0.3, metadata={"help": "share of each split's clips spoken by recorded "
-                                                                 "(piper/flite/festival) voices when it has any"})
+    recorded_share: float = field(default=0.15, metadata={"help": "share of each split's non-Kokoro clips spoken by "
+                                                                  "recorded (piper/flite/festival) voices when it has any"})
+    kokoro_speakers: int | None = field(default=None, metadata={"help": "synthetic Kokoro speakers derived from "
+                                                                        "jf_alpha / jf_nezumi"})
+    kokoro_share: list[float] | None = field(default=None, metadata={
+        "help": "share of each split's clips (train, pool, dev, test) spoken by Kokoro speakers"})
     max_seconds: float = field(default=6.0, metadata={"help": "longest clip; longer speech is sped up or dropped"})
     babble_clips: int | None = field(default=None, metadata={"help": "TTS clips per split that babble noise is "
                                                                      "mixed from"})
@@ -144,6 +154,10 @@ class SynthConfig(AugmentConfig):
         check_range("espeak_pitch_range", self.espeak_pitch_range)
         if self.espeak_variants < 0 or self.espeak_accents_per_variant < 1:
             raise ValueError("espeak_variants must be >= 0 and espeak_accents_per_variant >= 1")
+        if self.kokoro_speakers < 0:
+            raise ValueError("kokoro_speakers must be >= 0")
+        if len(self.kokoro_share) != 4 or not all(0.0 <= x <= 1.0 for x in self.kokoro_share):
+            raise ValueError("kokoro_share must be 4 numbers in [0, 1] (train, pool, dev, test)")
 
     def sizes(self) -> dict[str, int]:
         return {"train": self.train_size, "pool": self.pool_size, "dev": self.dev_size, "test": self.test_size}
@@ -199,8 +213,10 @@ def _allocate(total: int, weights: list[float], at_least_one: bool = False) -> l
 
 def select_voices(cfg: SynthConfig) -> list[tts.Voice]:
     """The voices of this corpus: recorded voices plus espeak timbres, each in a few accents."""
-    engines = cfg.engines or list(tts.ENGINES)
-    voices = tts.list_voices(engines)
+    engines = cfg.engines or list(tts.PIP_ENGINES)
+    voices = [v for v in tts.list_voices(engines) if v.engine != "kokoro"]
+    if "kokoro" in engines and cfg.kokoro_speakers and tts.list_voices(["kokoro"]):
+        voices += tts.kokoro_speakers(cfg.kokoro_speakers, seed=cfg.seed)
     if cfg.engines:
         missing = tts.engine_problems([e for e in cfg.engines if not any(v.engine == e for v in voices)])
         if missing:
@@ -226,10 +242,15 @@ def select_voices(cfg: SynthConfig) -> list[tts.Voice]:
 
 
 def speaker_group(voice: tts.Voice) -> str:
-    """What splits keep together: an espeak timbre (all its accents) or a recorded person."""
+    """What splits keep together: an espeak timbre (all its accents), a recorded or synthetic person."""
     if voice.engine == "espeak":
         return f"espeak-variant:{voice.params['variant']}"
     return f"person:{voice.person}"
+
+
+def voice_family(voice: tts.Voice) -> str:
+    """Families are dealt to splits separately, so each split gets its share of each kind of voice."""
+    return voice.engine if voice.engine in ("espeak", "kokoro") else "recorded"
 
 
 def assign_voices(voices: list[tts.Voice], cfg: SynthConfig) -> dict[str, list[tts.Voice]]:
@@ -238,8 +259,8 @@ def assign_voices(voices: list[tts.Voice], cfg: SynthConfig) -> dict[str, list[t
     for v in voices:
         groups.setdefault(speaker_group(v), []).append(v)
     by_split: dict[str, list[tts.Voice]] = {s: [] for s in SPLITS}
-    for family in ("espeak", "recorded"):
-        keys = sorted(k for k in groups if k.startswith("espeak-variant:") == (family == "espeak"))
+    for family in ("espeak", "recorded", "kokoro"):
+        keys = sorted(k for k in groups if voice_family(groups[k][0]) == family)
         if not keys:
             continue
         keys = [keys[i] for i in _rng(cfg.seed, "assign", family).permutation(len(keys))]
@@ -309,12 +330,21 @@ def _split_sentences(grammar: Any, schema: Any, templates: dict[str, list[str]],
     return out
 
 
-def _voice_weights(voices: list[tts.Voice], recorded_share: float) -> list[float]:
-    recorded = [v for v in voices if v.engine != "espeak"]
-    espeak = [v for v in voices if v.engine == "espeak"]
-    share = recorded_share if recorded and espeak else (1.0 if recorded else 0.0)
-    people = Counter(v.person for v in recorded)
-    return [share / len(people) / people[v.person] if v.engine != "espeak" else (1 - share) / len(espeak)
+def _voice_weights(voices: list[tts.Voice], recorded_share: float, kokoro_share: float = 0.0) -> list[float]:
+    """Clip weight per voice: Kokoro speakers share ``kokoro_share`` of the split, recorded persons
+    ``recorded_share`` of the rest, espeak the remainder (families that are absent give theirs away);
+    within a family every person gets the same share."""
+    present = {voice_family(v) for v in voices}
+    share = {"kokoro": kokoro_share if "kokoro" in present else 0.0}
+    rest = 1.0 - share["kokoro"]
+    share["recorded"] = rest * recorded_share if "recorded" in present else 0.0
+    share["espeak"] = rest - share["recorded"] if "espeak" in present else 0.0
+    total = sum(share.values())
+    if total <= 0:          # e.g. kokoro_share 0 and only Kokoro voices here: share equally
+        share = {f: 1.0 for f in present}
+        total = float(len(present))
+    people = {f: Counter(v.person for v in voices if voice_family(v) == f) for f in present}
+    return [share[voice_family(v)] / total / len(people[voice_family(v)]) / people[voice_family(v)][v.person]
             for v in voices]
 
 
@@ -325,7 +355,10 @@ def _prosody(voice: tts.Voice, rng: np.random.Generator, cfg: SynthConfig) -> tt
                                  pitch=int(rng.uniform(*cfg.espeak_pitch_range)), range=int(rng.uniform(30, 70)))
     if voice.engine == "piper":
         return voice.with_params(noise_scale=round(float(rng.uniform(0.5, 0.8)), 3),
+                                 length_scale=round(float(rng.uniform(0.85, 1.2)), 3),
                                  noise_w=round(float(rng.uniform(0.6, 0.95)), 3))
+    if voice.engine == "kokoro":       # the speaker's own rate, +-6 % per clip (clipped to 0.85-1.15)
+        return voice.with_params(speed_jitter=round(float(rng.uniform(0.94, 1.06)), 3))
     return voice
 
 
@@ -372,7 +405,8 @@ def make_plan(cfg: SynthConfig) -> Plan:
     for split_index, split in enumerate(SPLITS):
         rng = _rng(cfg.seed, "plan", split)
         said = [sentences[split][i] for i in rng.permutation(len(sentences[split]))]
-        counts = _allocate(len(said), _voice_weights(voices[split], cfg.recorded_share))
+        counts = _allocate(len(said), _voice_weights(voices[split], cfg.recorded_share,
+                                                     cfg.kokoro_share[split_index]))
         speakers = [v for v, c in zip(voices[split], counts) for _ in range(c)]
         speakers = [speakers[i] for i in rng.permutation(len(speakers))]
         for i, (sentence, voice) in enumerate(zip(said, speakers)):
@@ -539,6 +573,7 @@ def write_manifests(plan: Plan, records: dict[str, dict], out_dir: Path) -> dict
         if not record or record["status"] != "ok":
             continue
         meta: dict[str, Any] = {"voice": item.voice.id, "engine": item.voice.engine, "template": item.template,
+                                "condition": condition_of(record.get("augment", {})),
                                 "augment": record.get("augment", {})}
         if item.split == "pool":
             meta["labels_hidden"] = True
@@ -568,6 +603,7 @@ def summarize(plan: Plan, records: dict[str, dict], manifests: dict[str, list[Ut
             "mean_seconds": round(seconds / max(1, len(utts)), 2),
             "voices": sorted(v.id for v in plan.voices[split]), "persons": persons[split],
             "engines": dict(Counter(u.meta["engine"] for u in utts)),
+            "conditions": dict(Counter(u.meta["condition"] for u in utts)),
             "intents_covered": len(covered), "intents_missing": sorted(set(all_intents) - set(covered)),
             "templates": len({u.meta["template"] for u in utts}),
         }

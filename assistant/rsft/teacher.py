@@ -110,6 +110,8 @@ def _time_words(hour: str, minute: str) -> str:
 
 
 _TIME = re.compile(r"\b(\d{1,2}):(\d{2})(?!\d)")
+# Whisper writes spoken clock times as "6.15" / "7.30": a 1-2 digit hour, a dot and two digits below 60
+_DOT_TIME = re.compile(r"\b([01]?\d|2[0-3])\.([0-5]\d)(?!\d)")
 _ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b")
 _DECIMAL = re.compile(r"\b(\d+)\.(\d+)\b")
 _INTEGER = re.compile(r"\d+")
@@ -119,10 +121,11 @@ _AM_PM = re.compile(r"\b([ap])\.?\s?m\b\.?")
 def normalize_text(text: str) -> str:
     """The grammar's word form: lower case, numbers spelled out, no punctuation or apostrophes.
 
-    'What's on at 7:30 a.m.?' -> 'whats on at seven thirty a m'.
+    'What's on at 7:30 a.m.?' -> 'whats on at seven thirty a m'; 'Wake me at 6.15.' -> 'wake me at six fifteen'.
     """
     s = str(text or "").lower().replace("%", " percent ").replace("&", " and ")
     s = _TIME.sub(lambda m: " " + _time_words(m.group(1), m.group(2)) + " ", s)
+    s = _DOT_TIME.sub(lambda m: " " + _time_words(m.group(1), m.group(2)) + " ", s)
     s = _ORDINAL.sub(lambda m: " " + _ordinal_words(int(m.group(1))) + " ", s)
     s = _DECIMAL.sub(lambda m: f" {number_words(int(m.group(1)))} point "
                      + " ".join(_ONES[int(d)] for d in m.group(2)) + " ", s)
