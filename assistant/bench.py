@@ -967,6 +967,13 @@ def run_bench(cfg: BenchConfig) -> dict:
         results["accuracy_subset"] = {"n": len(acc_utts), "fingerprint": subset_fingerprint(acc_utts)}
 
         systems: dict = {"eager": OursSystem("eager", model, schema)}
+        if model.nlu is not None and model.nlu.uses_stock and model.has_stock_path:
+            # What the stock reading costs: the same model and text pass without it (ONNX has no stock path).
+            from assistant.nlu import NluPass
+
+            plain = SLUModel.from_pretrained(model_dir, nlu=False)
+            plain.nlu = NluPass(model.nlu.teacher, model.nlu.weight)
+            systems["eager-no-stock"] = OursSystem("eager-no-stock", plain, schema)
         runtime = None
         if cfg.onnx:
             from assistant.export import OnnxSLU, export_onnx, verify_export

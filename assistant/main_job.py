@@ -54,7 +54,7 @@ def run_main(cfg: MainConfig) -> dict:
     corpus = generated_dir() / cfg.profile
 
     t = _stage(f"1. corpus ({corpus})")
-    if not all((corpus / f"{s}.jsonl").is_file() for s in ("train", "pool", "dev", "test")):
+    if not all((corpus / f).is_file() for f in ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json")):
         from assistant.data.synth import SynthConfig, run_synth
 
         run_synth(load_config(SynthConfig, None, profile=cfg.profile, seed=cfg.seed, out_dir=str(corpus)))
@@ -109,7 +109,7 @@ def run_main(cfg: MainConfig) -> dict:
         from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings, stock_transcripts
         from assistant.rsft.teacher import default_teacher
 
-        teacher = default_teacher(schema)
+        teacher = default_teacher(schema, holdout_file=corpus / "holdout.json")
         dev_stock = stock_transcripts(stock_model, dev, desc="nlu: stock transcripts of dev")
         # RSFT picks its round on a dev slice with the speech model alone; what ships is speech model +
         # text pass, so pick that pair on every dev clip (one clip of a 150-clip slice is 0.7 points).

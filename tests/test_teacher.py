@@ -232,3 +232,25 @@ def test_default_teacher_loads_a_current_cache_and_ignores_a_stale_one(trained, 
     assert cached.log_likelihood(text, ["activate_lights_kitchen"], [{}]) == \
         pytest.approx(trained.log_likelihood(text, ["activate_lights_kitchen"], [{}]))
     assert teacher_mod._load_if_current(tmp_path / teacher_mod.CACHE_NAME, "stale") is None
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_dev_or_test_sentence_reaches_the_teacher_whatever_the_corpus_seed(seed, tmp_path):
+    """The teacher reads the corpus's own hold-out file: with another seed the held-out phrasings move,
+    and the teacher's training text follows them."""
+    from assistant.config import load_config
+    from assistant.data import synth
+    from assistant.rsft.teacher import default_sentences
+    from assistant.schema import load_schema
+
+    cfg = load_config(synth.SynthConfig, None, seed=seed, out_dir=str(tmp_path), engines=["espeak"])
+    plan = synth.make_plan(cfg)
+    holdout = synth.write_holdout(plan, cfg, tmp_path)
+    sentences = default_sentences(load_schema(), holdout)
+    shared = set(plan.shared_template_intents)
+    dev_test = [i for i in plan.items if i.split in ("dev", "test") and i.intent not in shared]
+    taught_templates = {s.template_id for s in sentences}
+    assert dev_test and not {i.template for i in dev_test} & taught_templates
+    assert not {i.text for i in dev_test} & {s.text for s in sentences}
+    if seed:   # the old rule (default seed) would have let this corpus's held-out phrasings in
+        assert {i.template for i in dev_test} & {s.template_id for s in default_sentences(load_schema())}

@@ -558,12 +558,42 @@ def run_synth(cfg: SynthConfig) -> dict[str, Any]:
     if failures > _MAX_LOGGED_FAILURES:
         log.warning("%d more clips skipped (see summary.json)", failures - _MAX_LOGGED_FAILURES)
 
+    write_holdout(plan, cfg, out_dir)
     manifests = write_manifests(plan, records, out_dir)
     summary = summarize(plan, records, manifests, cfg, out_dir, made=len(todo), reused=reused,
                         wall_s=time.time() - start)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary))
     return summary
+
+
+HOLDOUT_FILE = "holdout.json"
+
+
+def write_holdout(plan: Plan, cfg: SynthConfig, out_dir: Path) -> Path:
+    """The corpus's own record of which phrasings only dev/test say: whatever trains on text (the NLU
+    teacher) reads this file instead of recomputing the rule with other settings."""
+    path = out_dir / HOLDOUT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction,
+                               "min_seen_templates": cfg.min_seen_templates,
+                               "dev_test_templates": plan.unseen_templates,
+                               "shared_template_intents": plan.shared_template_intents}, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_holdout(path: str | Path) -> tuple[dict[str, list[str]], list[str]]:
+    """(intent -> dev/test-only template ids, intents whose single template all splits share)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        return {k: list(v) for k, v in data["dev_test_templates"].items()}, list(data["shared_template_intents"])
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: the corpus predates hold-out files; rerun `assistant synth` with "
+                          "the same settings (existing clips are reused)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path}: unreadable hold-out file ({e}); rerun `assistant synth`") from None
 
 
 def write_manifests(plan: Plan, records: dict[str, dict], out_dir: Path) -> dict[str, list[Utterance]]:

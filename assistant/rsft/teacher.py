@@ -638,15 +638,22 @@ DEFAULT_PER_TEMPLATE = 40
 DEFAULT_MAX_SENTENCES = 8000
 
 
-def held_out_templates(grammar: Any, schema: Any) -> set[str]:
-    """Template ids the default corpus keeps for dev/test only (same rule and seed as `assistant synth`)."""
-    from assistant.data.synth import SynthConfig, hold_out_templates
+def held_out_templates(grammar: Any, schema: Any, holdout_file: str | Path | None = None) -> set[str]:
+    """Template ids a corpus keeps for dev/test only, read from its ``holdout.json`` (written by
+    `assistant synth`, whatever its seed or hold-out fraction). Without a file: the default corpus's
+    (the rule of `assistant synth` with its default seed and fraction)."""
+    if holdout_file is not None:
+        from assistant.data.synth import read_holdout
 
-    _, unseen, shared = hold_out_templates(grammar, list(grammar.intents), SynthConfig())
+        unseen, shared = read_holdout(holdout_file)
+    else:
+        from assistant.data.synth import SynthConfig, hold_out_templates
+
+        _, unseen, shared = hold_out_templates(grammar, list(grammar.intents), SynthConfig())
     return {t for intent, ids in unseen.items() if intent not in shared for t in ids}
 
 
-def default_sentences(schema: Any) -> list[Any]:
+def default_sentences(schema: Any, holdout_file: str | Path | None = None) -> list[Any]:
     """The default teacher's training text: the default grammar's templates, a few fillings each, capped
     and balanced over intents so training stays a few minutes on two CPU cores.
 
@@ -656,7 +663,7 @@ def default_sentences(schema: Any) -> list[Any]:
     from assistant.data.grammar import load_grammar
 
     grammar = load_grammar()
-    held_out = held_out_templates(grammar, schema)
+    held_out = held_out_templates(grammar, schema, holdout_file)
     sentences = [s for s in grammar.all_sentences(schema, limit_per_template=DEFAULT_PER_TEMPLATE)
                  if s.template_id not in held_out]
     return balanced_subset(sentences, DEFAULT_MAX_SENTENCES, seed=0)
@@ -690,15 +697,18 @@ def training_fingerprint(sentences: Sequence[Any], schema: Any, epochs: int, see
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def default_teacher(schema: Any = None, progress: bool = True, train_if_missing: bool = True) -> TextTeacher | None:
+def default_teacher(schema: Any = None, progress: bool = True, train_if_missing: bool = True,
+                    holdout_file: str | Path | None = None) -> TextTeacher | None:
     """The teacher for the default grammar: loaded from cache_dir()/teacher-minilm, trained (a few
-    minutes on CPU) and cached atomically the first time or whenever the grammar / schema change.
-    With ``train_if_missing=False`` it never trains: None when no current teacher is cached."""
+    minutes on CPU) and cached atomically the first time or whenever the grammar / schema / hold-out
+    change. ``holdout_file``: the corpus's holdout.json, whose dev/test phrasings the teacher must not
+    see (None: the default corpus's). With ``train_if_missing=False`` it never trains: None when no
+    current teacher is cached."""
     if schema is None:
         from assistant.schema import load_schema
 
         schema = load_schema()
-    sentences = default_sentences(schema)
+    sentences = default_sentences(schema, holdout_file)
     fingerprint = training_fingerprint(sentences, schema, DEFAULT_EPOCHS, 0)
     target = cache_dir() / CACHE_NAME
     cached = _load_if_current(target, fingerprint)
