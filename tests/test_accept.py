@@ -93,6 +93,84 @@ def test_statistical_with_per_utterance_max_is_biased_with_few_candidates():
     assert counts[4] / DRAWS < 0.75 * target[4]
 
 
+def dedup(outcomes: np.ndarray, utt_id: str, ref_lp=None, own_lp=None) -> list[Scored]:
+    """What the sampler hands on: one candidate per distinct outcome, its repeats as ``count``."""
+    values, counts = np.unique(outcomes, return_counts=True)
+    return [Scored(Candidate(utt_id, j, f"stop timer {v} | timer_remove |", [1, 2],
+                             logprob=-1.0 if own_lp is None else float(own_lp[v]),
+                             ref_logprob=None if ref_lp is None else float(ref_lp[v]), count=int(c)),
+                   {"r": float(R[v])}, float(R[v]))
+            for j, (v, c) in enumerate(zip(values, counts))]
+
+
+def run_deduplicated(n_draws: int, q=Q, ref_lp=None, own_lp=None, seed: int = 99) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    bound = float(R.max()) if ref_lp is None else float(np.max(R + BETA * (ref_lp - own_lp)))
+    counts = np.zeros(len(Q), dtype=int)
+    outcomes = rng.choice(len(Q), size=(DRAWS, n_draws), p=q)
+    for d in range(DRAWS):
+        scored = dedup(outcomes[d], f"u{d}", ref_lp, own_lp)
+        accepted = kept(statistical(scored, rng, beta=BETA, k=1, bound=bound))
+        assert len(accepted) <= 1
+        if accepted:
+            counts[int(scored[accepted[0]].candidate.text.split()[2])] += 1
+    return counts
+
+
+def test_statistical_is_exact_through_the_samplers_deduplication():
+    """8 draws merged into distinct candidates with counts: still the tilted target; ignoring the counts
+    (every distinct candidate one draw) is measurably wrong."""
+    counts = run_deduplicated(8)
+    n = counts.sum()
+    assert chisquare(counts, tilted(Q, R, BETA) * n).pvalue > 1e-3
+    rng = np.random.default_rng(5)
+    flat = np.zeros(len(Q), dtype=int)
+    for d, ys in enumerate(rng.choice(len(Q), size=(DRAWS, 8), p=Q)):
+        scored = [Scored(s.candidate.__class__(**{**s.candidate.__dict__, "count": 1}), s.rewards, s.reward)
+                  for s in dedup(ys, f"u{d}")]
+        for i in kept(statistical(scored, rng, beta=BETA, k=1, bound=float(R.max()))):
+            flat[int(scored[i].candidate.text.split()[2])] += 1
+    assert chisquare(flat, tilted(Q, R, BETA) * flat.sum()).pvalue < 1e-6
+
+
+def test_statistical_corrects_a_drifted_proposal_back_to_the_reference_target():
+    """Round 2 samples from the fine-tuned policy pi_k, not pi_ref: with the stored reference log-probs
+    the kept set still follows pi_ref * exp(r / beta)."""
+    policy = np.array([0.1, 0.2, 0.2, 0.2, 0.3])
+    counts = run_deduplicated(8, q=policy, ref_lp=np.log(Q), own_lp=np.log(policy))
+    n = counts.sum()
+    assert chisquare(counts, tilted(Q, R, BETA) * n).pvalue > 1e-3
+    assert chisquare(counts, tilted(policy, R, BETA) * n).pvalue < 1e-6
+
+
+def test_abstention_drops_utterances_whose_vote_is_split():
+    texts = ["stop timer | timer_remove |", "stop timer | timer_remove |", "set a timer | timer_set |"]
+    scored = [Scored(Candidate("a", i, t, [1], count=c), {"r": r}, r)
+              for i, (t, c, r) in enumerate(zip(texts, (3, 2, 5), (0.1, 0.2, 0.9)))]
+    # best reward: the timer_set frame, which won 5 of 10 draws; timer_remove won 5 too (two transcripts)
+    (kept_alone,) = [kept(d) for d in accept_all([scored], "best_of_n", {"k": 1})]
+    assert kept_alone == [2]
+    assert [kept(d) for d in accept_all([scored], "best_of_n", {"k": 1}, min_vote=0.5)] == [[2]]
+    decisions = accept_all([scored], "best_of_n", {"k": 1}, min_vote=0.6)[0]
+    assert kept(decisions) == [] and decisions[2].reason == "abstain: vote share 0.50 < 0.6"
+    assert accept_all([[]], "best_of_n", {"k": 1}, min_vote=0.9) == [[]]
+    with pytest.raises(AcceptError, match="min_vote"):
+        accept_all([scored], "best_of_n", {"k": 1}, min_vote=1.5)
+
+
+def test_statistical_never_keeps_a_greedy_only_candidate_and_normalizes_on_request():
+    scored = [Scored(Candidate("a", 0, "stop timer | timer_remove |", [1], greedy=True, count=0), {"r": 9.0}, 9.0),
+              Scored(Candidate("a", 1, "set a timer | timer_set |", [1], count=4), {"r": 0.0}, 0.0)]
+    decisions = statistical(scored, np.random.default_rng(0), beta=0.1, k=2)
+    assert kept(decisions) == [1] and decisions[0].reason == "statistical: not a sample (greedy row only)"
+    big = scored_list("b", [0.0, 100.0, 200.0])
+    small = scored_list("b", [0.0, 1.0, 2.0])
+    pick = lambda lst: [kept(statistical(lst, np.random.default_rng(s), beta=1.0, normalize=True)) for s in range(50)]
+    assert pick(big) == pick(small)                       # per-utterance scale: beta means the same
+    with pytest.raises(AcceptError, match="bound"):
+        statistical(small, np.random.default_rng(0), beta=1.0, normalize=True, bound=2.0)
+
+
 # --------------------------------------------------------------------------- statistical: edge cases
 
 

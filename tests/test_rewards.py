@@ -167,7 +167,7 @@ def test_score_names_the_reward_and_utterance_of_a_nan():
 
 
 def test_build_reward_fns_from_config_values():
-    assert set(REWARDS) == {"label", "verifier", "acoustic", "teacher", "learned"}
+    assert set(REWARDS) == {"label", "verifier", "acoustic", "teacher", "learned", "vote"}
     pool = [utt("pool-1", labels_hidden=True)]
     data = (pool, [cands("pool-1", [GOLD, WRONG_INTENT], logprobs=[-1.0, -3.0])])
     combined = build_reward_fns({"verifier": 1.0, "acoustic": 0.1}, length_alpha=0.0)
@@ -314,3 +314,16 @@ def test_group_by_utterance_restores_manifest_order():
     assert [[c.index for c in g] for g in group_by_utterance(flat, ["a", "b", "c"])] == [[0], [0, 1], []]
     with pytest.raises(RecordError, match="'b' not in the manifest"):
         group_by_utterance(flat, ["a"])
+
+
+def test_vote_reward_counts_the_draws_deduplication_merged():
+    from assistant.rsft.rewards import vote_reward
+
+    u = Utterance(audio="a.wav", text="", intent="", id="u1")
+    texts = ["stop the timer | timer_remove |", "stop timer | timer_remove |", "set a timer | timer_set |",
+             "not a frame"]
+    cands = [Candidate("u1", i, t, [1], count=c) for i, (t, c) in enumerate(zip(texts, (5, 3, 2, 6)))]
+    # timer_remove: 8 of 16 draws, over two transcripts; timer_set 2; the unparsable output votes for nothing
+    assert vote_reward([u], [cands]) == [[0.5, 0.5, 0.125, 0.0]]
+    greedy_only = [Candidate("u1", 0, texts[0], [1], greedy=True, count=0)]
+    assert vote_reward([u], [greedy_only]) == [[0.0]]

@@ -251,6 +251,8 @@ def test_generate_greedy_plus_distinct_samples(trained):
         assert len({c.text for c in utt}) == len(utt)
         assert all(isinstance(c, Candidate) and math.isfinite(c.logprob) and c.logprob <= 0 for c in utt)
         assert utt[0].logprob == max(c.logprob for c in utt)
+        # The vote survives deduplication: every sampled draw is counted once; the greedy row is no draw.
+        assert sum(c.count for c in utt) == 8 and all(c.count >= 1 for c in utt[1:])
     again = model.generate(enc, num_samples=8, temperature=1.5, seed=0, max_new_tokens=48)
     assert [[c.text for c in u] for u in again] == [[c.text for c in u] for u in cands]
 
@@ -279,7 +281,9 @@ def test_generate_top_k_one_equals_greedy(trained):
     sampled = model.generate(enc, num_samples=3, greedy=False, top_k=1, seed=0)
     greedy = model.generate(enc, num_samples=0, greedy=True)
     assert [u[0].text for u in sampled] == [u[0].text for u in greedy]
-    assert all(len(u) == 1 for u in sampled)  # identical samples collapse into one
+    assert all(len(u) == 1 for u in sampled)  # identical samples collapse into one ...
+    assert all(u[0].count == 3 for u in sampled)   # ... that keeps their number
+    assert all(u[0].count == 0 for u in greedy)    # the greedy row alone is not a sample
     with pytest.raises(ValueError):
         model.generate(enc, num_samples=0, greedy=False)
 

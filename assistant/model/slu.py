@@ -45,13 +45,17 @@ FORMAT_VERSION = 1
 
 @dataclass
 class Candidate:
-    """One decoded output. ``logprob`` = sum of log p(token) incl. <|endoftext|> (when ``finished``)."""
+    """One decoded output. ``logprob`` = sum of log p(token) incl. <|endoftext|> (when ``finished``).
+
+    ``count``: how many of the sampled draws produced this text (the greedy row is not a draw, so a
+    candidate only the greedy row found has count 0). Votes and exact rejection sampling need it."""
 
     text: str
     token_ids: list[int]
     logprob: float
     greedy: bool
     finished: bool = True
+    count: int = 1
 
 
 def _decoder_cache_kwarg() -> str:
@@ -589,19 +593,20 @@ class SLUModel(nn.Module):
                                                 finished.cpu().tolist(), is_greedy.cpu().tolist())
         out = []
         for u in range(n_utt):
-            seen: set[str] = set()
-            cands = []
+            by_text: dict[str, Candidate] = {}
             for r in range(u * per_utt, (u + 1) * per_utt):
                 seq = tokens[r]
                 if self.eot_id in seq:
                     seq = seq[:seq.index(self.eot_id)]
                 text = self.decode_tokens(seq)
-                if text in seen:
+                draw = int(not is_greedy[r])
+                if text in by_text:           # a repeat: one candidate, one more vote
+                    by_text[text].count += draw
+                    by_text[text].greedy |= bool(is_greedy[r])
                     continue
-                seen.add(text)
-                cands.append(Candidate(text=text, token_ids=seq, logprob=float(logprob[r]),
-                                       greedy=bool(is_greedy[r]), finished=bool(finished[r])))
-            out.append(cands)
+                by_text[text] = Candidate(text=text, token_ids=seq, logprob=float(logprob[r]),
+                                          greedy=bool(is_greedy[r]), finished=bool(finished[r]), count=draw)
+            out.append(list(by_text.values()))
         return out
 
     # ================================================================== stock ASR

@@ -86,24 +86,35 @@ def _decisions(scored: list[Scored], reasons: dict[int, tuple[bool, str]]) -> li
 # --------------------------------------------------------------------------- rules
 
 
+def _draws(scored: list[Scored]) -> list[int]:
+    """Positions of the sampled draws: a distinct candidate appears ``count`` times (its repeats were
+    merged by the sampler), a greedy-only candidate (count 0) not at all."""
+    return [i for i, s in enumerate(scored) for _ in range(max(0, int(s.candidate.count)))]
+
+
 def statistical(scored: list[Scored], rng: np.random.Generator, *, beta: float = 0.1, k: int = 1,
-                cap: int | None = None, bound: float | None = None) -> list[Decision]:
-    """Statistical rejection sampling (RSO, Liu et al. 2023).
+                cap: int | None = None, bound: float | None = None, normalize: bool = False,
+                correct_proposal: bool = True) -> list[Decision]:
+    """Statistical rejection sampling (RSO, Liu et al. 2023), exact over deduplicated candidates.
 
-    The candidates are samples from the policy q. Visit them in random order (without
-    replacement) and accept y with probability exp((r(y) - M) / beta) until ``min(k, cap)`` are
-    accepted or none are left: one pass, so no candidate is kept twice. Accepted samples follow
-    q(y) exp(r(y)/beta) / Z.
+    The *draws* are samples from the policy q: a distinct candidate stands for ``count`` of them (the
+    sampler merges repeats), so the rule runs over draws, not over the distinct support. Visit the draws
+    in random order and accept y with probability exp((r(y) - M) / beta) until ``min(k, cap)`` distinct
+    candidates are accepted; accepted samples follow q(y) exp(r(y)/beta) / Z. A candidate only the
+    greedy row produced (count 0) is not a draw and is never kept.
 
-    ``bound=None`` (the paper): M = the highest reward among this utterance's candidates. The
-    best candidate is then always accepted if reached, so every utterance keeps >= 1, but the
-    kept set only approaches the target as the number of candidates grows: each sample's own best
-    is over-kept, so outputs that are both rare and high-reward are under-kept (tests/test_accept.py
-    measures this: fine with 32 candidates, far off with 4).
-    ``bound=<float>``: M = a known upper bound on the reward (e.g. 1.0 for rewards in [0, 1]).
-    Exact for any number of candidates; the price is that an utterance may keep nothing.
+    ``correct_proposal``: when the candidates carry ``ref_logprob`` (the frozen reference model) the reward
+    is read as r + beta * (log pi_ref - log q), so after round 1, when q is the fine-tuned policy, the
+    target stays pi_ref(y) exp(r/beta) instead of drifting to pi_ref exp(k r / beta). In round 1 the
+    correction is 0. Exact when sampling at temperature 1 without truncation (``logprob`` is q's).
+    ``normalize``: rewards are centred and divided by their standard deviation over the utterance's
+    draws first, so ``beta`` is in units of that spread (beta 1: one standard deviation = a factor e).
 
-    ``beta`` is in reward units: small beta -> close to best-of-n; large -> close to plain sampling.
+    ``bound=None`` (the paper): M = the highest (corrected) reward among the draws. The best draw is then
+    always accepted if reached, so every utterance keeps >= 1, but the kept set only approaches the target
+    as the number of draws grows (tests/test_accept.py measures this). ``bound=<float>``: M = a known upper
+    bound on the (corrected) reward over all outputs. Exact for any number of draws; the price is that an
+    utterance may keep nothing.
     """
     rule = "statistical"
     _check_scored(scored, rule)
@@ -115,24 +126,45 @@ def statistical(scored: list[Scored], rng: np.random.Generator, *, beta: float =
     limit = min(limit, cap) if cap is not None else limit
     if not scored:
         return []
-    top = max(s.reward for s in scored)
-    if bound is None:
-        ceiling = top
-    else:
+    rewards = np.array([s.reward for s in scored], dtype=float)
+    draws = _draws(scored)
+    if bound is not None:
         ceiling = _finite(bound, "bound", rule)
-        if top > ceiling:
-            raise AcceptError(f"{rule}: utterance {scored[0].utt_id!r} has reward {top} above bound={ceiling}; "
-                              "raise bound to the reward's true maximum, or use bound=None")
-    reasons: dict[int, tuple[bool, str]] = {}
-    kept = 0
-    for i in rng.permutation(len(scored)):
-        if kept >= limit:
-            reasons[int(i)] = (False, f"{rule}: not drawn (k reached)")
-        elif rng.random() < math.exp((scored[i].reward - ceiling) / beta):
-            reasons[int(i)] = (True, f"{rule}: accepted")
-            kept += 1
+    if normalize and bound is not None:
+        raise AcceptError(f"{rule}: normalize=True rescales rewards per utterance, so a fixed bound means "
+                          "nothing; leave bound unset")
+    if normalize and draws:
+        spread = float(rewards[draws].std())
+        rewards = (rewards - float(rewards[draws].mean())) / spread if spread > 0 else np.zeros_like(rewards)
+    correction = np.zeros_like(rewards)
+    if correct_proposal:
+        for i, s in enumerate(scored):
+            ref, own = s.candidate.ref_logprob, s.candidate.logprob
+            if ref is not None and math.isfinite(ref) and math.isfinite(own):
+                correction[i] = beta * (ref - own)
+    effective = rewards + correction
+    if bound is None:
+        ceiling = float(effective[draws].max()) if draws else 0.0
+    elif effective.max() > ceiling:
+        what = "reward" if not correction.any() else "corrected reward r + beta*(ref_logprob - logprob)"
+        raise AcceptError(f"{rule}: utterance {scored[0].utt_id!r} has {what} {effective.max():.4g} above "
+                          f"bound={ceiling}; raise bound to its true maximum (with a drifted proposal it must "
+                          "cover the correction too), or use bound=None")
+    reasons: dict[int, tuple[bool, str]] = {i: (False, f"{rule}: not a sample (greedy row only)")
+                                            for i in range(len(scored)) if i not in set(draws)}
+    kept: set[int] = set()
+    for d in rng.permutation(len(draws)):
+        i = draws[int(d)]
+        if i in kept:
+            continue                                   # a repeat of a kept candidate: nothing new to keep
+        if len(kept) >= limit:
+            reasons.setdefault(i, (False, f"{rule}: not drawn (k reached)"))
+            continue
+        if rng.random() < math.exp(min(0.0, (effective[i] - ceiling) / beta)):
+            reasons[i] = (True, f"{rule}: accepted")
+            kept.add(i)
         else:
-            reasons[int(i)] = (False, f"{rule}: rejected")
+            reasons.setdefault(i, (False, f"{rule}: rejected"))
     return _decisions(scored, reasons)
 
 
@@ -229,13 +261,41 @@ def utterance_rng(seed: int, utt_id: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(utt_id.encode("utf-8"))])
 
 
+def vote_share(scored: list[Scored], position: int) -> float:
+    """Share of an utterance's sampled draws whose frame (intent + slots) is candidate ``position``'s:
+    self-consistency, a confidence that needs no label."""
+    total = sum(max(0, s.candidate.count) for s in scored)
+    key = scored[position].candidate.frame_key(transcript=False)
+    if not total or key is None:
+        return 0.0
+    return sum(max(0, s.candidate.count) for s in scored if s.candidate.frame_key(transcript=False) == key) / total
+
+
+def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float) -> list[Decision]:
+    """Drop the utterance's kept candidates when their frame won less than ``min_vote`` of the draws:
+    an utterance the model is unsure of contributes nothing rather than a likely wrong label."""
+    if min_vote <= 0:
+        return decisions
+    out = []
+    for s, d in zip(scored, decisions):
+        share = vote_share(scored, scored.index(s)) if d.accepted else 1.0
+        out.append(d if share >= min_vote else
+                   Decision(d.utt_id, d.index, False, f"abstain: vote share {share:.2f} < {min_vote:g}"))
+    return out
+
+
 def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[str, Any] | None = None,
-               seed: int = 0) -> list[list[Decision]]:
-    """One list of decisions per utterance (empty for an utterance without candidates)."""
+               seed: int = 0, min_vote: float = 0.0) -> list[list[Decision]]:
+    """One list of decisions per utterance (empty for an utterance without candidates).
+
+    ``min_vote`` > 0: after the rule, an utterance whose kept frame has a vote share below it keeps
+    nothing (``abstain``)."""
     params = dict(params or {})
     rule = _rule_and_params(rule_name, params)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise AcceptError(f"accept_all: seed must be a whole number >= 0, got {seed!r}")
+    if not 0.0 <= float(min_vote) <= 1.0:
+        raise AcceptError(f"accept_all: min_vote must be in [0, 1], got {min_vote!r}")
     seen: set[str] = set()
     out = []
     for scored in scored_lists:
@@ -247,7 +307,7 @@ def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[st
             raise AcceptError(f"accept_all: utterance {utt!r} appears in two candidate lists; "
                               "group all candidates of an utterance into one list")
         seen.add(utt)
-        out.append(rule(scored, utterance_rng(seed, utt), **params))
+        out.append(abstain(scored, rule(scored, utterance_rng(seed, utt), **params), float(min_vote)))
     return out
 
 
@@ -269,7 +329,9 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
     reasons: Counter[str] = Counter()
     per_rule: dict[str, Counter[str]] = {}
     kept_nothing, kept_counts = [], []
-    without_candidates = 0
+    without_candidates = abstained = 0
+    top_votes: list[float] = []        # per utterance: the vote share of its most sampled frame
+    kept_votes: list[float] = []       # per kept candidate: its frame's vote share
     for scored, decs in zip(scored_lists, decisions):
         if not scored:
             without_candidates += 1
@@ -295,6 +357,11 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
         kept_counts.append(n_kept)
         if n_kept == 0:
             kept_nothing.append(scored[0].utt_id)
+        if any(by_key[(s.utt_id, s.index)].reason.startswith("abstain:") for s in scored):
+            abstained += 1
+        top = max(range(len(scored)), key=lambda i: scored[i].candidate.count)
+        top_votes.append(vote_share(scored, top))
+        kept_votes += [vote_share(scored, i) for i, s in enumerate(scored) if by_key[(s.utt_id, s.index)].accepted]
     n_candidates = len(all_rewards)
     return {
         "n_utterances": len(scored_lists),
@@ -308,6 +375,9 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
         "mean_rewards_kept": {k: _mean(parts_kept.get(k, [])) for k in sorted(parts_all)},
         "accepted_per_utterance": _mean([float(c) for c in kept_counts]),
         "n_utterances_kept_nothing": len(kept_nothing),
+        "abstention_rate": abstained / max(1, len(scored_lists) - without_candidates),
+        "mean_top_vote_share": _mean(top_votes),
+        "mean_kept_vote_share": _mean(kept_votes),
         "utterances_kept_nothing": kept_nothing[:max_ids],
         "per_rule": {rule: {"accepted": c["accepted"], "rejected": c["rejected"]}
                      for rule, c in sorted(per_rule.items())},

@@ -65,7 +65,7 @@ def _candidates_for_batch(model, ref_model, utt_ids, waves, params: SamplingPara
             k += 1
             group.append(Candidate(utt_id=uid, index=i, text=c.text, token_ids=list(c.token_ids),
                                    logprob=float(c.logprob), ref_logprob=ref, greedy=bool(c.greedy),
-                                   finished=bool(getattr(c, "finished", True))))
+                                   finished=bool(getattr(c, "finished", True)), count=int(getattr(c, "count", 1))))
         result.append(group)
     return result
 

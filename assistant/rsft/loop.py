@@ -55,6 +55,10 @@ class RSFTConfig:
     bar: float = 1.0
     cap: int = 0                         # 0 = no cap
     bound: float = 0.0                   # statistical: known reward upper bound (0 = per-utterance max)
+    normalize_rewards: bool = False      # statistical: rewards centred / scaled per utterance, beta in std units
+    correct_proposal: bool = True        # statistical: from round 2 the target stays pi_ref * exp(r / beta)
+    min_vote: float = 0.0                # abstain: keep nothing for an utterance whose kept frame won
+                                         # less than this share of the sampled draws
     # fine-tune
     mix_labelled: bool = True
     from_base: bool = False              # ReST-EM: each round fine-tunes the base, not the last round
@@ -87,7 +91,8 @@ class RSFTConfig:
     def accept_params(self) -> dict:
         cap = self.cap or None
         return {
-            "statistical": {"beta": self.beta, "k": self.k, "cap": cap, "bound": self.bound or None},
+            "statistical": {"beta": self.beta, "k": self.k, "cap": cap, "bound": self.bound or None,
+                            "normalize": self.normalize_rewards, "correct_proposal": self.correct_proposal},
             "best_of_n": {"k": self.k},
             "threshold": {"tau": self.tau, "cap": cap},
             "distinct_correct": {"bar": self.bar, "cap": cap},
@@ -201,7 +206,7 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     write_records([s for ss in scored for s in ss], rdir / "scored.jsonl")
     t_score = time.perf_counter() - t0
 
-    decisions = accept_all(scored, cfg.rule, cfg.accept_params(), seed=cfg.seed * 1000 + k)
+    decisions = accept_all(scored, cfg.rule, cfg.accept_params(), seed=cfg.seed * 1000 + k, min_vote=cfg.min_vote)
     write_records([d for ds in decisions for d in ds], rdir / "decisions.jsonl")
     acc = acceptance_report(scored, decisions)
 

@@ -552,6 +552,24 @@ def combine_rewards(fns: Mapping[str, RewardFn], weights: Mapping[str, float]) -
     return CombinedReward(fns, weights)
 
 
+def vote_reward(utterances: list[Utterance], candidates: list[list[Candidate]]) -> list[list[float]]:
+    """Self-consistency, label-free, in [0, 1]: the share of the utterance's sampled draws whose frame
+    (intent + slots, normalised) is this candidate's. Counts come from the sampler (``Candidate.count``),
+    so repeats merged by deduplication still vote; needs N >= 16 samples to mean much."""
+    check_batch(utterances, candidates, "vote")
+    out = []
+    for cands in candidates:
+        total = sum(max(0, c.count) for c in cands)
+        votes: dict = {}
+        for c in cands:
+            key = c.frame_key(transcript=False)
+            if key is not None:
+                votes[key] = votes.get(key, 0) + max(0, c.count)
+        out.append([votes.get(c.frame_key(transcript=False), 0) / total if total and c.frame_key(transcript=False)
+                    is not None else 0.0 for c in cands])
+    return out
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -588,6 +606,7 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "acoustic": _acoustic,
     "teacher": _teacher,
     "learned": _learned,
+    "vote": lambda: vote_reward,
 }
 
 

@@ -51,6 +51,7 @@ class Candidate:
     ref_logprob: float | None = None
     greedy: bool = False
     finished: bool = True           # False: cut off at max_new_tokens (never a usable frame)
+    count: int = 1                  # sampled draws that gave this text (0: only the greedy row did)
 
     @cached_property
     def parsed(self) -> ParseResult:
@@ -79,6 +80,7 @@ class Candidate:
         return {"utt_id": self.utt_id, "index": self.index, "text": self.text,
                 "token_ids": list(self.token_ids), "logprob": self.logprob,
                 "ref_logprob": self.ref_logprob, "greedy": self.greedy, "finished": self.finished,
+                "count": self.count,
                 "frame": frame_to_dict(self.frame) if self.frame is not None else None}
 
     @classmethod
@@ -89,7 +91,7 @@ class Candidate:
                    token_ids=[int(t) for t in d.get("token_ids") or []],
                    logprob=float(d.get("logprob", 0.0)),
                    ref_logprob=None if ref is None else float(ref), greedy=bool(d.get("greedy", False)),
-                   finished=bool(d.get("finished", True)))
+                   finished=bool(d.get("finished", True)), count=int(d.get("count", 1)))
 
 
 @dataclass
