@@ -149,6 +149,7 @@ def run_main(cfg: MainConfig) -> dict:
     from assistant.nlu import stock_transcripts
 
     test_stock = stock_transcripts(stock_model, test, desc="test: stock transcripts")
+    stock_wer = stock_wer_by_speaker(test, test_stock, dev if cfg.nlu else [], dev_stock if cfg.nlu else [])
     rows = []
     candidates = [(name, model_dir, None) for name, model_dir in speech_models]
     if nlu_info is not None:
@@ -187,6 +188,9 @@ def run_main(cfg: MainConfig) -> dict:
               f"{r['wer']:>7.4f} {r['invalid_rate']:>8.4f}")
     print("\nfinal model:", final, "\n" + format_report(final_report))
     print("\n" + format_cells(by_cell))
+    print("stock Whisper WER per engine (dev + test): " + ", ".join(f"{e} {w:.3f}" for e, w in stock_wer["by_engine"].items())
+          + "; worst Kokoro speakers: " + ", ".join(f"{k} {w:.3f}" for k, w in sorted(
+              stock_wer["kokoro_speakers"].items(), key=lambda kv: -kv[1])[:3]))
 
     real = None
     if cfg.real_speech:
@@ -204,10 +208,27 @@ def run_main(cfg: MainConfig) -> dict:
         timings["real_speech_s"] = time.perf_counter() - t
     print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     summary = {"final_model": str(final), "test": {n: r for n, r in rows}, "test_by_engine_condition": by_cell,
+               "stock_wer": stock_wer,
                "timings_s": timings,
                "rsft_rounds": rounds_table, "nlu": nlu_info, "real_speech": real}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def stock_wer_by_speaker(test, test_stock, dev, dev_stock) -> dict:
+    """Stock Whisper's WER per engine, and per Kokoro speaker, on dev + test: the derived neural speakers
+    must stay intelligible (a speaker stock Whisper cannot follow is a bad voice, not a hard test)."""
+    from assistant.evaluate import engine_of
+    from assistant.metrics import wer
+    from assistant.rsft.teacher import normalize_text
+
+    pairs = [(u, normalize_text(t)) for u, t in list(zip(test, test_stock)) + list(zip(dev, dev_stock))]
+    def score(rows):
+        return wer([normalize_text(u.text) for u, _ in rows], [h for _, h in rows])
+    engines = sorted({engine_of(u) for u, _ in pairs})
+    speakers = sorted({u.speaker for u, _ in pairs if engine_of(u) == "kokoro"})
+    return {"by_engine": {e: score([p for p in pairs if engine_of(p[0]) == e]) for e in engines},
+            "kokoro_speakers": {k: score([p for p in pairs if p[0].speaker == k]) for k in speakers}}
 
 
 def format_cells(cells: dict) -> str:
