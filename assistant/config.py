@@ -75,15 +75,38 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _nested_default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default if f.default is not dataclasses.MISSING else _base_type(_field_types(cls)[name])()
+
+
 def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Build a config dataclass from plain values, rejecting unknown keys and bad types."""
+    """Build a config dataclass from plain values, rejecting unknown keys and bad types.
+
+    A field whose type is itself a config dataclass (e.g. ``RSFTConfig.train: TrainConfig``) takes a
+    mapping of that config's keys; keys it leaves out keep the *field's* default (the outer command's
+    choice), not the inner class's."""
     types_ = _field_types(cls)
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise ConfigError(
             f"{source}: unknown key(s) {unknown}; valid keys are {sorted(types_)}"
         )
-    kwargs = {k: _coerce(v, types_[k], f"{source}: key '{k}'") for k, v in values.items()}
+    kwargs = {}
+    for k, v in values.items():
+        inner = _base_type(types_[k])
+        if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                kwargs[k] = v
+                continue
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: key '{k}' takes a mapping of {inner.__name__} keys, got {v!r}")
+            base = dataclasses.asdict(_nested_default(cls, k))
+            kwargs[k] = from_dict(inner, {**base, **v}, f"{source}: {k}")
+        else:
+            kwargs[k] = _coerce(v, types_[k], f"{source}: key '{k}'")
     cfg = cls(**kwargs)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
@@ -115,15 +138,31 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Every dataclass field becomes ``--field-name VALUE`` (defaults stay in the dataclass)."""
-    parser.add_argument("--config", default=None, help="YAML file of plain values (keys = flags below)")
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Every dataclass field becomes ``--field-name VALUE`` (defaults stay in the dataclass); the fields of a
+    nested config become ``--outer.inner-name VALUE`` (e.g. ``--train.lr 3e-4``)."""
+    if not prefix:
+        parser.add_argument("--config", default=None, help="YAML file of plain values (keys = flags below)")
+    types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        inner = _base_type(types_[f.name])
+        if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+            add_dataclass_arguments(parser, inner, prefix=f"{prefix}{f.name}.")
+            continue
+        flag = "--" + prefix + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
+        parser.add_argument(flag, dest=prefix + f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
                             help=f"{help_} (default: {default!r})".strip())
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    *outer, last = dotted.split(".")
+    for key in outer:
+        values = values.setdefault(key, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"--{dotted}: '{key}' is not a nested config")
+    values[last] = value
 
 
 def parse_config(cls: type[T], args: argparse.Namespace) -> T:
@@ -133,12 +172,20 @@ def parse_config(cls: type[T], args: argparse.Namespace) -> T:
         values.update(load_yaml(args.config))
         source = f"{args.config} + command line"
     names = {f.name for f in dataclasses.fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    for key, value in vars(args).items():
+        if key.split(".")[0] in names and key != "config":
+            _set_dotted(values, key, value)
     return from_dict(cls, values, source)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
     """Python entry point: YAML file (optional) plus keyword overrides."""
     values = load_yaml(path) if path else {}
-    values.update(overrides)
+    types_ = _field_types(cls)
+    for key, value in overrides.items():
+        nested = key in types_ and dataclasses.is_dataclass(_base_type(types_[key]))
+        if nested and isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}          # a nested config: override key by key
+        else:
+            values[key] = value
     return from_dict(cls, values, str(path or "config"))

@@ -230,7 +230,7 @@ def rsft_setup(tmp_path_factory, init_model):
     pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in utts))
     values = dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1, num_samples=3,
                   max_new_tokens=40, gen_batch_size=4, rewards={"verifier": 1.0}, rule="statistical", beta=0.5,
-                  epochs=1, batch_size=4, lr=1e-3, seed=5)
+                  train={"epochs": 1, "batch_size": 4, "lr": 1e-3}, seed=5)
     with one_thread():
         run_rsft(load_config(RSFTConfig, None, output_dir=str(base / "straight"), **values))
     return {"base": base, "values": values, "reference": base / "straight"}

@@ -25,8 +25,8 @@ def init_model(tmp_path_factory):
 def _cfg(init_model, out, **kw):
     values = dict(init_model=str(init_model), pool_manifest=str(FSC), labelled_manifest=str(FSC),
                   dev_manifest=str(FSC), output_dir=str(out), rounds=1, num_samples=3, max_new_tokens=12,
-                  rewards={"verifier": 1.0, "acoustic": 0.1}, rule="best_of_n", k=1, epochs=1,
-                  batch_size=4, dev_limit=4, seed=0)
+                  rewards={"verifier": 1.0, "acoustic": 0.1}, rule="best_of_n", k=1,
+                  train={"epochs": 1, "batch_size": 4, "dev_limit": 4}, seed=0)
     values.update(kw)
     return load_config(RSFTConfig, None, **values)
 
@@ -122,3 +122,49 @@ def test_reference_reuses_the_encoder_only_when_it_is_identical(init_model, tmp_
             assert c.ref_logprob == pytest.approx(d, rel=1e-4, abs=1e-4)
     # ... and a changed encoder changes them.
     assert any(a.ref_logprob != b.ref_logprob for a, b in zip(flat(shared), flat(own)) if a.ref_logprob is not None)
+
+
+def test_each_round_fine_tunes_with_the_nested_supervised_recipe(init_model, tmp_path, monkeypatch):
+    """No hand-built copy: the round's TrainConfig is the config's own ``train`` with only data, output and
+    seed filled in by the round (LoRA, caching, lr scale, SpecAugment all travel)."""
+    import assistant.train as train_mod
+
+    seen = []
+    real = train_mod.fine_tune
+
+    def spy(model, examples, dev, cfg, out_dir, **kw):
+        seen.append(cfg)
+        return real(model, examples, dev, cfg, out_dir, **kw)
+
+    monkeypatch.setattr(train_mod, "fine_tune", spy)
+    cfg = _cfg(init_model, tmp_path / "r", train={"epochs": 1, "batch_size": 4, "dev_limit": 4, "lr": 2e-3,
+                                                  "encoder_lr_scale": 0.5, "spec_augment": True, "warmup_steps": 1})
+    run_rsft(cfg)
+    (used,) = seen
+    assert (used.lr, used.encoder_lr_scale, used.spec_augment, used.batch_size) == (2e-3, 0.5, True, 4)
+    assert used.seed == cfg.seed + 1 and used.output_dir.endswith("round_1/train")
+
+
+def test_round_owned_train_keys_are_refused(init_model, tmp_path):
+    with pytest.raises(ConfigError, match="train_manifest"):
+        _cfg(init_model, tmp_path / "x", train={"train_manifest": str(FSC)})
+
+
+def test_the_nested_recipe_is_yaml_and_dotted_flags(tmp_path):
+    import argparse
+
+    from assistant.config import add_dataclass_arguments, parse_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text("rounds: 1\ntrain:\n  lr: 0.002\n  epochs: 3\n")
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, RSFTConfig)
+    cfg = parse_config(RSFTConfig, parser.parse_args(["--config", str(path), "--train.epochs", "5", "--beta", "0.5"]))
+    assert (cfg.rounds, cfg.beta, cfg.train.lr, cfg.train.epochs) == (1, 0.5, 0.002, 5)
+    assert cfg.train.warmup_steps == 10          # the round recipe's default, not TrainConfig's own 30
+    path.write_text("train:\n  nope: 1\n")
+    with pytest.raises(ConfigError, match="nope"):
+        parse_config(RSFTConfig, parser.parse_args(["--config", str(path)]))
+    path.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_config(RSFTConfig, parser.parse_args(["--config", str(path)]))

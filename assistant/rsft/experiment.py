@@ -28,6 +28,17 @@ from pathlib import Path
 
 from assistant.config import add_dataclass_arguments, parse_config
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
+from assistant.rsft.loop import RSFTConfig, round_recipe
+from assistant.train import TrainConfig
+
+
+def _supervised_recipe() -> TrainConfig:
+    # the ASR-retention loss is not what this table compares: off
+    return TrainConfig(epochs=6, lr=3e-4, freeze_encoder_layers=2, asr_weight=0.0)
+
+
+def _rsft_recipe() -> RSFTConfig:
+    return RSFTConfig(rewards={"verifier": 1.0, "teacher": 0.5}, train=replace(round_recipe(), asr_weight=0.0))
 
 
 @dataclass
@@ -38,20 +49,11 @@ class ExperimentConfig:
     labelled_voices: int = 3             # the labelled slice: every train utterance of this many voices
     labelled_limit: int = 300
     pool_limit: int = 600
-    dev_limit: int = 200
     test_limit: int = 0
-    sft_epochs: int = 6
-    rsft_epochs: int = 2
-    rounds: int = 2
-    num_samples: int = 8
-    temperature: float = 1.0
-    beta: float = 0.1
-    teacher_weight: float = 0.5
-    lr: float = 3e-4
-    rsft_lr: float = 1e-4
-    batch_size: int = 16
-    freeze_encoder_layers: int = 2
-    asr_weight: float = 0.0              # the ASR-retention loss is not what this table compares: off
+    # The two recipes, nested as in their own commands: `assistant train` for (a) and (e), `assistant rsft`
+    # (with its own train: section) for the RSFT conditions. Paths, the seed and data limits are set here.
+    train: TrainConfig = field(default_factory=_supervised_recipe)
+    rsft: RSFTConfig = field(default_factory=_rsft_recipe)
     ablation: bool = True
     only: list[str] = field(default_factory=list)   # run just these condition names
     seed: int = 0
@@ -132,37 +134,31 @@ class Experiment:
         return result
 
     def supervised(self, name: str, manifest: str) -> dict:
-        from assistant.config import load_config
-        from assistant.train import TrainConfig, recipe_main
+        from assistant.train import recipe_main
 
         if (r := self._done(name)):
             return r
         t0 = time.perf_counter()
         cfg = self.cfg
-        tcfg = load_config(TrainConfig, None, train_manifest=manifest, dev_manifest=self.paths["dev"],
-                           output_dir=str(self.out / name), epochs=cfg.sft_epochs, lr=cfg.lr,
-                           batch_size=cfg.batch_size, freeze_encoder_layers=cfg.freeze_encoder_layers,
-                           asr_weight=cfg.asr_weight, dev_limit=cfg.dev_limit, seed=cfg.seed)
+        tcfg = replace(cfg.train, train_manifest=manifest, dev_manifest=self.paths["dev"],
+                       output_dir=str(self.out / name), seed=cfg.seed)
         res = recipe_main(tcfg)
         return self._finish(name, res["best_dir"], t0, {"dev": res["best_dev"]})
 
     def rsft(self, name: str, init: str, rounds: int | None = None, pool: str | None = None, **overrides) -> dict:
-        from assistant.config import load_config
-        from assistant.rsft.loop import RSFTConfig, run_rsft
+        from assistant.rsft.loop import run_rsft
 
         if (r := self._done(name)):
             return r
         t0 = time.perf_counter()
         cfg = self.cfg
         values = dict(init_model=init, pool_manifest=pool or self.paths["pool"], labelled_manifest=self.paths["slice"],
-                      dev_manifest=self.paths["dev"], output_dir=str(self.out / name),
-                      rounds=cfg.rounds if rounds is None else rounds, num_samples=cfg.num_samples,
-                      temperature=cfg.temperature, beta=cfg.beta, epochs=cfg.rsft_epochs, lr=cfg.rsft_lr,
-                      batch_size=cfg.batch_size, freeze_encoder_layers=cfg.freeze_encoder_layers,
-                      asr_weight=cfg.asr_weight, dev_limit=cfg.dev_limit, seed=cfg.seed,
-                      rewards={"verifier": 1.0, "teacher": cfg.teacher_weight})
+                      dev_manifest=self.paths["dev"], output_dir=str(self.out / name), seed=cfg.seed,
+                      rounds=cfg.rsft.rounds if rounds is None else rounds)
         values.update(overrides)
-        summary = run_rsft(load_config(RSFTConfig, None, **values))
+        rcfg = replace(cfg.rsft, **values)
+        rcfg.validate()
+        summary = run_rsft(rcfg)
         rounds_info = [{"round": r["round"], "dev_intent_accuracy": r["dev"]["intent_accuracy"],
                         "acceptance_rate": r["acceptance"]["acceptance_rate"],
                         "kept_frame_precision": r["oracle_diagnostics"]["kept_frame_precision"],
@@ -227,10 +223,10 @@ class Experiment:
             "",
             f"Labelled slice: {len(self.slice)} utterances of {len(self.slice_voices)} train voices "
             f"({', '.join(self.slice_voices)}); pool: {len(self.pool)} utterances (labels hidden); "
-            f"dev: {self.cfg.dev_limit or 'all'} utterances for selection; test: {len(self.test)} utterances "
+            f"dev: {self.cfg.train.dev_limit or 'all'} utterances for selection; test: {len(self.test)} utterances "
             "(voices and phrasings unseen in train/pool). Seed "
-            f"{self.cfg.seed}; RSFT: {self.cfg.rounds} rounds, N={self.cfg.num_samples} samples + greedy, "
-            f"beta={self.cfg.beta}, {self.cfg.rsft_epochs} epochs per round.",
+            f"{self.cfg.seed}; RSFT: {self.cfg.rsft.rounds} rounds, N={self.cfg.rsft.num_samples} samples + greedy, "
+            f"beta={self.cfg.rsft.beta}, {self.cfg.rsft.train.epochs} epochs per round.",
             "",
             "| condition | test intent acc | frame acc | slot F1 | SLU-F1 | WER | invalid | gap closed | minutes |",
             "|---|---|---|---|---|---|---|---|---|",

@@ -21,11 +21,24 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
 from assistant.paths import runs_dir
+from assistant.train import TrainConfig
+
+
+def round_recipe() -> TrainConfig:
+    """The fine-tuning recipe of each round: the supervised recipe's class (`assistant train`), with the
+    round's defaults. Every key can be set under ``train:`` in the YAML or as ``--train.<key>``."""
+    return TrainConfig(epochs=2, lr=1e-4, warmup_steps=10, freeze_encoder_layers=2, spec_augment=False,
+                       asr_weight=0.5, dev_limit=300)
+
+
+# TrainConfig fields that RSFT sets itself for each round (from its own pool / labelled / dev / output).
+ROUND_OWNED = ("train_manifest", "dev_manifest", "corpus", "corpus_format", "audio_root", "output_dir", "model",
+               "tiny_random", "train_limit")
 
 
 @dataclass
@@ -59,19 +72,13 @@ class RSFTConfig:
     correct_proposal: bool = True        # statistical: from round 2 the target stays pi_ref * exp(r / beta)
     min_vote: float = 0.0                # abstain: keep nothing for an utterance whose kept frame won
                                          # less than this share of the sampled draws
-    # fine-tune
+    # fine-tune: the supervised recipe itself (epochs, lr, batch size, frozen layers, SpecAugment, ASR loss,
+    # dev_limit for round selection, ...); the round sets its data, output folder and seed
+    train: TrainConfig = field(default_factory=round_recipe)
     mix_labelled: bool = True
     from_base: bool = False              # ReST-EM: each round fine-tunes the base, not the last round
-    epochs: int = 2
-    batch_size: int = 16
-    lr: float = 1e-4
-    freeze_encoder_layers: int = 2
-    spec_augment: bool = True
-    asr_weight: float = 0.5              # plain-transcription loss on the labelled mix (full fine-tuning only;
-                                         # LoRA models keep the stock ASR path exactly without it)
     pool_limit: int = 0
     labelled_limit: int = 0
-    dev_limit: int = 300
     seed: int = 0
 
     def validate(self) -> None:
@@ -87,6 +94,11 @@ class RSFTConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.rewards:
             raise ValueError("rewards must name at least one reward with a weight")
+        defaults = TrainConfig()
+        owned = [k for k in ROUND_OWNED if getattr(self.train, k) != getattr(defaults, k)]
+        if owned:
+            raise ValueError(f"train: {owned} are set by RSFT for each round (pool_manifest / labelled_manifest / "
+                             "dev_manifest / output_dir / init_model / labelled_limit); leave them out of train:")
 
     def accept_params(self) -> dict:
         cap = self.cap or None
@@ -189,7 +201,7 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     from assistant.rsft.generate import SamplingParams, generate_candidates
     from assistant.rsft.types import Decision, Scored, write_records
     from assistant.rsft.rewards import score as score_candidates
-    from assistant.train import TrainConfig, examples_from_utterances, fine_tune
+    from assistant.train import examples_from_utterances, fine_tune
 
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
@@ -220,10 +232,9 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     train_examples = examples + (examples_from_utterances(labelled) if cfg.mix_labelled else [])
     (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
 
-    start = SLUModel.from_pretrained(base_dir if cfg.from_base else Path(model.source_dir))
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=10,
-                       freeze_encoder_layers=cfg.freeze_encoder_layers, spec_augment=cfg.spec_augment,
-                       asr_weight=cfg.asr_weight, seed=cfg.seed + k, context_seconds=start.context_seconds)
+    start = SLUModel.from_pretrained(base_dir if cfg.from_base else Path(model.source_dir), nlu=False)
+    tcfg = replace(cfg.train, seed=cfg.seed + k, context_seconds=start.context_seconds,
+                   output_dir=str(rdir / "train"))
     result = fine_tune(start, train_examples, dev, tcfg, rdir / "train", desc=f"round {k}: fine-tune", schema=schema)
     n_cand = sum(len(c) for c in candidates)
     report = {
@@ -284,16 +295,16 @@ def run_rsft(cfg: RSFTConfig) -> dict:
     state = PartialState()
     schema = load_schema()
     pool = _load_split(cfg.pool_manifest, cfg.pool_limit)
-    dev = _load_split(cfg.dev_manifest, cfg.dev_limit)
+    dev = _load_split(cfg.dev_manifest, cfg.train.dev_limit)
     labelled = _load_split(cfg.labelled_manifest, cfg.labelled_limit) if cfg.labelled_manifest else []
     base_dir = Path(cfg.init_model)
-    ref_model = SLUModel.from_pretrained(cfg.ref_model or base_dir).eval()
+    ref_model = SLUModel.from_pretrained(cfg.ref_model or base_dir, nlu=False).eval()
 
     init_path = out / "init_dev.json"
     if init_path.is_file():
         init_dev = json.loads(init_path.read_text())
     else:
-        init_dev = dev_score(SLUModel.from_pretrained(base_dir), dev, schema)
+        init_dev = dev_score(SLUModel.from_pretrained(base_dir, nlu=False), dev, schema)
         init_dev = {k: init_dev[k] for k in ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
         init_path.write_text(json.dumps(init_dev))
     reports, current = [], base_dir
@@ -304,7 +315,7 @@ def run_rsft(cfg: RSFTConfig) -> dict:
             report = json.loads((rdir / "report.json").read_text())
             print(f"round {k}: done already (dev intent acc {report['dev']['intent_accuracy']:.4f})")
         else:
-            model = SLUModel.from_pretrained(current).eval()
+            model = SLUModel.from_pretrained(current, nlu=False).eval()
             model.source_dir = str(current)
             if rewards is None:
                 rewards = build_rewards(cfg, schema, labelled, model, out)
