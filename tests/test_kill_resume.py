@@ -110,6 +110,9 @@ TRAIN_ARGS = dict(tiny_random=True, train_manifest=str(FSC), dev_manifest=str(FS
 def _flags(values: dict) -> list[str]:
     out = []
     for k, v in values.items():
+        if k == "train":                      # a nested config: one dotted flag per key (--train.lr 0.001)
+            out += [a for kk, vv in v.items() for a in ("--train." + kk.replace("_", "-"), str(vv))]
+            continue
         out += ["--" + k.replace("_", "-"), json.dumps(v) if isinstance(v, dict) else str(v).lower()
                 if isinstance(v, bool) else str(v)]
     return out
