@@ -277,8 +277,8 @@ def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float) ->
     if min_vote <= 0:
         return decisions
     out = []
-    for s, d in zip(scored, decisions):
-        share = vote_share(scored, scored.index(s)) if d.accepted else 1.0
+    for i, d in enumerate(decisions):
+        share = vote_share(scored, i) if d.accepted else 1.0
         out.append(d if share >= min_vote else
                    Decision(d.utt_id, d.index, False, f"abstain: vote share {share:.2f} < {min_vote:g}"))
     return out
