@@ -92,6 +92,8 @@ def evaluation_report(utterances: list[Utterance], preds: list[Prediction]) -> d
         "per_intent": grouped_accuracy([u.intent for u, _ in pairs], correct),
         "per_engine": grouped_accuracy([engine_of(u) for u, _ in pairs], correct),
         "per_condition": grouped_accuracy([condition_of_utterance(u) for u, _ in pairs], correct),
+        # the phrasing: seen in train, field (the unlabelled pool says it too) or novel (see assistant.data.synth)
+        "per_part": grouped_accuracy([str(u.meta.get("part", "unknown")) for u, _ in pairs], correct),
         "mean_latency_s": sum(p.latency_s for _, p in pairs) / max(len(pairs), 1),
         "text_reader_share": sum(p.reader == "text" for _, p in pairs) / max(len(pairs), 1),
         "stock_reader_share": sum(p.reader == "stock" for _, p in pairs) / max(len(pairs), 1),
@@ -174,7 +176,8 @@ def format_report(report: dict) -> str:
     if report.get("text_reader_share") or report.get("stock_reader_share"):
         lines.append(f"text NLU pass    changed {report['text_reader_share']:.1%} of the frames; the stock "
                      f"transcript's reading won on {report.get('stock_reader_share', 0):.1%}")
-    for key, label in (("per_engine", "per engine      "), ("per_condition", "per condition   ")):
+    for key, label in (("per_engine", "per engine      "), ("per_condition", "per condition   "),
+                       ("per_part", "per phrasing    ")):
         if len(report.get(key, {})) > 1:
             lines.append(label + ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in report[key].items()))
     if report.get("exact_transcript_rate") is not None:

@@ -26,7 +26,7 @@ class MainConfig:
     profile: str = field(default="default", metadata={"help": "synth profile of the corpus"})
     sft_config: str = "recipes/configs/sft_default.yaml"
     rsft_config: str = "recipes/configs/rsft_default.yaml"
-    rsft_rounds: int = 2                      # 0 = supervised only
+    rsft_rounds: int = 1                      # 0 = supervised only (a round over the whole pool: ~25 min)
     nlu: bool = True                          # give the final model the text NLU second pass (assistant.nlu)
     real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
     output_dir: str = ""                      # '' = runs/main
@@ -73,27 +73,9 @@ def run_main(cfg: MainConfig) -> dict:
         sft_result = sft.recipe_main(sft_cfg)
     timings["sft_s"] = time.perf_counter() - t
     final_dir = Path(sft_result["best_dir"])
-    rounds_table = []
 
-    if cfg.rsft_rounds > 0:
-        t = _stage(f"3. RSFT: {cfg.rsft_rounds} rounds on the unlabelled `pool`")
-        from assistant.rsft.loop import RSFTConfig, run_rsft
-
-        rcfg_path = REPO_ROOT / cfg.rsft_config if not Path(cfg.rsft_config).is_absolute() else Path(cfg.rsft_config)
-        rcfg = load_config(RSFTConfig, rcfg_path, init_model=str(final_dir), rounds=cfg.rsft_rounds,
-                           pool_manifest=str(corpus / "pool.jsonl"), dev_manifest=str(corpus / "dev.jsonl"),
-                           labelled_manifest=str(corpus / "train.jsonl"), output_dir=str(out / "rsft"),
-                           seed=cfg.seed)
-        rsft_result = run_rsft(rcfg)
-        final_dir = Path(rsft_result["best_dir"])
-        rounds_table = rsft_result.get("rounds", [])
-        timings["rsft_s"] = time.perf_counter() - t
-
-    # Every speech model this run trained; the text pass picks one, evaluation scores them all.
+    # Every speech model this run trains; the text pass picks one, evaluation scores them all.
     speech_models = [("supervised", Path(sft_result["best_dir"]))]
-    speech_models += [(f"rsft round {r['round']}", Path(r["model_dir"])) for r in rounds_table if r.get("model_dir")]
-
-    # The model `transcribe-and-classify` uses by default: a speech model + the text pass.
     schema = load_schema()
     final = out / "final"
     nlu_info = None
@@ -103,27 +85,52 @@ def run_main(cfg: MainConfig) -> dict:
     # Stock Whisper's transcripts do not depend on the fine-tuning: decoded once per clip, shared by every
     # speech model's text pass and by the peer (stock transcript + our text NLU).
     stock_model = SLUModel.from_pretrained(speech_models[0][1], nlu=False)
+    scored = []
     if cfg.nlu:
-        t = _stage("4. text NLU second pass (MiniLM teacher) over our and stock Whisper's transcripts: "
-                   "speech model, weight and stock bonus chosen on all of `dev`")
         from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings, stock_transcripts
         from assistant.rsft.teacher import default_teacher
 
         teacher = default_teacher(schema, holdout_file=corpus / "holdout.json")
         dev_stock = stock_transcripts(stock_model, dev, desc="nlu: stock transcripts of dev")
-        # RSFT picks its round on a dev slice with the speech model alone; what ships is speech model +
-        # text pass, so pick that pair on every dev clip (one clip of a 150-clip slice is 0.7 points).
-        scored = []
-        for name, model_dir in speech_models:
+
+        def score_on_dev(name: str, model_dir: Path) -> tuple:
+            """(dev accuracy, name, folder, weight, stock bonus, accuracy per choice) of speech model + text pass."""
             model = SLUModel.from_pretrained(model_dir, nlu=False)
             readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}",
                                     stock=dev_stock if model.has_stock_path else None)
             bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
             (w, b), by_choice = choose_weight(readings, [u.intent for u in dev], stock_bonuses=bonuses)
-            scored.append((by_choice[(w, b)], name, model_dir, w, b, by_choice))
             print(f"{name}: dev intent accuracy {by_choice[(0.0, -math.inf)]:.4f} alone, "
                   f"{by_choice[(w, -math.inf)]:.4f} with the text pass on its transcript, {by_choice[(w, b)]:.4f} "
                   f"with the stock reading too (weight {w:g}, stock bonus {b:g})")
+            return by_choice[(w, b)], name, model_dir, w, b, by_choice
+
+        # The supervised model's text-pass weight first: RSFT's agreement reward is that pass.
+        scored.append(score_on_dev(*speech_models[0]))
+
+    rounds_table = []
+    if cfg.rsft_rounds > 0:
+        t = _stage(f"3. RSFT: {cfg.rsft_rounds} round(s) on the unlabelled field `pool`, the labelled `train` mixed in")
+        from assistant.rsft.loop import RSFTConfig, run_rsft
+
+        rcfg_path = REPO_ROOT / cfg.rsft_config if not Path(cfg.rsft_config).is_absolute() else Path(cfg.rsft_config)
+        extra = {"agreement_weight": scored[0][3]} if scored else {}
+        rcfg = load_config(RSFTConfig, rcfg_path, init_model=str(final_dir), rounds=cfg.rsft_rounds,
+                           pool_manifest=str(corpus / "pool.jsonl"), dev_manifest=str(corpus / "dev.jsonl"),
+                           labelled_manifest=str(corpus / "train.jsonl"), output_dir=str(out / "rsft"),
+                           holdout_file=str(corpus / "holdout.json"), seed=cfg.seed, **extra)
+        rsft_result = run_rsft(rcfg)
+        final_dir = Path(rsft_result["best_dir"])      # without the text pass: RSFT's own dev choice
+        rounds_table = rsft_result.get("rounds", [])
+        timings["rsft_s"] = time.perf_counter() - t
+    speech_models += [(f"rsft round {r['round']}", Path(r["model_dir"])) for r in rounds_table if r.get("model_dir")]
+
+    if cfg.nlu:
+        t = _stage("4. text NLU second pass (MiniLM teacher) over our and stock Whisper's transcripts: "
+                   "speech model, weight and stock bonus chosen on all of `dev`")
+        # RSFT picks its round on dev with the speech model alone; what ships is speech model + text pass,
+        # so pick that pair on every dev clip.
+        scored += [score_on_dev(name, model_dir) for name, model_dir in speech_models[1:]]
         best_acc = max(s[0] for s in scored)
         _, chosen, final_dir, weight, stock_bonus, by_choice = next(s for s in scored if s[0] == best_acc)  # ties: earlier
         # The text model on the *gold* dev transcripts: what the NLU alone does on unseen phrasings,
@@ -208,6 +215,8 @@ def run_main(cfg: MainConfig) -> dict:
         timings["real_speech_s"] = time.perf_counter() - t
     print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     summary = {"final_model": str(final), "test": {n: r for n, r in rows}, "test_by_engine_condition": by_cell,
+               # seen / field / novel phrasings (assistant.data.synth): where adaptation to the field shows
+               "test_by_part": {n: {p: v["accuracy"] for p, v in r["per_part"].items()} for n, r in rows},
                "stock_wer": stock_wer,
                "timings_s": timings,
                "rsft_rounds": rounds_table, "nlu": nlu_info, "real_speech": real}

@@ -327,3 +327,19 @@ def test_vote_reward_counts_the_draws_deduplication_merged():
     assert vote_reward([u], [cands]) == [[0.5, 0.5, 0.125, 0.0]]
     greedy_only = [Candidate("u1", 0, texts[0], [1], greedy=True, count=0)]
     assert vote_reward([u], [greedy_only]) == [[0.0]]
+
+
+def test_agreement_reward_is_the_text_pass_score():
+    """log p_speech + w * log p_text, the deployed second pass: a likely-sounding frame the text model
+    disbelieves loses to a less likely one it reads well, once w is large enough."""
+    texts = ["set a timer for ten minutes | timer_set | duration=ten minutes",
+             "set a timer for ten minutes | alarm_set | time=ten minutes"]
+    data = ([utt()], [cands("timer-1", texts, logprobs=[-3.0, -1.0])])
+
+    def text_model(utterances, candidates):        # log p_text(frame | transcript) per candidate
+        return [[-0.5 if c.frame.intent == "timer_set" else -4.0 for c in cs] for cs in candidates]
+
+    assert REWARDS["agreement"](teacher=text_model, agreement_weight=0.0)(*data) == [[-3.0, -1.0]]
+    assert REWARDS["agreement"](teacher=text_model, agreement_weight=1.0)(*data) == [[-3.5, -5.0]]
+    combined = build_reward_fns({"agreement": 1.0}, teacher=text_model, agreement_weight=4.0)
+    assert combined(*data) == [[-5.0, -17.0]]

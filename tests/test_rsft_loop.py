@@ -168,3 +168,39 @@ def test_the_nested_recipe_is_yaml_and_dotted_flags(tmp_path):
     path.write_text("train: 3\n")
     with pytest.raises(ConfigError, match="mapping"):
         parse_config(RSFTConfig, parser.parse_args(["--config", str(path)]))
+
+
+def test_kept_frame_gets_the_transcript_most_draws_agree_on():
+    """A sampled transcript becomes a target only when the sampler agrees on it: the kept frame keeps its
+    intent and slots, its transcript is the most-drawn one among candidates with that intent and slots."""
+    from assistant.data.manifest import Utterance
+    from assistant.frames import parse_frame
+    from assistant.rsft.loop import kept_examples, majority_transcript
+    from assistant.rsft.types import Candidate, Decision, Scored
+
+    u = Utterance(audio="a.flac", text="", intent="", id="u1")
+    rows = [("stop the timer | timer_remove |", 4, True), ("stop a timer | timer_remove |", 1, False),
+            ("stop the time | timer_remove |", 5, False), ("set a timer | timer_set |", 6, False)]
+    cands = [Candidate("u1", i, t, [1], greedy=g, count=c) for i, (t, c, g) in enumerate(rows)]
+    assert majority_transcript(cands, cands[1]) == "stop the time"        # 5 draws beat the greedy's 4
+    assert majority_transcript(cands, cands[3]) == "set a timer"
+    tie = [Candidate("u1", 0, rows[1][0], [1], count=2), Candidate("u1", 1, rows[0][0], [1], greedy=True, count=2)]
+    assert majority_transcript(tie, tie[0]) == "stop the timer"            # ties: the greedy row's
+    scored = [[Scored(c, {}, 0.0) for c in cands]]
+    decisions = [[Decision("u1", i, i == 1, "statistical: test") for i in range(4)]]
+    (majority,) = kept_examples([u], scored, decisions)
+    (sampled,) = kept_examples([u], scored, decisions, transcript_target="sampled")
+    assert parse_frame(majority.target).frame.transcript == "stop the time"
+    assert parse_frame(sampled.target).frame.transcript == "stop a timer"
+    assert parse_frame(majority.target).frame.intent == "timer_remove" and majority.id == sampled.id == "u1#1"
+
+
+def test_the_teacher_reads_the_hold_out_file_beside_the_pool(tmp_path):
+    from assistant.rsft.loop import holdout_path
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("")
+    assert holdout_path(RSFTConfig(pool_manifest=str(pool))) is None       # none there: the default corpus's
+    (tmp_path / "holdout.json").write_text("{}")
+    assert holdout_path(RSFTConfig(pool_manifest=str(pool))) == tmp_path / "holdout.json"
+    assert holdout_path(RSFTConfig(pool_manifest=str(pool), holdout_file="/x/h.json")) == Path("/x/h.json")

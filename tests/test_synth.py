@@ -171,6 +171,37 @@ def test_templates_held_out_for_dev_test_on_the_real_grammar():
         assert set(seen[intent]) | set(unseen[intent]) == set(grammar.template_ids(intent))
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_field_pool_shares_phrasings_with_test_not_sentences_and_leaves_train_alone(seed):
+    """The default corpus: half the pool says field phrasings (held-out templates that dev/test say too),
+    the novel ones are in no pool or train clip, and train is the same as without a field pool."""
+    cfg = load_config(synth.SynthConfig, None, seed=seed)
+    plan = synth.make_plan(cfg)
+    items = {s: [i for i in plan.items if i.split == s] for s in synth.SPLITS}
+    field_t = {t for ts in plan.field_templates.values() for t in ts}
+    novel_t = {t for ts in plan.novel_templates.values() for t in ts}
+    assert field_t and novel_t and not field_t & novel_t
+    assert field_t | novel_t == {t for ts in plan.unseen_templates.values() for t in ts}
+    parts = {s: {p: sum(i.part == p for i in its) for p in ("seen", "field", "novel")} for s, its in items.items()}
+    assert parts["train"] == {"seen": len(items["train"]), "field": 0, "novel": 0}
+    assert parts["pool"]["novel"] == 0 and parts["pool"]["field"] == round(cfg.pool_size * cfg.pool_field_share)
+    assert parts["test"]["field"] > 0 and parts["test"]["novel"] > 0 and parts["test"]["seen"] == 0
+    for s, its in items.items():
+        for i in its:
+            assert i.part == ("field" if i.template in field_t else "novel" if i.template in novel_t else "seen")
+    held_texts = {i.text for s in ("dev", "test") for i in items[s]}
+    assert not {i.text for i in items["pool"]} & held_texts
+    assert not {i.template for s in ("train", "pool") for i in items[s]} & novel_t
+    # the pool's speakers are its own, and it sounds like the field: Kokoro as often as in test
+    assert not {i.voice.person for i in items["pool"]} & {i.voice.person for i in items["test"]}
+    kokoro = {s: sum(i.voice.engine == "kokoro" for i in its) / len(its) for s, its in items.items()}
+    assert abs(kokoro["pool"] - kokoro["test"]) < 0.03 and kokoro["train"] < kokoro["pool"]
+    without = synth.make_plan(load_config(synth.SynthConfig, None, seed=seed, pool_field_share=0.0))
+    assert [(i.text, i.voice.id, i.seed) for i in without.items if i.split == "train"] == \
+        [(i.text, i.voice.id, i.seed) for i in items["train"]]
+    assert {i.part for i in without.items if i.split == "pool"} == {"seen"}
+
+
 def test_voices_are_dealt_to_splits_by_person_and_timbre():
     cfg = load_config(synth.SynthConfig, espeak_accents_per_variant=3)
     by_split = synth.assign_voices(synth.select_voices(cfg), cfg)
@@ -231,9 +262,13 @@ def test_smoke_splits_disjoint_by_speaker_and_phrasing(smoke):
     for i, a in enumerate(synth.SPLITS):
         for b in synth.SPLITS[i + 1:]:
             assert not speakers[a] & speakers[b], (a, b)
-    seen = {u.meta["template"] for s in ("train", "pool") for u in manifests[s]}
+    seen = {u.meta["template"] for u in manifests["train"]}
     unseen = {u.meta["template"] for s in ("dev", "test") for u in manifests[s]}
     assert seen and unseen and not seen & unseen
+    # the pool is field audio: it shares phrasings (templates) with dev/test, never a sentence
+    field_said = {u.meta["template"] for u in manifests["pool"]} & unseen
+    assert field_said and {u.meta["part"] for u in manifests["pool"] if u.meta["template"] in field_said} == {"field"}
+    assert not {u.text for u in manifests["pool"]} & {u.text for s in ("dev", "test") for u in manifests[s]}
     intents = set(synth.PROFILES["smoke"]["intents"])
     for split, utts in manifests.items():
         assert {u.intent for u in utts} == intents, split

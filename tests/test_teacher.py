@@ -252,5 +252,8 @@ def test_no_dev_or_test_sentence_reaches_the_teacher_whatever_the_corpus_seed(se
     taught_templates = {s.template_id for s in sentences}
     assert dev_test and not {i.template for i in dev_test} & taught_templates
     assert not {i.text for i in dev_test} & {s.text for s in sentences}
+    # the field pool's phrasings are the users': no text of them reaches the teacher either
+    field_pool = [i for i in plan.items if i.split == "pool" and i.part == "field"]
+    assert field_pool and not {i.template for i in field_pool} & taught_templates
     if seed:   # the old rule (default seed) would have let this corpus's held-out phrasings in
         assert {i.template for i in dev_test} & {s.template_id for s in default_sentences(load_schema())}

@@ -15,10 +15,19 @@ Output (``out_dir``, default ``generated_dir()/<profile>``)::
     train.jsonl pool.jsonl dev.jsonl test.jsonl  manifests (assistant.data.manifest format)
     summary.json                                 counts, hours, voices, intents, timing
 
-Splits hold out speakers AND phrasings: every person (a recorded speaker, or an espeak timbre
-in any accent) is in one split only; dev/test use grammar templates never used for train/pool.
-``pool`` is the unlabelled audio for RSFT: its lines keep their labels for scoring but carry
-``"labels_hidden": true``.
+Splits hold out speakers AND phrasings: every person (a recorded speaker, an espeak timbre in any
+accent, a derived Kokoro speaker) is in one split only. The corpus describes a team's situation:
+
+    train   labelled: the team's own recordings of the grammar's *seen* phrasings
+    pool    unlabelled *field* audio for RSFT: other speakers, Kokoro (natural) voices as often as in
+            dev/test, rooms; half of it says *field* phrasings (users' ways of speaking train lacks)
+    dev     the field: its own speakers; *field* and *novel* phrasings
+    test    the same field distribution, other speakers again
+
+Each intent's held-out templates are split into field (the pool says other sentences of them) and
+novel (no training text and no pool clip), so test reports a `field` and a `novel` part (manifest
+``meta.part``); no sentence, clip or speaker of dev/test is in the pool. ``pool`` lines keep their
+labels for scoring but carry ``"labels_hidden": true``. holdout.json records the lists.
 
 Each clip is a pure function of the config and its plan entry (seeded TTS, seeded
 augmentation), so any number of workers gives the same corpus. Clips are written atomically
@@ -68,18 +77,20 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train_size": 3000, "pool_size": 1500, "dev_size": 400, "test_size": 600, "intents": [],
         "espeak_variants": 0, "espeak_accents_per_variant": 2, "babble_clips": 12,
         # Kokoro costs ~1.2 s of one core per second of audio (espeak ~0.01): 700 neural clips in all.
-        "kokoro_speakers": 40, "kokoro_share": [0.1, 0.1, 0.25, 0.25],
+        # The pool is field audio: Kokoro speaks it as often as dev/test (train keeps 0.1: the team's own
+        # recordings), and half of it uses the field phrasings that dev/test share with it.
+        "kokoro_speakers": 40, "kokoro_share": [0.1, 0.25, 0.25, 0.25], "pool_field_share": 0.5,
     },
     "smoke": {  # seconds: a handful of clips per split, used by the tests
         "train_size": 16, "pool_size": 8, "dev_size": 8, "test_size": 8,
         "intents": ["activate_lights_kitchen", "increase_volume_none", "alarm_set", "weather_query"],
         "espeak_variants": 8, "espeak_accents_per_variant": 1, "babble_clips": 4,
-        "kokoro_speakers": 8, "kokoro_share": [0.125, 0.25, 0.25, 0.25],
+        "kokoro_speakers": 8, "kokoro_share": [0.125, 0.25, 0.25, 0.25], "pool_field_share": 0.5,
     },
     "large": {
         "train_size": 8000, "pool_size": 8000, "dev_size": 1500, "test_size": 2500, "intents": [],
         "espeak_variants": 0, "espeak_accents_per_variant": 4, "babble_clips": 24,
-        "kokoro_speakers": 80, "kokoro_share": [0.25, 0.5, 0.4, 0.4],
+        "kokoro_speakers": 80, "kokoro_share": [0.25, 0.5, 0.4, 0.4], "pool_field_share": 0.5,
     },
 }
 
@@ -103,6 +114,13 @@ class SynthConfig(AugmentConfig):
     holdout_fraction: float = field(default=0.35, metadata={
         "help": "share of each intent's templates kept for dev/test"})
     min_seen_templates: int = field(default=3, metadata={"help": "templates per intent that train/pool keep at least"})
+    field_fraction: float = field(default=0.5, metadata={
+        "help": "share of each intent's held-out templates that are *field* phrasings: the users' ways of "
+                "speaking, heard in the unlabelled pool and in dev/test but never in train; the rest are "
+                "*novel* (dev/test only)"})
+    pool_field_share: float | None = field(default=None, metadata={
+        "help": "share of pool clips that say field phrasings (the rest say train's phrasings; unset = the "
+                "profile's)"})
     voice_fractions: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.12, 0.18],
                                          metadata={"help": "share of speakers per split (train, pool, dev, test)"})
     espeak_variants: int | None = field(default=None, metadata={"help": "espeak timbres to use (0 = all "
@@ -146,6 +164,8 @@ class SynthConfig(AugmentConfig):
             raise ValueError("voice_fractions must be 4 positive numbers (train, pool, dev, test)")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError("holdout_fraction must be between 0 and 1")
+        if not 0.0 <= self.field_fraction <= 1.0 or not 0.0 <= self.pool_field_share <= 1.0:
+            raise ValueError("field_fraction and pool_field_share must be between 0 and 1")
         if not 0.0 <= self.recorded_share <= 1.0:
             raise ValueError("recorded_share must be between 0 and 1")
         if self.max_seconds <= 0.5:
@@ -183,6 +203,7 @@ class PlanItem:
     voice: tts.Voice
     seed: int
     key: str = ""
+    part: str = "seen"     # the phrasing: seen (train's templates), field (pool + dev/test), novel (dev/test only)
 
     def path(self, out_dir: Path) -> Path:
         return out_dir / self.split / f"{self.id}.flac"
@@ -293,6 +314,53 @@ def hold_out_templates(grammar: Any, intents: list[str], cfg: SynthConfig) -> tu
     return seen, unseen, shared
 
 
+def split_field_templates(unseen: dict[str, list[str]], shared: list[str], cfg: SynthConfig
+                          ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Per intent, the held-out templates as (field, novel). Field phrasings are how the users speak
+    that train lacks: the unlabelled pool says them (other sentences), dev/test too. Novel phrasings
+    are in no training text and no pool clip: the test of generalisation proper."""
+    field_t, novel_t = {}, {}
+    for intent, ids in unseen.items():
+        if intent in shared:
+            field_t[intent], novel_t[intent] = [], []
+            continue
+        order = [ids[i] for i in _rng(cfg.seed, "field", intent).permutation(len(ids))]
+        n = round(len(ids) * cfg.field_fraction)
+        field_t[intent], novel_t[intent] = sorted(order[:n]), sorted(order[n:])
+    return field_t, novel_t
+
+
+def template_parts(seen: dict[str, list[str]], field_t: dict[str, list[str]], novel_t: dict[str, list[str]],
+                   shared: list[str]) -> dict[str, str]:
+    """template id -> seen / field / novel (a single template that all splits share counts as seen)."""
+    parts = {t: "novel" for ts in novel_t.values() for t in ts}
+    parts.update({t: "field" for ts in field_t.values() for t in ts})
+    parts.update({t: "seen" for ts in seen.values() for t in ts})   # after: shared templates are seen
+    return parts
+
+
+def _field_pool(grammar: Any, schema: Any, sentences: dict[str, list[Any]], field_t: dict[str, list[str]],
+                cfg: SynthConfig) -> list[Any]:
+    """The pool as field audio: ``pool_field_share`` of it says field phrasings (sentences that no dev or
+    test clip says), the rest a seeded subset of the train-phrasing sentences drawn for it."""
+    size = cfg.pool_size
+    n_field = round(size * cfg.pool_field_share)
+    field_t = {i: ts for i, ts in field_t.items() if ts}
+    if not field_t or n_field == 0:
+        return sentences["pool"]
+    held = {s.text for split in ("dev", "test") for s in sentences[split]}
+    # Another seed than dev/test's draw, twice the need, then drop what dev/test say: the pool shares
+    # phrasings with the field, never a sentence (or a clip, or a speaker) of dev/test.
+    drawn = _split_sentences(grammar, schema, field_t, {"pool": 2 * n_field},
+                             dataclasses.replace(cfg, seed=cfg.seed + 7919))["pool"]
+    fresh = [s for s in drawn if s.text not in held]
+    rng = _rng(cfg.seed, "field-pool")
+    fresh = [fresh[i] for i in sorted(rng.permutation(len(fresh))[:n_field])]
+    seen_part = sentences["pool"]
+    seen_part = [seen_part[i] for i in sorted(rng.permutation(len(seen_part))[: size - len(fresh)])]
+    return seen_part + fresh
+
+
 def _template_weight(grammar: Any, template_id: str) -> float:
     """Templates with more distinct sentences get more clips (sqrt, capped), tiny ones fewer."""
     size = getattr(grammar, "template_size", None)
@@ -377,6 +445,8 @@ class Plan:
     unseen_templates: dict[str, list[str]]
     shared_template_intents: list[str]
     babble: dict[str, list[tuple[tts.Voice, str]]]
+    field_templates: dict[str, list[str]] = field(default_factory=dict)
+    novel_templates: dict[str, list[str]] = field(default_factory=dict)
 
 
 def make_plan(cfg: SynthConfig) -> Plan:
@@ -396,9 +466,13 @@ def make_plan(cfg: SynthConfig) -> Plan:
     if shared:
         log.warning("intents with a single template share it between train/pool and dev/test: %s; "
                     "add templates to the grammar", shared)
+    field_t, novel_t = split_field_templates(unseen, shared, cfg)
+    parts = template_parts(seen, field_t, novel_t, shared)
     sizes = cfg.sizes()
+    # train is drawn with the pool's original share, so the field pool leaves train's sentences as they were
     sentences = _split_sentences(grammar, schema, seen, {s: sizes[s] for s in ("train", "pool")}, cfg)
     sentences.update(_split_sentences(grammar, schema, unseen, {s: sizes[s] for s in ("dev", "test")}, cfg))
+    sentences["pool"] = _field_pool(grammar, schema, sentences, field_t, cfg)
 
     items: list[PlanItem] = []
     babble: dict[str, list[tuple[tts.Voice, str]]] = {}
@@ -412,11 +486,12 @@ def make_plan(cfg: SynthConfig) -> Plan:
         for i, (sentence, voice) in enumerate(zip(said, speakers)):
             seed = int(np.random.SeedSequence([cfg.seed, split_index, i]).generate_state(1)[0])
             item = PlanItem(f"{split}-{i:05d}", split, sentence.text, sentence.intent, dict(sentence.slots),
-                            sentence.template_id, _prosody(voice, rng, cfg), seed)
+                            sentence.template_id, _prosody(voice, rng, cfg), seed,
+                            part=parts.get(sentence.template_id, "seen"))
             item.key = _item_key(item, cfg)
             items.append(item)
         babble[split] = _babble_specs(voices[split], said, cfg.babble_clips, rng)
-    return Plan(items, voices, seen, unseen, shared, babble)
+    return Plan(items, voices, seen, unseen, shared, babble, field_t, novel_t)
 
 
 def _intents(cfg: SynthConfig, schema: Any, grammar: Any) -> list[str]:
@@ -578,6 +653,9 @@ def write_holdout(plan: Plan, cfg: SynthConfig, out_dir: Path) -> Path:
     tmp.write_text(json.dumps({"seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction,
                                "min_seen_templates": cfg.min_seen_templates,
                                "dev_test_templates": plan.unseen_templates,
+                               # of those: field phrasings (the pool says them too) and novel ones (nobody)
+                               "field_fraction": cfg.field_fraction, "pool_field_share": cfg.pool_field_share,
+                               "field_templates": plan.field_templates, "novel_templates": plan.novel_templates,
                                "shared_template_intents": plan.shared_template_intents}, indent=1) + "\n")
     os.replace(tmp, path)
     return path
@@ -603,6 +681,7 @@ def write_manifests(plan: Plan, records: dict[str, dict], out_dir: Path) -> dict
         if not record or record["status"] != "ok":
             continue
         meta: dict[str, Any] = {"voice": item.voice.id, "engine": item.voice.engine, "template": item.template,
+                                "part": item.part,
                                 "condition": condition_of(record.get("augment", {})),
                                 "augment": record.get("augment", {})}
         if item.split == "pool":
@@ -634,6 +713,7 @@ def summarize(plan: Plan, records: dict[str, dict], manifests: dict[str, list[Ut
             "voices": sorted(v.id for v in plan.voices[split]), "persons": persons[split],
             "engines": dict(Counter(u.meta["engine"] for u in utts)),
             "conditions": dict(Counter(u.meta["condition"] for u in utts)),
+            "parts": dict(Counter(u.meta["part"] for u in utts)),
             "intents_covered": len(covered), "intents_missing": sorted(set(all_intents) - set(covered)),
             "templates": len({u.meta["template"] for u in utts}),
         }

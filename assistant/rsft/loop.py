@@ -36,6 +36,8 @@ def round_recipe() -> TrainConfig:
                        asr_weight=0.5, dev_limit=300)
 
 
+TRANSCRIPT_TARGETS = ("majority", "sampled")
+
 # TrainConfig fields that RSFT sets itself for each round (from its own pool / labelled / dev / output).
 ROUND_OWNED = ("train_manifest", "dev_manifest", "corpus", "corpus_format", "audio_root", "output_dir", "model",
                "tiny_random", "train_limit")
@@ -57,8 +59,11 @@ class RSFTConfig:
     top_k: int = 0
     gen_batch_size: int = 16
     max_new_tokens: int = 96
-    # score: reward name -> weight (label, verifier, acoustic, teacher, learned)
+    # score: reward name -> weight (label, verifier, acoustic, teacher, agreement, vote, learned)
     rewards: dict[str, float] = field(default_factory=lambda: {"verifier": 1.0, "teacher": 0.1})
+    agreement_weight: float = 1.0        # agreement: log p_speech + w * log p_text, w as the text pass's on dev
+    holdout_file: str = ""               # the corpus's holdout.json ('' = the one beside pool_manifest): the
+                                         # text teacher never trains on its dev/test phrasings
     reveal_labels: bool = False          # oracle only: lets the `label` reward read the pool's hidden labels
     # accept
     rule: str = "statistical"
@@ -72,6 +77,9 @@ class RSFTConfig:
     correct_proposal: bool = True        # statistical: from round 2 the target stays pi_ref * exp(r / beta)
     min_vote: float = 0.0                # abstain: keep nothing for an utterance whose kept frame won
                                          # less than this share of the sampled draws
+    # targets: the kept frame's intent and slots, with the transcript the most draws gave for that frame
+    # ("majority"; the greedy one on ties) or the kept sample's own ("sampled")
+    transcript_target: str = "majority"
     # fine-tune: the supervised recipe itself (epochs, lr, batch size, frozen layers, SpecAugment, ASR loss,
     # dev_limit for round selection, ...); the round sets its data, output folder and seed
     train: TrainConfig = field(default_factory=round_recipe)
@@ -94,6 +102,8 @@ class RSFTConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not self.rewards:
             raise ValueError("rewards must name at least one reward with a weight")
+        if self.transcript_target not in TRANSCRIPT_TARGETS:
+            raise ValueError(f"transcript_target must be one of {TRANSCRIPT_TARGETS}, got {self.transcript_target!r}")
         defaults = TrainConfig()
         owned = [k for k in ROUND_OWNED if getattr(self.train, k) != getattr(defaults, k)]
         if owned:
@@ -122,13 +132,24 @@ def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path):
     resources = {"schema": schema}
     if cfg.reveal_labels:
         resources["reveal_labels"] = True
-    if "teacher" in cfg.rewards or "learned" in cfg.rewards:
+    if {"teacher", "agreement", "learned"} & set(cfg.rewards):
         from assistant.rsft.teacher import default_teacher
 
-        resources["teacher"] = default_teacher(schema)
+        resources["teacher"] = default_teacher(schema, holdout_file=holdout_path(cfg))
+    if "agreement" in cfg.rewards:
+        resources["agreement_weight"] = cfg.agreement_weight
     if "learned" in cfg.rewards:
         resources["learned_model"] = fit_learned_reward(cfg, schema, labelled, model, resources.get("teacher"), out_dir)
     return build_reward_fns(cfg.rewards, **resources)
+
+
+def holdout_path(cfg: RSFTConfig) -> Path | None:
+    """The corpus's hold-out list: given, or the holdout.json its pool was written with (None: the default
+    corpus's, see assistant.rsft.teacher.default_sentences)."""
+    if cfg.holdout_file:
+        return Path(cfg.holdout_file)
+    beside = Path(cfg.pool_manifest).parent / "holdout.json" if cfg.pool_manifest else None
+    return beside if beside is not None and beside.is_file() else None
 
 
 def fit_learned_reward(cfg, schema, labelled, model, teacher, out_dir: Path):
@@ -150,17 +171,37 @@ def fit_learned_reward(cfg, schema, labelled, model, teacher, out_dir: Path):
     return rm
 
 
-def kept_examples(utterances, scored_lists, decisions):
-    """Accepted candidates -> training examples with the candidate's frame as the target."""
+def majority_transcript(candidates, chosen) -> str:
+    """Among the candidates with the chosen one's intent and slots, the transcript the most draws gave
+    (the greedy row breaks ties, then the earlier candidate): a sampled transcript becomes a target only
+    when the sampler agrees on it, not because one draw happened to carry the kept frame."""
+    key = chosen.frame_key(transcript=False)
+    votes: dict[str, list] = {}
+    for c in candidates:
+        if c.frame is not None and c.frame_key(transcript=False) == key:
+            v = votes.setdefault(c.frame.transcript, [0, False, -c.index])
+            v[0] += max(0, c.count)
+            v[1] = v[1] or c.greedy
+            v[2] = max(v[2], -c.index)
+    return max(votes.items(), key=lambda kv: tuple(kv[1]))[0] if votes else chosen.frame.transcript
+
+
+def kept_examples(utterances, scored_lists, decisions, transcript_target: str = "majority"):
+    """Accepted candidates -> training examples: the kept frame, with the transcript ``transcript_target`` names."""
+    from dataclasses import replace as dc_replace
+
     from assistant.frames import format_frame
     from assistant.train import Example
 
     by_id = {u.id: u for u in utterances}
     out = []
     for scored, decs in zip(scored_lists, decisions):
+        cands = [s.candidate for s in scored]
         for s, d in zip(scored, decs):
             frame = s.candidate.frame
             if d.accepted and frame is not None:
+                if transcript_target == "majority":
+                    frame = dc_replace(frame, transcript=majority_transcript(cands, s.candidate))
                 u = by_id[s.candidate.utt_id]
                 out.append(Example(audio=u.audio, target=format_frame(frame), id=f"{u.id}#{s.candidate.index}"))
     return out
@@ -222,7 +263,7 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     write_records([d for ds in decisions for d in ds], rdir / "decisions.jsonl")
     acc = acceptance_report(scored, decisions)
 
-    examples = kept_examples(pool_ok, scored, decisions)
+    examples = kept_examples(pool_ok, scored, decisions, cfg.transcript_target)
     quality = pseudo_label_quality(pool_ok, examples)
     if all(u.intent for u in pool_ok):          # reward quality and diversity, oracle only
         from assistant.rsft.diagnostics import round_diagnostics

@@ -246,6 +246,20 @@ def make_teacher_reward(teacher: Any = None) -> RewardFn:
     return teacher_reward
 
 
+def make_agreement_reward(teacher: Any = None, weight: float = 1.0) -> RewardFn:
+    """The deployed second pass as a reward (assistant.nlu): log p_speech(frame | audio) + weight *
+    log p_text(frame | transcript). The speech term is the candidate's log-prob under the model that
+    sampled it, the text term the teacher's; ``weight`` is the one the text pass chose on dev."""
+    text = make_teacher_reward(teacher)
+
+    def agreement_reward(utterances: list[Utterance], candidates: list[list[Candidate]]) -> list[list[float]]:
+        check_batch(utterances, candidates, "agreement")
+        t = text(utterances, candidates)
+        return [[c.logprob + weight * tv for c, tv in zip(cands, tvs)] for cands, tvs in zip(candidates, t)]
+
+    return agreement_reward
+
+
 # --------------------------------------------------------------------------- learned reward model
 
 ENCODER_META_KEY = "encoder_pooled"
@@ -589,6 +603,10 @@ def _teacher(*, teacher: Any = None) -> RewardFn:
     return make_teacher_reward(teacher)
 
 
+def _agreement(*, teacher: Any = None, agreement_weight: float = 1.0) -> RewardFn:
+    return make_agreement_reward(teacher, agreement_weight)
+
+
 def _learned(*, learned_model: LearnedRewardModel | str | Path | None = None, schema=None,
              teacher: Any = None, encoder_features: Callable | None = None) -> RewardFn:
     if learned_model is None:
@@ -605,6 +623,7 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "verifier": _verifier,
     "acoustic": _acoustic,
     "teacher": _teacher,
+    "agreement": _agreement,
     "learned": _learned,
     "vote": lambda: vote_reward,
 }
