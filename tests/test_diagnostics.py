@@ -49,3 +49,18 @@ def test_utterances_without_gold_are_ignored_and_empty_input_is_safe():
     assert d["utterances"] == 1 and d["pick_accuracy"] is None and d["reward_auc"] is None
     empty = round_diagnostics([], [], GOLD)
     assert empty["utterances"] == 0 and empty["kept_precision"] is None
+
+
+def test_teaching_table_says_what_a_round_can_teach_per_part():
+    """u1: greedy frame wrong, kept right (corrected); u2: both right (confirmed); u3: greedy frame wrong
+    (slot), kept wrong (a confirmed error); u4: greedy right, nothing kept (abstained)."""
+    gold = {**GOLD, "u4": ("weather_query", {})}
+    scored = SCORED + [_s("u4", 0, "weather | weather_query |", 0.1, greedy=True)]
+    decisions = DECISIONS + [Decision("u4", 0, False, "abstain: test")]
+    parts = {"u1": "field", "u2": "seen", "u3": "field", "u4": "seen"}
+    table = round_diagnostics(scored, decisions, gold, parts)["teaches"]
+    zero = dict.fromkeys(["corrected", "corrupted", "confirmed", "confirmed_errors", "abstained_greedy_wrong",
+                          "abstained_greedy_right"], 0)
+    assert table == {"field": {**zero, "corrected": 1, "confirmed_errors": 1},
+                     "seen": {**zero, "confirmed": 1, "abstained_greedy_right": 1}}
+    assert set(round_diagnostics(SCORED, DECISIONS, GOLD)["teaches"]) == {"unknown"}   # no parts given

@@ -48,5 +48,8 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
         for cell in conds.values():
             assert set(cell) == {"shipped", "stock_cascade", "n"} and 0 <= cell["shipped"] <= 1
     assert summary["test"][final_row]["n"] == 8
+    parts = summary["test_by_part"][final_row]               # field / novel phrasings of the field corpus
+    assert set(parts) == {"field", "novel"} and set(summary["test_by_part"]) == set(summary["test"])
+    assert sum(summary["test"][final_row]["per_part"][p]["n"] for p in parts) == 8
     assert json.loads((out / "summary.json").read_text())["nlu"]["speech_model"] == nlu["speech_model"]
     assert len((out / "test_predictions.jsonl").read_text().splitlines()) == 8

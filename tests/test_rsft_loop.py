@@ -204,3 +204,19 @@ def test_the_teacher_reads_the_hold_out_file_beside_the_pool(tmp_path):
     (tmp_path / "holdout.json").write_text("{}")
     assert holdout_path(RSFTConfig(pool_manifest=str(pool))) == tmp_path / "holdout.json"
     assert holdout_path(RSFTConfig(pool_manifest=str(pool), holdout_file="/x/h.json")) == Path("/x/h.json")
+
+
+def test_pseudo_label_quality_is_reported_per_phrasing_part():
+    from assistant.data.manifest import Utterance
+    from assistant.rsft.loop import pseudo_label_quality
+    from assistant.train import Example
+
+    pool = [Utterance(audio=f"{i}.flac", text="", intent="timer_remove", id=f"p{i}", meta={"part": part})
+            for i, part in enumerate(["seen", "seen", "field", "field"])]
+    kept = [Example("0.flac", "stop the timer | timer_remove |", "p0#1"),
+            Example("2.flac", "stop the timer | timer_remove |", "p2#0"),
+            Example("3.flac", "set a timer | timer_set |", "p3#2")]
+    q = pseudo_label_quality(pool, kept)
+    assert q["kept"] == 3 and q["kept_frame_precision"] == pytest.approx(2 / 3) and q["pool_coverage"] == 0.75
+    assert q["per_part"]["seen"] == {"pool": 2, "kept": 1, "coverage": 0.5, "kept_frame_precision": 1.0}
+    assert q["per_part"]["field"] == {"pool": 2, "kept": 2, "coverage": 1.0, "kept_frame_precision": 0.5}

@@ -11,7 +11,11 @@ the three questions that decide whether RSFT can beat plain pseudo-labelling:
   utterances with both kinds, how often the top-reward candidate is a correct one — to beat argmax
   pseudo-labelling it must beat ``greedy_accuracy_mixed``, the greedy candidate's accuracy there;
 * **what was kept** — ``kept_precision``: share of accepted frames that are correct, and
-  ``kept_precision_greedy`` for the greedy ones among them.
+  ``kept_precision_greedy`` for the greedy ones among them;
+* **what the kept set can teach** — ``teaches``, per phrasing part of the pool (seen / field): utterances
+  the round ``corrected`` (greedy frame wrong, kept frame right: the only new knowledge a round adds),
+  ``corrupted`` (greedy right, kept wrong), ``confirmed`` (both right), ``confirmed_errors`` (both wrong)
+  and the ones it abstained on, split by whether greedy was right.
 
 "Correct" is intent accuracy's notion (intent exact); the ``frame_`` variants also need the slots exact.
 
@@ -35,8 +39,38 @@ def _pairs_auc(good: list[float], bad: list[float]) -> tuple[float, int]:
     return float((g > b).sum() + 0.5 * (g == b).sum()), g.size * b.size
 
 
-def round_diagnostics(scored, decisions, gold: dict[str, tuple[str, dict]]) -> dict:
-    """``scored``/``decisions``: flat lists (any order); ``gold``: utt_id -> (intent, slots)."""
+def teaching_table(scored, decisions, gold: dict[str, tuple[str, dict]], parts: dict[str, str]) -> dict:
+    """{part: {corrected, corrupted, confirmed, confirmed_errors, abstained_greedy_wrong,
+    abstained_greedy_right}} over utterances, with frame correctness (intent + slots exact)."""
+    accepted = {(d.utt_id, d.index) for d in decisions if d.accepted}
+    greedy_ok: dict[str, bool] = {}
+    kept_ok: dict[str, bool] = {}
+    for s in scored:
+        if s.utt_id not in gold:
+            continue
+        intent, slots = gold[s.utt_id]
+        f = s.candidate.frame
+        right = f is not None and f.intent == intent and dict(f.slots) == dict(slots)
+        greedy_ok.setdefault(s.utt_id, False)
+        if s.candidate.greedy:
+            greedy_ok[s.utt_id] = right
+        if (s.utt_id, s.index) in accepted:       # several kept: the utterance teaches right only if all are
+            kept_ok[s.utt_id] = kept_ok.get(s.utt_id, True) and right
+    names = {(False, True): "corrected", (True, False): "corrupted", (True, True): "confirmed",
+             (False, False): "confirmed_errors"}
+    table: dict[str, dict[str, int]] = {}
+    for uid, g in greedy_ok.items():
+        row = table.setdefault(parts.get(uid, "unknown"), dict.fromkeys(
+            [*names.values(), "abstained_greedy_wrong", "abstained_greedy_right"], 0))
+        key = names[(g, kept_ok[uid])] if uid in kept_ok else f"abstained_greedy_{'right' if g else 'wrong'}"
+        row[key] += 1
+    return dict(sorted(table.items()))
+
+
+def round_diagnostics(scored, decisions, gold: dict[str, tuple[str, dict]], parts: dict[str, str] | None = None
+                      ) -> dict:
+    """``scored``/``decisions``: flat lists (any order); ``gold``: utt_id -> (intent, slots); ``parts``:
+    utt_id -> phrasing part (manifest ``meta.part``)."""
     accepted = {(d.utt_id, d.index) for d in decisions if d.accepted}
     by_utt: dict[str, list] = {}
     for s in scored:
@@ -85,6 +119,7 @@ def round_diagnostics(scored, decisions, gold: dict[str, tuple[str, dict]]) -> d
             f"{prefix}kept_precision": kept_ok / kept if kept else None,
             f"{prefix}kept_precision_greedy": kept_greedy_ok / kept_greedy if kept_greedy else None,
         })
+    out["teaches"] = teaching_table(scored, decisions, gold, parts or {})
     out["kept"] = sum(1 for d in decisions if d.accepted)
     out["kept_greedy_share"] = (sum(1 for s in scored if s.candidate.greedy and (s.utt_id, s.index) in accepted)
                                 / max(out["kept"], 1))
@@ -97,10 +132,11 @@ def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path) -> dict
     from assistant.rsft.types import Decision, Scored, read_records
 
     round_dir = Path(round_dir)
-    gold = {u.id: (u.intent, dict(u.slots)) for u in read_manifest(pool_manifest)}
+    pool = read_manifest(pool_manifest)
+    gold = {u.id: (u.intent, dict(u.slots)) for u in pool}
     scored = read_records(round_dir / "scored.jsonl", Scored)
     decisions = read_records(round_dir / "decisions.jsonl", Decision)
-    return round_diagnostics(scored, decisions, gold)
+    return round_diagnostics(scored, decisions, gold, {u.id: str(u.meta.get("part", "unknown")) for u in pool})
 
 
 def main(argv: list[str]) -> int:

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -212,16 +213,28 @@ def pseudo_label_quality(utterances, examples) -> dict:
     from assistant.frames import parse_frame
 
     by_id = {u.id: u for u in utterances}
+    per_part: dict[str, list[int]] = {}          # part -> [kept, correct]: the field phrasings are the point
     ok = n = 0
     for ex in examples:
         u = by_id.get(ex.id.split("#")[0])
         if u is None:
             continue
         f = parse_frame(ex.target).frame
+        right = f is not None and f.intent == u.intent and dict(f.slots) == dict(u.slots)
         n += 1
-        ok += f is not None and f.intent == u.intent and dict(f.slots) == dict(u.slots)
+        ok += right
+        cell = per_part.setdefault(str(u.meta.get("part", "unknown")), [0, 0])
+        cell[0] += 1
+        cell[1] += right
+    pool_parts = Counter(str(u.meta.get("part", "unknown")) for u in utterances)
+    kept_ids = {e.id.split('#')[0] for e in examples}
     return {"kept_frame_precision": ok / n if n else None, "kept": n,
-            "pool_coverage": len({e.id.split('#')[0] for e in examples}) / max(len(utterances), 1)}
+            "pool_coverage": len(kept_ids) / max(len(utterances), 1),
+            "per_part": {p: {"pool": pool_parts[p], "kept": per_part.get(p, [0, 0])[0],
+                             "coverage": sum(by_id[i].meta.get("part", "unknown") == p for i in kept_ids)
+                             / max(pool_parts[p], 1),
+                             "kept_frame_precision": per_part[p][1] / per_part[p][0] if p in per_part else None}
+                         for p in sorted(pool_parts)}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,7 +282,8 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
         from assistant.rsft.diagnostics import round_diagnostics
 
         quality.update(round_diagnostics([s for ss in scored for s in ss], [d for ds in decisions for d in ds],
-                                         {u.id: (u.intent, dict(u.slots)) for u in pool_ok}))
+                                         {u.id: (u.intent, dict(u.slots)) for u in pool_ok},
+                                         {u.id: str(u.meta.get("part", "unknown")) for u in pool_ok}))
     train_examples = examples + (examples_from_utterances(labelled) if cfg.mix_labelled else [])
     (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
 
