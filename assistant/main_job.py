@@ -114,11 +114,12 @@ def run_main(cfg: MainConfig) -> dict:
         from assistant.rsft.loop import RSFTConfig, run_rsft
 
         rcfg_path = REPO_ROOT / cfg.rsft_config if not Path(cfg.rsft_config).is_absolute() else Path(cfg.rsft_config)
-        extra = {"agreement_weight": scored[0][3]} if scored else {}
         rcfg = load_config(RSFTConfig, rcfg_path, init_model=str(final_dir), rounds=cfg.rsft_rounds,
                            pool_manifest=str(corpus / "pool.jsonl"), dev_manifest=str(corpus / "dev.jsonl"),
                            labelled_manifest=str(corpus / "train.jsonl"), output_dir=str(out / "rsft"),
-                           holdout_file=str(corpus / "holdout.json"), seed=cfg.seed, **extra)
+                           holdout_file=str(corpus / "holdout.json"), seed=cfg.seed)
+        if scored:
+            rcfg = with_text_pass(rcfg, weight=scored[0][3], stock_bonus=scored[0][4])
         rsft_result = run_rsft(rcfg)
         final_dir = Path(rsft_result["best_dir"])      # without the text pass: RSFT's own dev choice
         rounds_table = rsft_result.get("rounds", [])
@@ -222,6 +223,17 @@ def run_main(cfg: MainConfig) -> dict:
                "rsft_rounds": rounds_table, "nlu": nlu_info, "real_speech": real}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def with_text_pass(rcfg, weight: float, stock_bonus: float):
+    """RSFT's agreement reward and readings follow the supervised model's text pass as chosen on dev:
+    its weight and stock bonus; a pass that never uses the stock reading (bonus -inf) gets no stock
+    readings either."""
+    from dataclasses import replace
+
+    if stock_bonus == -math.inf:
+        return replace(rcfg, agreement_weight=weight, readings=[r for r in rcfg.readings if r != "stock"])
+    return replace(rcfg, agreement_weight=weight, agreement_stock_bonus=min(stock_bonus, 1e3))
 
 
 def stock_wer_by_speaker(test, test_stock, dev, dev_stock) -> dict:

@@ -328,3 +328,23 @@ def test_acceptance_report_counts_and_means():
         acceptance_report(lists, [decisions[0][1:], decisions[1], []])
     empty = acceptance_report([], [])
     assert empty["acceptance_rate"] is None and empty["mean_reward_kept"] is None
+
+
+def test_the_text_model_can_vouch_for_a_frame_the_sampler_never_drew():
+    """A reading (count 0, no draws) kept by best_of_n survives abstention only when the text model gives
+    it probability >= min_text; without the teacher reward the rule says what to add."""
+    texts = ["stop timer | timer_remove |", "stop the timer | timer_remove |", "stop timer | timer_set |"]
+    def build(teacher_lp):
+        return [Scored(Candidate("a", i, t, [1], count=c, source=src), {"r": r, "teacher": tl}, r)
+                for i, (t, c, src, r, tl) in enumerate(zip(texts, (3, 3, 0), ("sample", "sample", "text"),
+                                                           (0.1, 0.2, 0.9), (-2.0, -2.0, teacher_lp)))]
+    confident, unsure = build(math.log(0.95)), build(math.log(0.5))
+    assert kept(accept_all([confident], "best_of_n", {"k": 1}, min_vote=0.5)[0]) == []        # vote share 0
+    assert kept(accept_all([confident], "best_of_n", {"k": 1}, min_vote=0.5, min_text=0.9)[0]) == [2]
+    decisions = accept_all([unsure], "best_of_n", {"k": 1}, min_vote=0.5, min_text=0.9)[0]
+    assert kept(decisions) == [] and decisions[2].reason == "abstain: vote share 0.00 < 0.5, text confidence 0.50 < 0.9"
+    no_teacher = [Scored(s.candidate, {"r": s.reward}, s.reward) for s in unsure]
+    with pytest.raises(AcceptError, match="teacher: 0.0"):
+        accept_all([no_teacher], "best_of_n", {"k": 1}, min_vote=0.5, min_text=0.9)
+    with pytest.raises(AcceptError, match="min_text"):
+        accept_all([confident], "best_of_n", {"k": 1}, min_vote=0.5, min_text=2.0)

@@ -343,3 +343,18 @@ def test_agreement_reward_is_the_text_pass_score():
     assert REWARDS["agreement"](teacher=text_model, agreement_weight=1.0)(*data) == [[-3.5, -5.0]]
     combined = build_reward_fns({"agreement": 1.0}, teacher=text_model, agreement_weight=4.0)
     assert combined(*data) == [[-5.0, -17.0]]
+
+
+def test_agreement_adds_the_stock_bonus_to_stock_readings_only():
+    texts = ["set a timer for ten minutes | timer_set | duration=ten minutes",
+             "set a timer for ten minutes | alarm_set | time=ten minutes"]
+    row = [Candidate("timer-1", 0, texts[0], [1], logprob=-3.0, count=0, source="stock"),
+           Candidate("timer-1", 1, texts[1], [1], logprob=-1.0, count=0, source="text")]
+
+    def text_model(utterances, candidates):
+        return [[-1.0 for _ in cs] for cs in candidates]
+
+    fn = REWARDS["agreement"](teacher=text_model, agreement_weight=2.0, agreement_stock_bonus=-8.0)
+    assert fn([utt()], [row]) == [[-13.0, -3.0]]
+    with pytest.raises(RewardError, match="stock_bonus"):
+        REWARDS["agreement"](teacher=text_model, agreement_stock_bonus=-math.inf)

@@ -271,31 +271,51 @@ def vote_share(scored: list[Scored], position: int) -> float:
     return sum(max(0, s.candidate.count) for s in scored if s.candidate.frame_key(transcript=False) == key) / total
 
 
-def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float) -> list[Decision]:
-    """Drop the utterance's kept candidates when their frame won less than ``min_vote`` of the draws:
-    an utterance the model is unsure of contributes nothing rather than a likely wrong label."""
+def text_confidence(scored: list[Scored], position: int) -> float:
+    """The text model's probability of candidate ``position``'s frame given its own transcript: exp of
+    its ``teacher`` reward (which must have been scored; weight 0 is enough)."""
+    s = scored[position]
+    if "teacher" not in s.rewards:
+        raise AcceptError(f"min_text_confidence needs the 'teacher' reward on every candidate (utterance "
+                          f"{s.utt_id!r} has {sorted(s.rewards)}); add teacher: 0.0 to the rewards")
+    return math.exp(min(0.0, float(s.rewards["teacher"])))
+
+
+def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float,
+            min_text: float = 0.0) -> list[Decision]:
+    """Drop the utterance's kept candidates unless someone is confident of their frame: the sampler (it
+    won at least ``min_vote`` of the draws) or, when ``min_text`` > 0, the text model (it gives the frame
+    probability >= ``min_text`` given the kept transcript). An utterance nobody is sure of contributes
+    nothing rather than a likely wrong label; the text model's vouch lets a reading the sampler never
+    drew (assistant.rsft.readings) correct the speech model."""
     if min_vote <= 0:
         return decisions
     out = []
     for i, d in enumerate(decisions):
         share = vote_share(scored, i) if d.accepted else 1.0
-        out.append(d if share >= min_vote else
-                   Decision(d.utt_id, d.index, False, f"abstain: vote share {share:.2f} < {min_vote:g}"))
+        if share >= min_vote or (min_text > 0 and text_confidence(scored, i) >= min_text):
+            out.append(d)
+            continue
+        why = f"abstain: vote share {share:.2f} < {min_vote:g}"
+        if min_text > 0:
+            why += f", text confidence {text_confidence(scored, i):.2f} < {min_text:g}"
+        out.append(Decision(d.utt_id, d.index, False, why))
     return out
 
 
 def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[str, Any] | None = None,
-               seed: int = 0, min_vote: float = 0.0) -> list[list[Decision]]:
+               seed: int = 0, min_vote: float = 0.0, min_text: float = 0.0) -> list[list[Decision]]:
     """One list of decisions per utterance (empty for an utterance without candidates).
 
-    ``min_vote`` > 0: after the rule, an utterance whose kept frame has a vote share below it keeps
-    nothing (``abstain``)."""
+    ``min_vote`` > 0: after the rule, an utterance whose kept frame has a vote share below it (and, with
+    ``min_text`` > 0, a text-model confidence below that) keeps nothing (``abstain``)."""
     params = dict(params or {})
     rule = _rule_and_params(rule_name, params)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise AcceptError(f"accept_all: seed must be a whole number >= 0, got {seed!r}")
-    if not 0.0 <= float(min_vote) <= 1.0:
-        raise AcceptError(f"accept_all: min_vote must be in [0, 1], got {min_vote!r}")
+    for name, value in (("min_vote", min_vote), ("min_text", min_text)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise AcceptError(f"accept_all: {name} must be in [0, 1], got {value!r}")
     seen: set[str] = set()
     out = []
     for scored in scored_lists:
@@ -307,7 +327,8 @@ def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[st
             raise AcceptError(f"accept_all: utterance {utt!r} appears in two candidate lists; "
                               "group all candidates of an utterance into one list")
         seen.add(utt)
-        out.append(abstain(scored, rule(scored, utterance_rng(seed, utt), **params), float(min_vote)))
+        out.append(abstain(scored, rule(scored, utterance_rng(seed, utt), **params), float(min_vote),
+                           float(min_text)))
     return out
 
 

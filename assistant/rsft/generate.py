@@ -1,4 +1,4 @@
-"""RSFT step 1 — generate: N sampled candidate frames (+ the greedy one) per utterance.
+"""RSFT step 1 — generate: N sampled candidate frames (+ the greedy one, + readings) per utterance.
 
 The encoder runs once per utterance (candidates share its states); each candidate carries its
 sequence log-prob under the current model and under the frozen reference model. Candidates are
@@ -42,30 +42,42 @@ def same_encoder(model, ref_model) -> bool:
 
 
 def _candidates_for_batch(model, ref_model, utt_ids, waves, params: SamplingParams, seed: int,
-                          share_encoder: bool = False) -> list[list[Candidate]]:
+                          share_encoder: bool = False, reader=None) -> list[list[Candidate]]:
     mels = model.features(waves)
     with torch.no_grad():
         enc = model.encode(mels)
         outs = model.generate(enc, num_samples=params.num_samples, greedy=params.greedy,
                               temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                               max_new_tokens=params.max_new_tokens, seed=seed)
+        # (text, token ids, log-prob, greedy, finished, count, source) per candidate of each utterance
+        rows = [[(c.text, list(c.token_ids), float(c.logprob), bool(c.greedy), bool(getattr(c, "finished", True)),
+                  int(getattr(c, "count", 1)), "sample") for c in cs] for cs in outs]
+        if reader is not None:
+            extra = reader(model, waves, outs)
+            lines = [line for es in extra for line, _ in es]
+            where = [i for i, es in enumerate(extra) for _ in es]
+            if lines:
+                lps = model.sequence_logprobs(enc, lines, expand=where).tolist()
+                for i, (line, source), tokens, lp in zip(where, [e for es in extra for e in es],
+                                                         model.tokenize(lines), lps):
+                    if lp > float("-inf"):          # a reading the speech model cannot spell is no candidate
+                        rows[i].append((line, tokens, float(lp), False, True, 0, source))
         ref_lp: list[float] = []
         if ref_model is not None:
-            flat = [c.token_ids for cs in outs for c in cs]
-            rows = [i for i, cs in enumerate(outs) for _ in cs]
+            flat = [r[1] for rs in rows for r in rs]
+            expand = [i for i, rs in enumerate(rows) for _ in rs]
             ref_enc = enc if ref_model is model or share_encoder else ref_model.encode(mels)
-            ref_lp = ref_model.sequence_logprobs(ref_enc, flat, expand=rows).tolist() if flat else []
+            ref_lp = ref_model.sequence_logprobs(ref_enc, flat, expand=expand).tolist() if flat else []
     result, k = [], 0
-    for uid, cs in zip(utt_ids, outs):
+    for uid, rs in zip(utt_ids, rows):
         group = []
-        for i, c in enumerate(cs):
+        for i, (text, tokens, lp, greedy, finished, count, source) in enumerate(rs):
             # A candidate cut off at max_new_tokens has no end token: its reference score would not be
             # comparable (sequence_logprobs always scores <|endoftext|>), so it gets none.
-            ref = float(ref_lp[k]) if ref_lp and getattr(c, "finished", True) else None
+            ref = float(ref_lp[k]) if ref_lp and finished else None
             k += 1
-            group.append(Candidate(utt_id=uid, index=i, text=c.text, token_ids=list(c.token_ids),
-                                   logprob=float(c.logprob), ref_logprob=ref, greedy=bool(c.greedy),
-                                   finished=bool(getattr(c, "finished", True)), count=int(getattr(c, "count", 1))))
+            group.append(Candidate(utt_id=uid, index=i, text=text, token_ids=tokens, logprob=lp, ref_logprob=ref,
+                                   greedy=greedy, finished=finished, count=count, source=source))
         result.append(group)
     return result
 
@@ -131,14 +143,16 @@ def _resume_point(out_path: Path, log_path: Path) -> set[str]:
 
 
 def generate_candidates(model, utterances, out_path: Path, params: SamplingParams, ref_model=None,
-                        batch_size: int = 16, seed: int = 0, desc: str = "generate") -> list[list[Candidate]]:
+                        batch_size: int = 16, seed: int = 0, desc: str = "generate",
+                        reader=None) -> list[list[Candidate]]:
     """Candidates for every utterance, in utterance order; resumes from `out_path`.
 
     Batches are fixed slices of `utterances` (not of what is left to do), so after a resume every batch
     has the members, and hence the seed, it has in an uninterrupted run. A batch counts as done once its
     candidates are appended and its line is in the commit log (`progress_path`); a kill loses at most
     the batch in flight, and never leaves half of one behind. Unreadable audio is reported and gets no
-    candidates.
+    candidates. ``reader`` (assistant.rsft.readings.Reader): readings of each utterance join its
+    candidates after the decoded ones.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +179,7 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
                 # Seed from the batch's ids: the same batch draws the same samples after a resume.
                 batch_seed = zlib.crc32(f"{seed}:{','.join(ids)}".encode())
                 for uid, group in zip(ids, _candidates_for_batch(model, ref_model, ids, waves, params, batch_seed,
-                                                                         share_encoder)):
+                                                                 share_encoder, reader)):
                     done[uid] = group
                     lines += [json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in group]
             f.write("".join(lines).encode("utf-8"))

@@ -60,9 +60,13 @@ class RSFTConfig:
     top_k: int = 0
     gen_batch_size: int = 16
     max_new_tokens: int = 96
+    # readings that join the samples as candidates (not draws; assistant.rsft.readings): "text" = the text
+    # model's frame for each decoded transcript, "stock" = its frame for stock Whisper's transcript
+    readings: list[str] = field(default_factory=list)
     # score: reward name -> weight (label, verifier, acoustic, teacher, agreement, vote, learned)
     rewards: dict[str, float] = field(default_factory=lambda: {"verifier": 1.0, "teacher": 0.1})
     agreement_weight: float = 1.0        # agreement: log p_speech + w * log p_text, w as the text pass's on dev
+    agreement_stock_bonus: float = 0.0   # agreement: + this for a stock reading (the text pass's stock bonus)
     holdout_file: str = ""               # the corpus's holdout.json ('' = the one beside pool_manifest): the
                                          # text teacher never trains on its dev/test phrasings
     reveal_labels: bool = False          # oracle only: lets the `label` reward read the pool's hidden labels
@@ -77,7 +81,9 @@ class RSFTConfig:
     normalize_rewards: bool = False      # statistical: rewards centred / scaled per utterance, beta in std units
     correct_proposal: bool = True        # statistical: from round 2 the target stays pi_ref * exp(r / beta)
     min_vote: float = 0.0                # abstain: keep nothing for an utterance whose kept frame won
-                                         # less than this share of the sampled draws
+                                         # less than this share of the sampled draws ...
+    min_text_confidence: float = 0.0     # ... unless the text model gives it at least this probability
+                                         # (needs the teacher reward; 0 = the text model never vouches)
     # targets: the kept frame's intent and slots, with the transcript the most draws gave for that frame
     # ("majority"; the greedy one on ties) or the kept sample's own ("sampled")
     transcript_target: str = "majority"
@@ -105,6 +111,16 @@ class RSFTConfig:
             raise ValueError("rewards must name at least one reward with a weight")
         if self.transcript_target not in TRANSCRIPT_TARGETS:
             raise ValueError(f"transcript_target must be one of {TRANSCRIPT_TARGETS}, got {self.transcript_target!r}")
+        from assistant.rsft.readings import READING_SOURCES
+
+        unknown = sorted(set(self.readings) - set(READING_SOURCES))
+        if unknown:
+            raise ValueError(f"readings {unknown} unknown; choose from {list(READING_SOURCES)}")
+        if self.readings and self.rule == "statistical":
+            raise ValueError("readings are not draws from the policy, so the statistical rule never keeps one; "
+                             "use rule best_of_n or threshold with readings, or leave readings empty")
+        if self.min_text_confidence > 0 and "teacher" not in self.rewards:
+            raise ValueError("min_text_confidence reads the teacher reward: add teacher: 0.0 to rewards")
         defaults = TrainConfig()
         owned = [k for k in ROUND_OWNED if getattr(self.train, k) != getattr(defaults, k)]
         if owned:
@@ -126,7 +142,11 @@ class RSFTConfig:
 # Small steps a user can replace one at a time
 # ------------------------------------------------------------------------------------------------
 
-def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path):
+def needs_teacher(cfg: RSFTConfig) -> bool:
+    return bool({"teacher", "agreement", "learned"} & set(cfg.rewards) or cfg.readings)
+
+
+def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path, teacher=None):
     """Reward callables from the config's names/weights, with the resources they need."""
     from assistant.rsft.rewards import build_reward_fns
 
@@ -134,11 +154,14 @@ def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path):
     if cfg.reveal_labels:
         resources["reveal_labels"] = True
     if {"teacher", "agreement", "learned"} & set(cfg.rewards):
-        from assistant.rsft.teacher import default_teacher
+        if teacher is None:
+            from assistant.rsft.teacher import default_teacher
 
-        resources["teacher"] = default_teacher(schema, holdout_file=holdout_path(cfg))
+            teacher = default_teacher(schema, holdout_file=holdout_path(cfg))
+        resources["teacher"] = teacher
     if "agreement" in cfg.rewards:
         resources["agreement_weight"] = cfg.agreement_weight
+        resources["agreement_stock_bonus"] = cfg.agreement_stock_bonus
     if "learned" in cfg.rewards:
         resources["learned_model"] = fit_learned_reward(cfg, schema, labelled, model, resources.get("teacher"), out_dir)
     return build_reward_fns(cfg.rewards, **resources)
@@ -237,6 +260,23 @@ def pseudo_label_quality(utterances, examples) -> dict:
                          for p in sorted(pool_parts)}}
 
 
+def kept_by_source(utterances, scored_lists, examples) -> dict:
+    """Kept labels per candidate source (sample / text / stock reading) and, where the pool's hidden
+    labels are known (oracle diagnostics only), how many are right."""
+    from assistant.frames import parse_frame
+
+    source = {f"{s.utt_id}#{s.index}": s.candidate.source for ss in scored_lists for s in ss}
+    by_id = {u.id: u for u in utterances}
+    out: dict[str, dict] = {}
+    for ex in examples:
+        cell = out.setdefault(source.get(ex.id, "sample"), {"kept": 0, "correct": 0})
+        cell["kept"] += 1
+        u, f = by_id.get(ex.id.rsplit("#", 1)[0]), parse_frame(ex.target).frame
+        cell["correct"] += bool(u is not None and u.intent and f is not None and f.intent == u.intent
+                                and dict(f.slots) == dict(u.slots))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
@@ -249,7 +289,7 @@ def _load_split(path: str, limit: int):
 
 
 def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, schema, rewards, out: Path,
-              base_dir: Path) -> dict:
+              base_dir: Path, reader=None) -> dict:
     from assistant.model.slu import SLUModel
     from assistant.rsft.accept import accept_all, acceptance_report
     from assistant.rsft.generate import SamplingParams, generate_candidates
@@ -262,7 +302,8 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     t0 = time.perf_counter()
     params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
     candidates = generate_candidates(model, pool, rdir / "candidates.jsonl", params, ref_model=ref_model,
-                                     batch_size=cfg.gen_batch_size, seed=cfg.seed * 100 + k, desc=f"round {k}: generate")
+                                     batch_size=cfg.gen_batch_size, seed=cfg.seed * 100 + k, desc=f"round {k}: generate",
+                                     reader=reader)
     t_gen = time.perf_counter() - t0
     pool_ok = [u for u, c in zip(pool, candidates) if c]
     candidates = [c for c in candidates if c]
@@ -272,12 +313,14 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     write_records([s for ss in scored for s in ss], rdir / "scored.jsonl")
     t_score = time.perf_counter() - t0
 
-    decisions = accept_all(scored, cfg.rule, cfg.accept_params(), seed=cfg.seed * 1000 + k, min_vote=cfg.min_vote)
+    decisions = accept_all(scored, cfg.rule, cfg.accept_params(), seed=cfg.seed * 1000 + k, min_vote=cfg.min_vote,
+                           min_text=cfg.min_text_confidence)
     write_records([d for ds in decisions for d in ds], rdir / "decisions.jsonl")
     acc = acceptance_report(scored, decisions)
 
     examples = kept_examples(pool_ok, scored, decisions, cfg.transcript_target)
     quality = pseudo_label_quality(pool_ok, examples)
+    quality["kept_by_source"] = kept_by_source(pool_ok, scored, examples)
     if all(u.intent for u in pool_ok):          # reward quality and diversity, oracle only
         from assistant.rsft.diagnostics import round_diagnostics
 
@@ -364,6 +407,15 @@ def run_rsft(cfg: RSFTConfig) -> dict:
         init_path.write_text(json.dumps(init_dev))
     reports, current = [], base_dir
     rewards = None
+    teacher = reader = None
+    if needs_teacher(cfg):
+        from assistant.rsft.teacher import default_teacher
+
+        teacher = default_teacher(schema, holdout_file=holdout_path(cfg))
+    if cfg.readings:
+        from assistant.rsft.readings import Reader
+
+        reader = Reader(teacher, cfg.readings)
     for k in range(1, cfg.rounds + 1):
         rdir = out / f"round_{k}"
         if (rdir / "done.json").is_file() and (rdir / "report.json").is_file():
@@ -373,8 +425,8 @@ def run_rsft(cfg: RSFTConfig) -> dict:
             model = SLUModel.from_pretrained(current, nlu=False).eval()
             model.source_dir = str(current)
             if rewards is None:
-                rewards = build_rewards(cfg, schema, labelled, model, out)
-            report = run_round(cfg, k, model, ref_model, pool, labelled, dev, schema, rewards, out, base_dir)
+                rewards = build_rewards(cfg, schema, labelled, model, out, teacher)
+            report = run_round(cfg, k, model, ref_model, pool, labelled, dev, schema, rewards, out, base_dir, reader)
             acc = report["acceptance"]
             print(f"round {k}: accepted {acc['n_accepted']}/{acc['n_candidates']} "
                   f"(rate {acc['acceptance_rate'] or 0:.3f}, {acc['n_utterances_kept_nothing']} utterances kept nothing), "

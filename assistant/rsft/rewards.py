@@ -246,16 +246,22 @@ def make_teacher_reward(teacher: Any = None) -> RewardFn:
     return teacher_reward
 
 
-def make_agreement_reward(teacher: Any = None, weight: float = 1.0) -> RewardFn:
+def make_agreement_reward(teacher: Any = None, weight: float = 1.0, stock_bonus: float = 0.0) -> RewardFn:
     """The deployed second pass as a reward (assistant.nlu): log p_speech(frame | audio) + weight *
-    log p_text(frame | transcript). The speech term is the candidate's log-prob under the model that
-    sampled it, the text term the teacher's; ``weight`` is the one the text pass chose on dev."""
+    log p_text(frame | transcript), + ``stock_bonus`` for a reading of the stock transcript (source
+    "stock", assistant.rsft.readings). The speech term is the candidate's log-prob under the model that
+    decoded (or scored) it, the text term the teacher's; ``weight`` and ``stock_bonus`` are the ones the
+    text pass chose on dev."""
     text = make_teacher_reward(teacher)
+    if not math.isfinite(stock_bonus):
+        raise RewardError(f"agreement: stock_bonus must be finite, got {stock_bonus} (leave stock readings out "
+                          "instead of a bonus of -inf)")
 
     def agreement_reward(utterances: list[Utterance], candidates: list[list[Candidate]]) -> list[list[float]]:
         check_batch(utterances, candidates, "agreement")
         t = text(utterances, candidates)
-        return [[c.logprob + weight * tv for c, tv in zip(cands, tvs)] for cands, tvs in zip(candidates, t)]
+        return [[c.logprob + weight * tv + (stock_bonus if c.source == "stock" else 0.0) for c, tv in zip(cands, tvs)]
+                for cands, tvs in zip(candidates, t)]
 
     return agreement_reward
 
@@ -603,8 +609,8 @@ def _teacher(*, teacher: Any = None) -> RewardFn:
     return make_teacher_reward(teacher)
 
 
-def _agreement(*, teacher: Any = None, agreement_weight: float = 1.0) -> RewardFn:
-    return make_agreement_reward(teacher, agreement_weight)
+def _agreement(*, teacher: Any = None, agreement_weight: float = 1.0, agreement_stock_bonus: float = 0.0) -> RewardFn:
+    return make_agreement_reward(teacher, agreement_weight, agreement_stock_bonus)
 
 
 def _learned(*, learned_model: LearnedRewardModel | str | Path | None = None, schema=None,

@@ -51,7 +51,9 @@ class Candidate:
     ref_logprob: float | None = None
     greedy: bool = False
     finished: bool = True           # False: cut off at max_new_tokens (never a usable frame)
-    count: int = 1                  # sampled draws that gave this text (0: only the greedy row did)
+    count: int = 1                  # sampled draws that gave this text (0: only the greedy row did, or a reading)
+    source: str = "sample"          # "sample": the speech model decoded it (sampled or greedy); "text" / "stock":
+                                    # the text model's reading of a decoded / stock Whisper transcript (not a draw)
 
     @cached_property
     def parsed(self) -> ParseResult:
@@ -80,7 +82,7 @@ class Candidate:
         return {"utt_id": self.utt_id, "index": self.index, "text": self.text,
                 "token_ids": list(self.token_ids), "logprob": self.logprob,
                 "ref_logprob": self.ref_logprob, "greedy": self.greedy, "finished": self.finished,
-                "count": self.count,
+                "count": self.count, "source": self.source,
                 "frame": frame_to_dict(self.frame) if self.frame is not None else None}
 
     @classmethod
@@ -91,7 +93,8 @@ class Candidate:
                    token_ids=[int(t) for t in d.get("token_ids") or []],
                    logprob=float(d.get("logprob", 0.0)),
                    ref_logprob=None if ref is None else float(ref), greedy=bool(d.get("greedy", False)),
-                   finished=bool(d.get("finished", True)), count=int(d.get("count", 1)))
+                   finished=bool(d.get("finished", True)), count=int(d.get("count", 1)),
+                   source=str(d.get("source", "sample")))
 
 
 @dataclass
