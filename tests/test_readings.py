@@ -144,3 +144,12 @@ def test_the_main_job_gives_rsft_the_supervised_text_pass():
     never = with_text_pass(cfg, weight=2.0, stock_bonus=-math.inf)   # a pass that never reads stock
     assert (never.agreement_weight, never.readings) == (2.0, ["text"])
     assert with_text_pass(cfg, 1.0, math.inf).agreement_stock_bonus == 1e3
+
+
+def test_the_readings_recipe_loads_and_validates():
+    from assistant.config import load_config
+    from assistant.rsft.loop import RSFTConfig
+
+    cfg = load_config(RSFTConfig, Path(__file__).parent.parent / "recipes" / "configs" / "rsft_readings.yaml")
+    cfg.validate()
+    assert cfg.readings == ["text", "stock"] and cfg.rule == "best_of_n" and cfg.min_text_confidence == 0.9
