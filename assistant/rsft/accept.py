@@ -293,12 +293,13 @@ def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float,
     out = []
     for i, d in enumerate(decisions):
         share = vote_share(scored, i) if d.accepted else 1.0
-        if share >= min_vote or (min_text > 0 and text_confidence(scored, i) >= min_text):
+        text = text_confidence(scored, i) if min_text > 0 and share < min_vote else 0.0
+        if share >= min_vote or (min_text > 0 and text >= min_text):
             out.append(d)
             continue
         why = f"abstain: vote share {share:.2f} < {min_vote:g}"
         if min_text > 0:
-            why += f", text confidence {text_confidence(scored, i):.2f} < {min_text:g}"
+            why += f", text confidence {text:.2f} < {min_text:g}"
         out.append(Decision(d.utt_id, d.index, False, why))
     return out
 

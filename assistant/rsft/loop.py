@@ -142,23 +142,28 @@ class RSFTConfig:
 # Small steps a user can replace one at a time
 # ------------------------------------------------------------------------------------------------
 
-def needs_teacher(cfg: RSFTConfig) -> bool:
-    return bool({"teacher", "agreement", "learned"} & set(cfg.rewards) or cfg.readings)
+TEXT_REWARDS = {"teacher", "agreement", "learned"}     # rewards that read the text model
+
+
+def load_teacher(cfg: RSFTConfig, schema):
+    """The text model, when a reward or the readings use it (None otherwise)."""
+    if not (TEXT_REWARDS & set(cfg.rewards) or cfg.readings):
+        return None
+    from assistant.rsft.teacher import default_teacher
+
+    return default_teacher(schema, holdout_file=holdout_path(cfg))
 
 
 def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path, teacher=None):
-    """Reward callables from the config's names/weights, with the resources they need."""
+    """Reward callables from the config's names/weights, with the resources they need (``teacher``: the
+    text model already loaded, else loaded here when a reward needs it)."""
     from assistant.rsft.rewards import build_reward_fns
 
     resources = {"schema": schema}
     if cfg.reveal_labels:
         resources["reveal_labels"] = True
-    if {"teacher", "agreement", "learned"} & set(cfg.rewards):
-        if teacher is None:
-            from assistant.rsft.teacher import default_teacher
-
-            teacher = default_teacher(schema, holdout_file=holdout_path(cfg))
-        resources["teacher"] = teacher
+    if TEXT_REWARDS & set(cfg.rewards):
+        resources["teacher"] = teacher if teacher is not None else load_teacher(cfg, schema)
     if "agreement" in cfg.rewards:
         resources["agreement_weight"] = cfg.agreement_weight
         resources["agreement_stock_bonus"] = cfg.agreement_stock_bonus
@@ -231,10 +236,16 @@ def kept_examples(utterances, scored_lists, decisions, transcript_target: str = 
     return out
 
 
-def pseudo_label_quality(utterances, examples) -> dict:
-    """Oracle diagnostics only (never fed back): how often the kept frames match the hidden gold."""
+def label_is_right(u, target: str) -> bool:
+    """Oracle only: whether a training target's frame has the utterance's hidden intent and slots."""
     from assistant.frames import parse_frame
 
+    f = parse_frame(target).frame
+    return bool(u is not None and u.intent and f is not None and f.intent == u.intent and dict(f.slots) == dict(u.slots))
+
+
+def pseudo_label_quality(utterances, examples) -> dict:
+    """Oracle diagnostics only (never fed back): how often the kept frames match the hidden gold."""
     by_id = {u.id: u for u in utterances}
     per_part: dict[str, list[int]] = {}          # part -> [kept, correct]: the field phrasings are the point
     ok = n = 0
@@ -242,8 +253,7 @@ def pseudo_label_quality(utterances, examples) -> dict:
         u = by_id.get(ex.id.split("#")[0])
         if u is None:
             continue
-        f = parse_frame(ex.target).frame
-        right = f is not None and f.intent == u.intent and dict(f.slots) == dict(u.slots)
+        right = label_is_right(u, ex.target)
         n += 1
         ok += right
         cell = per_part.setdefault(str(u.meta.get("part", "unknown")), [0, 0])
@@ -263,17 +273,13 @@ def pseudo_label_quality(utterances, examples) -> dict:
 def kept_by_source(utterances, scored_lists, examples) -> dict:
     """Kept labels per candidate source (sample / text / stock reading) and, where the pool's hidden
     labels are known (oracle diagnostics only), how many are right."""
-    from assistant.frames import parse_frame
-
     source = {f"{s.utt_id}#{s.index}": s.candidate.source for ss in scored_lists for s in ss}
     by_id = {u.id: u for u in utterances}
     out: dict[str, dict] = {}
     for ex in examples:
         cell = out.setdefault(source.get(ex.id, "sample"), {"kept": 0, "correct": 0})
         cell["kept"] += 1
-        u, f = by_id.get(ex.id.rsplit("#", 1)[0]), parse_frame(ex.target).frame
-        cell["correct"] += bool(u is not None and u.intent and f is not None and f.intent == u.intent
-                                and dict(f.slots) == dict(u.slots))
+        cell["correct"] += label_is_right(by_id.get(ex.id.rsplit("#", 1)[0]), ex.target)
     return out
 
 
@@ -407,11 +413,7 @@ def run_rsft(cfg: RSFTConfig) -> dict:
         init_path.write_text(json.dumps(init_dev))
     reports, current = [], base_dir
     rewards = None
-    teacher = reader = None
-    if needs_teacher(cfg):
-        from assistant.rsft.teacher import default_teacher
-
-        teacher = default_teacher(schema, holdout_file=holdout_path(cfg))
+    teacher, reader = load_teacher(cfg, schema), None
     if cfg.readings:
         from assistant.rsft.readings import Reader
 

@@ -1,9 +1,9 @@
 """Readings as candidates: the deployed second pass's frames join the speech model's samples.
 
 A round can only teach what its candidates hold. The speech model's own samples rarely hold a frame it
-does not already believe: in the field-pool round of README ("Why RSFT does not gain") the right frame
-was among 8 samples + greedy for 79 % of clips against 72 % for greedy alone, and the round corrected 4
-of 750 field clips. Two independent readers know more than the sampler:
+does not already believe: in the main job's field-pool round (README, "RSFT in the main job") the right
+frame was among 8 samples + greedy for 79 % of clips against 72 % for greedy alone, and the round
+corrected 6 of 750 field clips. Two independent readers know more than the sampler:
 
     text   the text model's frame for each distinct decoded transcript (MiniLM, trained on the grammar's
            text and never on a dev/test phrasing; reads phrasings the speech model was not tuned on)
