@@ -64,3 +64,23 @@ def test_teaching_table_says_what_a_round_can_teach_per_part():
     assert table == {"field": {**zero, "corrected": 1, "confirmed_errors": 1},
                      "seen": {**zero, "confirmed": 1, "abstained_greedy_right": 1}}
     assert set(round_diagnostics(SCORED, DECISIONS, GOLD)["teaches"]) == {"unknown"}   # no parts given
+
+
+def test_compare_rewards_ranks_each_reward_alone():
+    from dataclasses import replace
+
+    from assistant.rsft.diagnostics import compare_rewards
+
+    # a second reward that is right where "r" is wrong on u3 (prefers the greedy, right-intent-wrong-slot
+    # candidate: still a wrong frame) and blind on u1
+    extra = {"flat": {(s.utt_id, s.index): 0.0 for s in SCORED}}
+    scored = [replace(s, rewards={"r": s.reward, "neg": -s.reward}) for s in SCORED]
+    out = compare_rewards(scored, GOLD, {"u1": "field", "u2": "seen", "u3": "field"}, extra)
+    assert set(out) == {"neg", "r", "total", "flat"}
+    # r: u1 top right, u2 right, u3 top wrong (no right frame at all) -> 2/3; neg: u1 wrong -> 1/3
+    assert out["r"]["top_precision"] == pytest.approx(2 / 3)
+    assert out["neg"]["top_precision"] == pytest.approx(1 / 3)
+    assert out["r"]["frame_reward_auc"] == 1.0 and out["neg"]["frame_reward_auc"] == 0.0
+    assert out["r"]["top_precision_by_part"] == {"field": 0.5, "seen": 1.0}
+    # ties: the greedy candidate wins, so a blind reward is greedy pseudo-labelling (u1 greedy wrong)
+    assert out["flat"]["top_precision"] == pytest.approx(1 / 3) and out["flat"]["frame_reward_auc"] == 0.5

@@ -167,7 +167,8 @@ def test_score_names_the_reward_and_utterance_of_a_nan():
 
 
 def test_build_reward_fns_from_config_values():
-    assert set(REWARDS) == {"label", "verifier", "acoustic", "teacher", "agreement", "learned", "vote"}
+    assert set(REWARDS) == {"label", "verifier", "acoustic", "teacher", "agreement", "learned", "vote",
+                            "target_likelihood"}
     pool = [utt("pool-1", labels_hidden=True)]
     data = (pool, [cands("pool-1", [GOLD, WRONG_INTENT], logprobs=[-1.0, -3.0])])
     combined = build_reward_fns({"verifier": 1.0, "acoustic": 0.1}, length_alpha=0.0)

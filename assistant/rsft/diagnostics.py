@@ -20,6 +20,11 @@ the three questions that decide whether RSFT can beat plain pseudo-labelling:
 "Correct" is intent accuracy's notion (intent exact); the ``frame_`` variants also need the slots exact.
 
     python -m assistant.rsft.diagnostics runs/experiment/c_rsft_label_free/round_1 data/generated/default/pool.jsonl
+
+``--compare`` ranks the round's candidates by each reward alone (the ones in ``scored.jsonl`` plus rewards
+computed afresh, e.g. ``target_likelihood`` under Whisper base): which reward tells right from wrong.
+
+    python -m assistant.rsft.diagnostics ROUND_DIR POOL_MANIFEST --compare target_likelihood --target-model base
 """
 
 from __future__ import annotations
@@ -126,6 +131,43 @@ def round_diagnostics(scored, decisions, gold: dict[str, tuple[str, dict]], part
     return out
 
 
+def compare_rewards(scored, gold: dict[str, tuple[str, dict]], parts: dict[str, str] | None = None,
+                    extra: dict[str, dict[tuple[str, int], float]] | None = None) -> dict:
+    """Each reward alone on the same candidates (frame correctness: intent + slots exact): within-utterance
+    AUC, ``pick_accuracy`` on utterances with right and wrong candidates, and ``top_precision`` — the share
+    of utterances whose top candidate by this reward is right (best-of-N's kept precision, no abstention) —
+    overall and per phrasing part. ``extra``: reward name -> {(utt_id, index): value} computed elsewhere."""
+    from dataclasses import replace
+
+    names = sorted({k for s in scored for k in s.rewards}) + ["total"] + sorted(extra or {})
+    by_utt: dict[str, list] = {}
+    for s in scored:
+        if s.utt_id in gold:
+            by_utt.setdefault(s.utt_id, []).append(s)
+    out = {}
+    for name in names:
+        def value(s):
+            if name == "total":
+                return s.reward
+            return extra[name][(s.utt_id, s.index)] if extra and name in extra else s.rewards[name]
+
+        rescored = [replace(s, reward=float(value(s))) for group in by_utt.values() for s in group]
+        diag = round_diagnostics(rescored, [], gold, parts)
+        top: dict[str, list[int]] = {}
+        for uid, group in by_utt.items():
+            intent, slots = gold[uid]
+            best = max(group, key=lambda s: (value(s), s.candidate.greedy, -s.index))
+            f = best.candidate.frame
+            cell = top.setdefault((parts or {}).get(uid, "unknown"), [0, 0])
+            cell[0] += 1
+            cell[1] += bool(f is not None and f.intent == intent and dict(f.slots) == dict(slots))
+        n, right = sum(c[0] for c in top.values()), sum(c[1] for c in top.values())
+        out[name] = {"frame_reward_auc": diag["frame_reward_auc"], "frame_pick_accuracy": diag["frame_pick_accuracy"],
+                     "top_precision": right / max(n, 1),
+                     "top_precision_by_part": {p: c[1] / c[0] for p, c in sorted(top.items())}}
+    return out
+
+
 def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path) -> dict:
     """Diagnostics of one persisted round folder against the pool manifest's (hidden) labels."""
     from assistant.data.manifest import read_manifest
@@ -139,11 +181,58 @@ def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path) -> dict
     return round_diagnostics(scored, decisions, gold, {u.id: str(u.meta.get("part", "unknown")) for u in pool})
 
 
+def compare_round_dir(round_dir: str | Path, pool_manifest: str | Path, fresh: list[str],
+                      target_model: str = "base") -> dict:
+    """``compare_rewards`` on a persisted round; ``fresh``: rewards to compute now (``target_likelihood``)."""
+    from assistant.data.manifest import read_manifest
+    from assistant.rsft.rewards import build_reward_fns
+    from assistant.rsft.types import Scored, group_by_utterance, read_records
+
+    pool = read_manifest(pool_manifest)
+    gold = {u.id: (u.intent, dict(u.slots)) for u in pool}
+    scored = read_records(Path(round_dir) / "scored.jsonl", Scored)
+    extra = {}
+    if fresh:
+        resources = {}
+        if "target_likelihood" in fresh:
+            from assistant.rsft.target_likelihood import load_target_model
+
+            resources["target_model"] = load_target_model(target_model)
+        fns = build_reward_fns(dict.fromkeys(fresh, 1.0), **resources)
+        seen = {s.utt_id for s in scored}
+        utts = [u for u in pool if u.id in seen]
+        cands = group_by_utterance([s.candidate for s in scored], [u.id for u in utts])
+        for name, fn in fns.fns.items():
+            values = _in_batches(fn, utts, cands, desc=f"score: {name}")
+            extra[name] = {(c.utt_id, c.index): v for cs, vs in zip(cands, values) for c, v in zip(cs, vs)}
+    return compare_rewards(scored, gold, {u.id: str(u.meta.get("part", "unknown")) for u in pool}, extra)
+
+
+def _in_batches(fn, utts, cands, desc: str, batch: int = 32) -> list[list[float]]:
+    from tqdm import tqdm
+
+    out: list[list[float]] = []
+    for start in tqdm(range(0, len(utts), batch), desc=desc, unit="batch", disable=None):
+        out += fn(utts[start:start + batch], cands[start:start + batch])
+    return out
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m assistant.rsft.diagnostics ROUND_DIR POOL_MANIFEST", file=sys.stderr)
-        return 2
-    print(json.dumps(diagnose_round_dir(argv[0], argv[1]), indent=1))
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m assistant.rsft.diagnostics", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("round_dir")
+    ap.add_argument("pool_manifest")
+    ap.add_argument("--compare", nargs="*", default=None, metavar="REWARD",
+                    help="rank candidates by each reward alone; REWARDs named here are computed afresh")
+    ap.add_argument("--target-model", default="base", help="target_likelihood's stock Whisper")
+    args = ap.parse_args(argv)
+    if args.compare is None:
+        print(json.dumps(diagnose_round_dir(args.round_dir, args.pool_manifest), indent=1))
+    else:
+        print(json.dumps(compare_round_dir(args.round_dir, args.pool_manifest, args.compare, args.target_model),
+                         indent=1))
     return 0
 
 

@@ -63,10 +63,12 @@ class RSFTConfig:
     # readings that join the samples as candidates (not draws; assistant.rsft.readings): "text" = the text
     # model's frame for each decoded transcript, "stock" = its frame for stock Whisper's transcript
     readings: list[str] = field(default_factory=list)
-    # score: reward name -> weight (label, verifier, acoustic, teacher, agreement, vote, learned)
+    # score: reward name -> weight (label, verifier, acoustic, teacher, agreement, vote, target_likelihood, learned)
     rewards: dict[str, float] = field(default_factory=lambda: {"verifier": 1.0, "teacher": 0.1})
     agreement_weight: float = 1.0        # agreement: log p_speech + w * log p_text, w as the text pass's on dev
     agreement_stock_bonus: float = 0.0   # agreement: + this for a stock reading (the text pass's stock bonus)
+    target_model: str = "base"           # target_likelihood: the stock Whisper that scores transcripts (a name:
+                                         # base / tiny.en, a folder or a hub id); loaded only for that reward
     holdout_file: str = ""               # the corpus's holdout.json ('' = the one beside pool_manifest): the
                                          # text teacher never trains on its dev/test phrasings
     reveal_labels: bool = False          # oracle only: lets the `label` reward read the pool's hidden labels
@@ -167,6 +169,10 @@ def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path, teach
     if "agreement" in cfg.rewards:
         resources["agreement_weight"] = cfg.agreement_weight
         resources["agreement_stock_bonus"] = cfg.agreement_stock_bonus
+    if "target_likelihood" in cfg.rewards:
+        from assistant.rsft.target_likelihood import load_target_model
+
+        resources["target_model"] = load_target_model(cfg.target_model)
     if "learned" in cfg.rewards:
         resources["learned_model"] = fit_learned_reward(cfg, schema, labelled, model, resources.get("teacher"), out_dir)
     return build_reward_fns(cfg.rewards, **resources)

@@ -11,6 +11,9 @@ signature plugs in; the ones here:
 - ``verifier_reward`` label-free schema checks, a score in [0, 1]
 - ``acoustic_reward`` the model's own length-normalised log-probability of the candidate
 - ``make_teacher_reward`` the MiniLM text teacher (assistant.rsft.teacher)
+- ``target_likelihood`` log p(transcript | audio) under an independent stock Whisper (base), per token
+  (assistant.rsft.target_likelihood)
+- ``vote`` self-consistency: the share of the sampled draws that agree on the candidate's frame
 - ``LearnedRewardModel`` a classifier P(correct | audio, candidate) trained on labelled data,
   usable on unlabelled audio
 
@@ -613,6 +616,15 @@ def _agreement(*, teacher: Any = None, agreement_weight: float = 1.0, agreement_
     return make_agreement_reward(teacher, agreement_weight, agreement_stock_bonus)
 
 
+def _target_likelihood(*, target_model: Any = None) -> RewardFn:
+    from assistant.rsft.target_likelihood import TargetLikelihood
+
+    if target_model is None:
+        raise RewardError("the 'target_likelihood' reward needs target_model= (a stock Whisper SLUModel, e.g. "
+                          "SLUModel.from_pretrained('base'); `assistant rsft --target-model base`)")
+    return target_model if isinstance(target_model, TargetLikelihood) else TargetLikelihood(target_model)
+
+
 def _learned(*, learned_model: LearnedRewardModel | str | Path | None = None, schema=None,
              teacher: Any = None, encoder_features: Callable | None = None) -> RewardFn:
     if learned_model is None:
@@ -632,6 +644,7 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "agreement": _agreement,
     "learned": _learned,
     "vote": lambda: vote_reward,
+    "target_likelihood": _target_likelihood,
 }
 
 
