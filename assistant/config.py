@@ -31,8 +31,12 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    if value is None:
+    if value is None or (_optional(tp) and isinstance(value, str) and value.strip().lower() in ("none", "null")):
         return None
     base = _base_type(tp)
     origin = typing.get_origin(base)

@@ -30,6 +30,8 @@ class MainConfig:
     nlu: bool = True                          # give the final model the text NLU second pass (assistant.nlu)
     real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
     output_dir: str = ""                      # '' = runs/main
+    sft_from: str = ""                        # another run's folder (e.g. runs/main): reuse its supervised model
+                                              # instead of training one (RSFT with another seed on the same start)
     seed: int = 0
 
 
@@ -66,9 +68,14 @@ def run_main(cfg: MainConfig) -> dict:
     sft_cfg = load_config(TrainConfig, REPO_ROOT / cfg.sft_config if not Path(cfg.sft_config).is_absolute() else cfg.sft_config,
                           train_manifest=str(corpus / "train.jsonl"), dev_manifest=str(corpus / "dev.jsonl"),
                           output_dir=str(out / "sft"), seed=cfg.seed)
-    if (out / "sft" / "result.json").is_file() and (out / "sft" / "best").is_dir():
-        print("supervised model exists: skipping")
-        sft_result = json.loads((out / "sft" / "result.json").read_text())
+    sft_dir = Path(cfg.sft_from) / "sft" if cfg.sft_from else out / "sft"
+    if (sft_dir / "result.json").is_file() and (sft_dir / "best").is_dir():
+        print(f"supervised model exists ({sft_dir}): skipping")
+        sft_result = json.loads((sft_dir / "result.json").read_text())
+        sft_result["best_dir"] = str(sft_dir / "best")
+    elif cfg.sft_from:
+        raise FileNotFoundError(f"--sft-from {cfg.sft_from}: no finished supervised model in {sft_dir} "
+                                "(result.json + best/); run `assistant run` there first or leave --sft-from out")
     else:
         sft_result = sft.recipe_main(sft_cfg)
     timings["sft_s"] = time.perf_counter() - t

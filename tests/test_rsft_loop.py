@@ -74,6 +74,19 @@ def test_bad_rsft_config_is_a_clear_error(init_model, tmp_path):
         run_rsft(_cfg(tmp_path / "missing", tmp_path / "x"))
 
 
+def test_none_means_none_in_rsft_configs(init_model, tmp_path):
+    """cap / bound are None when absent (not a magic 0), and "none" / null spell it on the CLI / in YAML."""
+    from assistant.config import from_dict
+    from assistant.rsft.loop import RSFTConfig
+
+    assert RSFTConfig().accept_params()["cap"] is None and RSFTConfig().accept_params()["bound"] is None
+    cfg = from_dict(RSFTConfig, {"cap": "none", "bound": "null", "rule": "threshold", "tau": 0.5})
+    assert cfg.cap is None and cfg.accept_params() == {"tau": 0.5, "cap": None}
+    assert from_dict(RSFTConfig, {"cap": "2"}).accept_params()["cap"] == 2
+    with pytest.raises(ConfigError, match="cap"):
+        from_dict(RSFTConfig, {"cap": "two"})
+
+
 def test_reference_reuses_the_encoder_only_when_it_is_identical(init_model, tmp_path):
     import torch
 

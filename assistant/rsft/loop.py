@@ -78,8 +78,8 @@ class RSFTConfig:
     k: int = 1
     tau: float = 1.0
     bar: float = 1.0
-    cap: int = 0                         # 0 = no cap
-    bound: float = 0.0                   # statistical: known reward upper bound (0 = per-utterance max)
+    cap: int | None = None               # most candidates kept per utterance (None: no cap)
+    bound: float | None = None           # statistical: known reward upper bound (None: the per-utterance max)
     normalize_rewards: bool = False      # statistical: rewards centred / scaled per utterance, beta in std units
     correct_proposal: bool = True        # statistical: from round 2 the target stays pi_ref * exp(r / beta)
     min_vote: float = 0.0                # abstain: keep nothing for an utterance whose kept frame won
@@ -130,9 +130,9 @@ class RSFTConfig:
                              "dev_manifest / output_dir / init_model / labelled_limit); leave them out of train:")
 
     def accept_params(self) -> dict:
-        cap = self.cap or None
+        cap = self.cap
         return {
-            "statistical": {"beta": self.beta, "k": self.k, "cap": cap, "bound": self.bound or None,
+            "statistical": {"beta": self.beta, "k": self.k, "cap": cap, "bound": self.bound,
                             "normalize": self.normalize_rewards, "correct_proposal": self.correct_proposal},
             "best_of_n": {"k": self.k},
             "threshold": {"tau": self.tau, "cap": cap},
@@ -300,8 +300,9 @@ def _load_split(path: str, limit: int):
     return utts[:limit] if limit else utts
 
 
-def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, schema, rewards, out: Path,
+def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelled, dev, schema, rewards, out: Path,
               base_dir: Path, reader=None) -> dict:
+    """Round ``k`` from the model saved in ``model_dir``: generate -> score -> accept -> fine-tune."""
     from assistant.model.slu import SLUModel
     from assistant.rsft.accept import accept_all, acceptance_report
     from assistant.rsft.generate import SamplingParams, generate_candidates
@@ -311,6 +312,7 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
 
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
+    model = SLUModel.from_pretrained(model_dir, nlu=False).eval()
     t0 = time.perf_counter()
     params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
     candidates = generate_candidates(model, pool, rdir / "candidates.jsonl", params, ref_model=ref_model,
@@ -342,7 +344,7 @@ def run_round(cfg: RSFTConfig, k: int, model, ref_model, pool, labelled, dev, sc
     train_examples = examples + (examples_from_utterances(labelled) if cfg.mix_labelled else [])
     (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
 
-    start = SLUModel.from_pretrained(base_dir if cfg.from_base else Path(model.source_dir), nlu=False)
+    start = SLUModel.from_pretrained(base_dir if cfg.from_base else model_dir, nlu=False)
     tcfg = replace(cfg.train, seed=cfg.seed + k, context_seconds=start.context_seconds,
                    output_dir=str(rdir / "train"))
     result = fine_tune(start, train_examples, dev, tcfg, rdir / "train", desc=f"round {k}: fine-tune", schema=schema)
@@ -430,11 +432,10 @@ def run_rsft(cfg: RSFTConfig) -> dict:
             report = json.loads((rdir / "report.json").read_text())
             print(f"round {k}: done already (dev intent acc {report['dev']['intent_accuracy']:.4f})")
         else:
-            model = SLUModel.from_pretrained(current, nlu=False).eval()
-            model.source_dir = str(current)
             if rewards is None:
-                rewards = build_rewards(cfg, schema, labelled, model, out, teacher)
-            report = run_round(cfg, k, model, ref_model, pool, labelled, dev, schema, rewards, out, base_dir, reader)
+                rewards = build_rewards(cfg, schema, labelled, SLUModel.from_pretrained(current, nlu=False).eval(),
+                                        out, teacher)
+            report = run_round(cfg, k, current, ref_model, pool, labelled, dev, schema, rewards, out, base_dir, reader)
             acc = report["acceptance"]
             print(f"round {k}: accepted {acc['n_accepted']}/{acc['n_candidates']} "
                   f"(rate {acc['acceptance_rate'] or 0:.3f}, {acc['n_utterances_kept_nothing']} utterances kept nothing), "
