@@ -86,6 +86,22 @@ def _nested_default(cls: type, name: str) -> Any:
     return f.default if f.default is not dataclasses.MISSING else _base_type(_field_types(cls)[name])()
 
 
+def _merged(cls: type, base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a nested config's default, as a dict) updated by ``values``; a config nested in it is
+    updated key by key too (ExperimentConfig.rsft.train keeps the rsft default's train keys it leaves out),
+    any other value (a list, a mapping such as rewards) is replaced whole."""
+    types_ = _field_types(cls)
+    out = dict(base)
+    for k, v in values.items():
+        inner = _base_type(types_[k]) if k in types_ else None
+        if (dataclasses.is_dataclass(inner) and isinstance(inner, type) and isinstance(v, dict)
+                and isinstance(base.get(k), dict)):
+            out[k] = _merged(inner, base[k], v)
+        else:
+            out[k] = v
+    return out
+
+
 def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
     """Build a config dataclass from plain values, rejecting unknown keys and bad types.
 
@@ -108,7 +124,7 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
             if not isinstance(v, dict):
                 raise ConfigError(f"{source}: key '{k}' takes a mapping of {inner.__name__} keys, got {v!r}")
             base = dataclasses.asdict(_nested_default(cls, k))
-            kwargs[k] = from_dict(inner, {**base, **v}, f"{source}: {k}")
+            kwargs[k] = from_dict(inner, _merged(inner, base, v), f"{source}: {k}")
         else:
             kwargs[k] = _coerce(v, types_[k], f"{source}: key '{k}'")
     cfg = cls(**kwargs)

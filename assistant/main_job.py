@@ -94,23 +94,14 @@ def run_main(cfg: MainConfig) -> dict:
     stock_model = SLUModel.from_pretrained(speech_models[0][1], nlu=False)
     scored = []
     if cfg.nlu:
-        from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings, stock_transcripts
+        from assistant.nlu import stock_transcripts
         from assistant.rsft.teacher import default_teacher
 
         teacher = default_teacher(schema, holdout_file=corpus / "holdout.json")
         dev_stock = stock_transcripts(stock_model, dev, desc="nlu: stock transcripts of dev")
 
         def score_on_dev(name: str, model_dir: Path) -> tuple:
-            """(dev accuracy, name, folder, weight, stock bonus, accuracy per choice) of speech model + text pass."""
-            model = SLUModel.from_pretrained(model_dir, nlu=False)
-            readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}",
-                                    stock=dev_stock if model.has_stock_path else None)
-            bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
-            (w, b), by_choice = choose_weight(readings, [u.intent for u in dev], stock_bonuses=bonuses)
-            print(f"{name}: dev intent accuracy {by_choice[(0.0, -math.inf)]:.4f} alone, "
-                  f"{by_choice[(w, -math.inf)]:.4f} with the text pass on its transcript, {by_choice[(w, b)]:.4f} "
-                  f"with the stock reading too (weight {w:g}, stock bonus {b:g})")
-            return by_choice[(w, b)], name, model_dir, w, b, by_choice
+            return text_pass_on_dev(name, model_dir, dev, teacher, dev_stock)
 
         # The supervised model's text-pass weight first: RSFT's agreement reward is that pass.
         scored.append(score_on_dev(*speech_models[0]))
@@ -230,6 +221,24 @@ def run_main(cfg: MainConfig) -> dict:
                "rsft_rounds": rounds_table, "nlu": nlu_info, "real_speech": real}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock) -> tuple:
+    """(dev accuracy, name, folder, weight, stock bonus, accuracy per choice) of speech model + text pass:
+    the text pass's weight and stock bonus (``assistant.nlu.choose_weight``) chosen on the ``dev``
+    utterances, whose stock transcripts are ``dev_stock`` (used when the model has a stock path)."""
+    from assistant.model.slu import SLUModel
+    from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings
+
+    model = SLUModel.from_pretrained(model_dir, nlu=False)
+    readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}",
+                            stock=dev_stock if model.has_stock_path else None)
+    bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
+    (w, b), by_choice = choose_weight(readings, [u.intent for u in dev], stock_bonuses=bonuses)
+    print(f"{name}: dev intent accuracy {by_choice[(0.0, -math.inf)]:.4f} alone, "
+          f"{by_choice[(w, -math.inf)]:.4f} with the text pass on its transcript, {by_choice[(w, b)]:.4f} "
+          f"with the stock reading too (weight {w:g}, stock bonus {b:g})")
+    return by_choice[(w, b)], name, model_dir, w, b, by_choice
 
 
 def with_text_pass(rcfg, weight: float, stock_bonus: float):

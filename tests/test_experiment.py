@@ -1,31 +1,77 @@
-"""The experiment's results table: gap closed, per-round rows and the oracle diagnostics section."""
+"""`assistant experiment`: the label-scarce table over seeds (mean, per seed, spread, gap closed, selected
+round, fall-back to the start), its JSON, the config it runs by default, a 2-seed run of every condition
+(training, RSFT and scoring stubbed: what each condition runs with, resuming) and one condition for real on
+a tiny random model, fixture audio and an untrained MiniLM teacher."""
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from assistant.rsft.experiment import Experiment, ExperimentConfig
+from assistant.config import load_config
+from assistant.rsft.experiment import (MAIN_CONDITIONS, Experiment, ExperimentConfig, condition_names,
+                                       rsft_conditions, summarize)
 from assistant.rsft.types import Candidate, Decision, Scored, write_records
 
+ROOT = Path(__file__).resolve().parents[1]
+FSC = Path(__file__).parent / "fixtures" / "fsc" / "data"
+CONDITION_KEYS = {"test_intent_accuracy_mean", "test_intent_accuracy_per_seed", "gap_closed", "selected_round",
+                  "fell_back_to_start"}
 
-def _result(name, acc, rounds=()):
+
+def _result(name, acc, seed=0, best_round=None, rounds=()):
     test = {"intent_accuracy": acc, "frame_accuracy": acc - 0.1, "slot_f1": 0.5, "slu_f1": 0.6, "wer": 0.2,
             "invalid_rate": 0.0, "n": 10}
-    return {"name": name, "test": test, "minutes": 1.0, "rounds": list(rounds)}
+    return {"name": name, "seed": seed, "test": test, "minutes": 1.0, "rounds": list(rounds), "best_round": best_round}
 
 
-def test_write_table_reports_gap_rounds_and_diagnostics(tmp_path, monkeypatch):
+def _two_seeds():
+    return [_result("a_supervised_slice", 0.40, 0), _result("a_supervised_slice", 0.44, 1),
+            _result("b_pseudo_label", 0.42, 0, 1), _result("b_pseudo_label", 0.46, 1, 2),
+            _result("c_rsft_label_free", 0.50, 0, 2), _result("c_rsft_label_free", 0.44, 1, 0),
+            _result("e_oracle_supervised", 0.60, 0), _result("e_oracle_supervised", 0.64, 1)]
+
+
+def test_summary_means_over_seeds_gap_from_the_means_and_fall_back():
+    s = summarize(_two_seeds(), [0, 1])
+    assert list(s) == ["a_supervised_slice", "b_pseudo_label", "c_rsft_label_free", "e_oracle_supervised"]
+    assert all(set(row) == CONDITION_KEYS for row in s.values())
+    assert s["a_supervised_slice"]["test_intent_accuracy_mean"] == pytest.approx(0.42)
+    assert s["c_rsft_label_free"]["test_intent_accuracy_per_seed"] == [0.50, 0.44]
+    # gap closed from the means: a 0.42, e 0.62, b 0.44 -> 10 %, c 0.47 -> 25 %
+    assert s["a_supervised_slice"]["gap_closed"] == pytest.approx(0.0)
+    assert s["e_oracle_supervised"]["gap_closed"] == pytest.approx(1.0)
+    assert s["b_pseudo_label"]["gap_closed"] == pytest.approx(0.10)
+    assert s["c_rsft_label_free"]["gap_closed"] == pytest.approx(0.25)
+    # c's seed 1 selected round 0: the starting model; supervised rows have no round and never fall back
+    assert s["c_rsft_label_free"]["selected_round"] == [2, 0]
+    assert s["c_rsft_label_free"]["fell_back_to_start"] == [False, True]
+    assert s["b_pseudo_label"]["fell_back_to_start"] == [False, False]
+    assert s["a_supervised_slice"]["selected_round"] == [None, None]
+    assert s["a_supervised_slice"]["fell_back_to_start"] == [False, False]
+    # no oracle: no gap; a missing seed is None and left out of the mean
+    s = summarize([r for r in _two_seeds() if r["name"] != "e_oracle_supervised"][:-1], [0, 1])
+    assert s["b_pseudo_label"]["gap_closed"] is None
+    assert s["c_rsft_label_free"]["test_intent_accuracy_per_seed"] == [0.50, None]
+    assert s["c_rsft_label_free"]["test_intent_accuracy_mean"] == pytest.approx(0.50)
+    with pytest.raises(KeyError):
+        summarize([_result("b_pseudo_label", 0.45)], [0])   # the table is relative to condition a
+
+
+def test_write_table_reports_seeds_fall_back_json_and_diagnostics(tmp_path, monkeypatch):
     import assistant.rsft.experiment as exp_mod
 
     monkeypatch.setattr(exp_mod, "REPO_ROOT", tmp_path)
     cfg = ExperimentConfig(output_dir=str(tmp_path / "out"), results_file="results.md")
     exp = Experiment(cfg)
-    exp.slice, exp.slice_voices, exp.pool, exp.test = [object()] * 3, ["v1"], [object()] * 2, [object()] * 10
+    exp.pool, exp.test = [object()] * 2, [object()] * 10
+    exp.seed_info = {0: {"slice": 3, "voices": ["v1"]}, 1: {"slice": 4, "voices": ["v2"]}}
     pool = tmp_path / "pool.jsonl"
     pool.write_text('{"id": "u1", "audio": "a.wav", "text": "t", "intent": "alarm_set", "slots": {}}\n'
                     '{"id": "u2", "audio": "b.wav", "text": "t", "intent": "weather_query", "slots": {}}\n')
-    exp.paths = {"pool": str(pool), "slice": str(pool)}
-    round_dir = tmp_path / "out" / "c_rsft_label_free" / "round_1"
+    exp.pool_path = str(pool)
+    round_dir = tmp_path / "out" / "seed_0" / "c_rsft_label_free" / "round_1"
     round_dir.mkdir(parents=True)
     scored = [Scored(Candidate("u1", 0, "t | alarm_query |", greedy=True), {"r": 0.1}, 0.1),
               Scored(Candidate("u1", 1, "t | alarm_set |"), {"r": 0.9}, 0.9),
@@ -35,19 +81,227 @@ def test_write_table_reports_gap_rounds_and_diagnostics(tmp_path, monkeypatch):
                   round_dir / "decisions.jsonl")
     rd = {"round": 1, "dev_intent_accuracy": 0.5, "acceptance_rate": 0.667, "kept_frame_precision": 1.0,
           "kept_nothing": 0, "mean_reward_all": 0.5, "mean_reward_kept": 0.7, "candidates_per_second": 10.0}
-    results = [_result("a_supervised_slice", 0.40), _result("b_pseudo_label", 0.45),
-               _result("c_rsft_label_free", 0.50, [rd]), _result("e_oracle_supervised", 0.60)]
+    results = _two_seeds()
+    results[4] = _result("c_rsft_label_free", 0.50, 0, 1, [rd])
     text = exp.write_table(results)
     assert (tmp_path / "results.md").read_text() == text
-    lines = {}   # the first row of each condition: the main table
+    rows = {}   # the first row of each condition: the main table
     for line in text.splitlines():
         if line.startswith("| "):
-            lines.setdefault(line.split(" | ")[0].strip("| "), line)
-    assert "+25%" in lines["b_pseudo_label"] and "+50%" in lines["c_rsft_label_free"]
-    assert "+100%" in lines["e_oracle_supervised"]
-    diag = [line for line in text.splitlines() if line.startswith("| c_rsft_label_free | 1 | 1.000 |")]
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
+    c = rows["c_rsft_label_free"].split(" | ")
+    assert c[1:5] == ["0.4700", "0.5000, 0.4400", "0.0600", "+25%"]
+    assert c[5] == "1, 0 (fell back to start)"
+    assert "fell back" not in rows["b_pseudo_label"] and "+10%" in rows["b_pseudo_label"]
+    assert rows["a_supervised_slice"].split(" | ")[5] == "-" and "+100%" in rows["e_oracle_supervised"]
+    assert "seed 0: 3 utterances of voices v1; seed 1: 4 utterances of voices v2" in text
+    diag = [line for line in text.splitlines() if line.startswith("| c_rsft_label_free | 0 | 1 | 1.000 |")]
     # coverage 1.0, greedy accuracy 0.5, 1 mixed utterance, top-reward pick right, greedy wrong, AUC 1, kept all right
     assert diag and "| 0.500 | 1 | 1.000 | 0.000 | 1.000 | 1.000 |" in diag[0]
-    assert (Path(cfg.output_dir) / "results.json").is_file()
-    with pytest.raises(KeyError):
-        exp.write_table([_result("b_pseudo_label", 0.45)])   # the table is relative to condition a
+    table = json.loads((tmp_path / "results.json").read_text())
+    assert set(table) == {"conditions", "config", "n_test"} and table["n_test"] == 10
+    assert table["config"]["seeds"] == [0, 1]
+    assert table["conditions"]["c_rsft_label_free"]["fell_back_to_start"] == [False, True]
+    assert table["conditions"]["c_rsft_label_free"]["gap_closed"] == pytest.approx(0.25)
+    assert (Path(cfg.output_dir) / "results.json").is_file()      # every seed's raw results
+
+
+def test_default_config_is_the_issue_table():
+    cfg = load_config(ExperimentConfig, ROOT / "recipes" / "configs" / "experiment.yaml")
+    assert cfg.seeds == [0, 1] and cfg.test_limit == 0 and cfg.corpus == "data/generated/default"
+    assert cfg.train.dev_limit == 0 and cfg.rsft.train.dev_limit == 0
+    # c is the readings recipe, its nested train: section included (a key set here leaves the others alone)
+    readings = load_config(type(cfg.rsft), ROOT / "recipes" / "configs" / "rsft_readings.yaml")
+    for key in ("readings", "rewards", "rule", "min_vote", "min_text_confidence", "transcript_target", "num_samples"):
+        assert getattr(cfg.rsft, key) == getattr(readings, key), key
+    assert replace(cfg.rsft.train, dev_limit=0) == replace(readings.train, dev_limit=0)
+    names = condition_names(cfg)
+    assert names[:6] == list(MAIN_CONDITIONS)
+    assert names[6:] == ["x_reward_agreement_only", "x_abstention_off", "x_targets_sampled", "x_encoder_frozen",
+                         "x_n_16"]
+    assert "x_reward_target_likelihood" in condition_names(replace(cfg, include_target_likelihood=True))
+    assert condition_names(replace(cfg, ablation=False)) == list(MAIN_CONDITIONS)
+    specs = dict(rsft_conditions(cfg))
+    assert specs["b_prime_pseudo_label_text_pass"] == {"num_samples": 0, "readings": ["text", "stock"],
+                                                       "rewards": {"agreement": 1.0}, "rule": "best_of_n", "k": 1,
+                                                       "min_vote": 0.0, "min_text_confidence": 0.0}
+    assert specs["c_rsft_label_free"] == {}
+    assert specs["x_encoder_frozen"]["train"].freeze_encoder_layers == -1
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+    """train / pool / dev / test from the FSC fixture (two train voices; the pool's labels hidden)."""
+    from assistant.data.manifest import read_manifest, write_jsonl
+
+    train, valid = read_manifest(FSC / "train_data.csv"), read_manifest(FSC / "valid_data.csv")
+    corpus = tmp_path / "corpus"
+    write_jsonl(train, corpus / "train.jsonl", relative=False)
+    write_jsonl([replace(u, id=f"pool-{i}", meta={**u.meta, "labels_hidden": True}) for i, u in enumerate(train + valid)],
+                corpus / "pool.jsonl", relative=False)
+    write_jsonl(train[:2], corpus / "dev.jsonl", relative=False)
+    write_jsonl(valid + train[:1], corpus / "test.jsonl", relative=False)
+    (corpus / "holdout.json").write_text("{}")   # read by the teacher only, which is a fresh one here
+    return corpus
+
+
+def _tiny_config(corpus, out, **kw):
+    values = dict(corpus=str(corpus), output_dir=str(out / "out"), results_file="results/table.md", labelled_voices=1,
+                  seeds=[0, 1],
+                  train={"tiny_random": True, "max_steps": 2, "batch_size": 4, "dev_limit": 4, "warmup_steps": 1,
+                         "lora_rank": 0, "freeze_encoder_layers": -1},
+                  rsft={"rounds": 1, "num_samples": 2, "max_new_tokens": 12,
+                        "train": {"max_steps": 1, "batch_size": 4, "dev_limit": 4, "warmup_steps": 1, "lora_rank": 0}})
+    values.update(kw)
+    return load_config(ExperimentConfig, None, **values)
+
+
+def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, tmp_path, monkeypatch):
+    """The orchestration over 2 seeds, with training, RSFT, the dev text pass and test scoring stubbed:
+    what each condition is run with, the JSON's keys and names, fall-back rows, and resuming."""
+    import math
+
+    import assistant.main_job as main_job
+    import assistant.rsft.experiment as exp_mod
+    import assistant.rsft.loop as loop
+    import assistant.train as train_mod
+
+    monkeypatch.setattr(exp_mod, "REPO_ROOT", tmp_path)
+    calls = []
+
+    def fake_train(tcfg):
+        calls.append(("train", tcfg))
+        best = Path(tcfg.output_dir) / "best"
+        best.mkdir(parents=True, exist_ok=True)
+        return {"best_dir": str(best), "best_dev": {"intent_accuracy": 0.5}}
+
+    def fake_rsft(rcfg):
+        calls.append(("rsft", rcfg))
+        out = Path(rcfg.output_dir)
+        # x_abstention_off's seed 1: no round beats the start on dev, selection falls back to (a)
+        fell_back = out.name == "x_abstention_off" and rcfg.seed == 1
+        best = out / "round_1" / "train" / "best"
+        best.mkdir(parents=True, exist_ok=True)
+        rd = {"round": 1, "dev": {"intent_accuracy": 0.5}, "candidates_per_second": 1.0,
+              "acceptance": {"acceptance_rate": 0.5, "n_utterances_kept_nothing": 1, "mean_reward_all": 0.0,
+                             "mean_reward_kept": 1.0}, "oracle_diagnostics": {"kept_frame_precision": 0.9}}
+        return {"best_dir": rcfg.init_model if fell_back else str(best), "best_round": 0 if fell_back else 1,
+                "init_dev": {"intent_accuracy": 0.5}, "rounds": [rd]}
+
+    names = condition_names(ExperimentConfig(ablation=True))
+
+    def fake_test(model_dir, test, schema):       # the condition's index + the seed, read from the folder
+        seed_dir = next(p for p in Path(model_dir).parents if p.name.startswith("seed_"))
+        name = Path(model_dir).relative_to(seed_dir).parts[0]
+        return {"intent_accuracy": 0.4 + 0.01 * names.index(name) + 0.1 * int(seed_dir.name[5:]),
+                "frame_accuracy": 0.3, "slot_f1": 0.5, "slu_f1": 0.6, "wer": 0.2, "invalid_rate": 0.0, "n": len(test)}
+
+    def fake_text_pass(name, model_dir, dev, teacher, dev_stock):
+        w, b = (2.0, 4.0) if "seed 0" in name else (3.0, -math.inf)    # seed 1's pass never uses the stock reading
+        return 0.6, name, model_dir, w, b, {(0.0, -math.inf): 0.5, (w, b): 0.6}
+
+    monkeypatch.setattr(train_mod, "recipe_main", fake_train)
+    monkeypatch.setattr(loop, "run_rsft", fake_rsft)
+    monkeypatch.setattr(exp_mod, "_test_scores", fake_test)
+    monkeypatch.setattr(main_job, "text_pass_on_dev", fake_text_pass)
+    monkeypatch.setattr(Experiment, "teacher", lambda self: None)
+    monkeypatch.setattr(Experiment, "dev_stock", lambda self, model_dir, dev: None)
+    cfg = _tiny_config(tiny_corpus, tmp_path)
+    exp = Experiment(cfg)
+    exp.setup()
+    exp.write_table(exp.run())
+
+    table = json.loads((tmp_path / "results" / "table.json").read_text())
+    assert set(table) == {"conditions", "config", "n_test"} and table["n_test"] == 3
+    assert list(table["conditions"]) == names == [
+        "a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label_text_pass", "c_rsft_label_free",
+        "d_rsft_gold_label", "e_oracle_supervised", "x_reward_agreement_only", "x_abstention_off",
+        "x_targets_sampled", "x_encoder_frozen", "x_n_16"]
+    out = tmp_path / "out"
+    for name, row in table["conditions"].items():
+        assert set(row) == CONDITION_KEYS, name
+        i = names.index(name)
+        assert row["test_intent_accuracy_per_seed"] == pytest.approx([0.4 + 0.01 * i, 0.5 + 0.01 * i]) or \
+            (name, row["fell_back_to_start"]) == ("x_abstention_off", [False, True])
+        assert row["test_intent_accuracy_mean"] == pytest.approx(sum(row["test_intent_accuracy_per_seed"]) / 2)
+        assert row["gap_closed"] == pytest.approx((row["test_intent_accuracy_mean"] - 0.45) / 0.05)
+        assert row["selected_round"] == ([None, None] if name in ("a_supervised_slice", "e_oracle_supervised") else
+                                         [1, 0] if name == "x_abstention_off" else [1, 1])
+        for seed in (0, 1):
+            assert (out / f"seed_{seed}" / name / "result.json").is_file()
+    # a row that fell back reports the selected model, i.e. (a)'s test score for that seed, and says so
+    fell = table["conditions"]["x_abstention_off"]
+    assert fell["fell_back_to_start"] == [False, True]
+    assert fell["test_intent_accuracy_per_seed"][1] == pytest.approx(0.5)
+    md = (tmp_path / "results" / "table.md").read_text()
+    assert [line for line in md.splitlines() if line.startswith("| x_abstention_off |")][0].split(" | ")[5] == \
+        "1, 0 (fell back to start)"
+
+    # what each condition ran with: its seed's slice, (a) as the start, the seed, (a)'s text pass, the hold-out
+    trained = {(Path(c.output_dir).name, c.seed): c for kind, c in calls if kind == "train"}
+    runs = {(Path(c.output_dir).name, c.seed): c for kind, c in calls if kind == "rsft"}
+    assert set(trained) == {(n, s) for n in ("a_supervised_slice", "e_oracle_supervised") for s in (0, 1)}
+    assert set(runs) == {(n, s) for n in names[1:] if n != "e_oracle_supervised" for s in (0, 1)}
+    for seed in (0, 1):
+        slice_path = str(out / f"seed_{seed}" / "manifests" / "labelled_slice.jsonl")
+        assert trained[("a_supervised_slice", seed)].train_manifest == slice_path
+        assert trained[("e_oracle_supervised", seed)].train_manifest.endswith("slice_plus_pool_labelled.jsonl")
+        for (name, s), rcfg in runs.items():
+            if s == seed:
+                assert rcfg.labelled_manifest == slice_path and rcfg.seed == seed
+                assert rcfg.init_model == str(out / f"seed_{seed}" / "a_supervised_slice" / "best")
+                assert rcfg.holdout_file == str(tiny_corpus / "holdout.json")
+                assert rcfg.agreement_weight == (2.0 if seed == 0 else 3.0)
+    assert runs[("c_rsft_label_free", 0)].readings == ["text", "stock"]
+    assert runs[("c_rsft_label_free", 0)].agreement_stock_bonus == 4.0
+    assert runs[("c_rsft_label_free", 1)].readings == ["text"]                   # bonus -inf: no stock reading
+    assert runs[("b_prime_pseudo_label_text_pass", 1)].readings == ["text"]
+    b, bp, c, d = (runs[(n, 0)] for n in names[1:5])
+    assert (b.num_samples, b.readings, b.rule, b.min_vote) == (0, [], "best_of_n", 0.0)
+    assert (bp.num_samples, bp.rewards, bp.rule, bp.min_vote) == (0, {"agreement": 1.0}, "best_of_n", 0.0)
+    assert (c.rewards, c.min_vote, c.min_text_confidence) == (cfg.rsft.rewards, 0.5, 0.9)
+    assert d.rewards == {"label": 1.0} and d.reveal_labels and not c.reveal_labels
+    assert runs[("x_reward_agreement_only", 0)].rewards == {"agreement": 1.0, "teacher": 0.0}
+    assert runs[("x_abstention_off", 0)].min_vote == 0.0
+    assert runs[("x_targets_sampled", 0)].transcript_target == "sampled" and c.transcript_target == "majority"
+    assert runs[("x_encoder_frozen", 0)].train.freeze_encoder_layers == -1 != c.train.freeze_encoder_layers
+    assert runs[("x_n_16", 0)].num_samples == 16
+    assert json.loads((out / "seed_1" / "a_supervised_slice" / "text_pass.json").read_text())["stock_bonus"] == "-inf"
+
+    # a rerun resumes: nothing runs again
+    calls.clear()
+    exp2 = Experiment(cfg)
+    exp2.setup()
+    assert len(exp2.run()) == 2 * len(names) and calls == []
+
+
+def test_one_condition_end_to_end_on_a_tiny_model(tiny_corpus, tmp_path, monkeypatch):
+    """(a), its text pass on dev and label-free RSFT (c) for real: tiny random model, fixture audio, an
+    untrained MiniLM teacher."""
+    import torch
+    import yaml
+
+    import assistant.rsft.experiment as exp_mod
+    from assistant.rsft import teacher as teacher_mod
+    from assistant.schema import load_schema
+
+    monkeypatch.setattr(exp_mod, "REPO_ROOT", tmp_path)
+    schema = load_schema()
+    torch.manual_seed(0)
+    fresh = teacher_mod.TextTeacher._fresh(list(schema.intents), sorted(schema.slots), implied_slots={},
+                                           intent_slots={})
+    monkeypatch.setattr(teacher_mod, "default_teacher", lambda *a, **k: fresh)   # no minutes of training here
+    cfg = _tiny_config(tiny_corpus, tmp_path, seeds=[0], only=["c"])
+    exp = Experiment(cfg)
+    exp.setup()
+    exp.write_table(exp.run())
+    table = json.loads((tmp_path / "results" / "table.json").read_text())
+    assert list(table["conditions"]) == ["a_supervised_slice", "c_rsft_label_free"]
+    c = table["conditions"]["c_rsft_label_free"]
+    assert set(c) == CONDITION_KEYS and c["selected_round"][0] in (0, 1)
+    assert c["fell_back_to_start"] == [c["selected_round"][0] == 0]
+    text_pass = json.loads((tmp_path / "out" / "seed_0" / "a_supervised_slice" / "text_pass.json").read_text())
+    used = yaml.safe_load((tmp_path / "out" / "seed_0" / "c_rsft_label_free" / "config.yaml").read_text())
+    assert used["agreement_weight"] == text_pass["weight"] and used["seed"] == 0
+    assert used["holdout_file"] == str(tiny_corpus / "holdout.json")
+    assert (tmp_path / "out" / "seed_0" / "c_rsft_label_free" / "round_1" / "scored.jsonl").is_file()

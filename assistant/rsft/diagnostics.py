@@ -19,7 +19,7 @@ the three questions that decide whether RSFT can beat plain pseudo-labelling:
 
 "Correct" is intent accuracy's notion (intent exact); the ``frame_`` variants also need the slots exact.
 
-    python -m assistant.rsft.diagnostics runs/experiment/c_rsft_label_free/round_1 data/generated/default/pool.jsonl
+    python -m assistant.rsft.diagnostics runs/experiment/seed_0/c_rsft_label_free/round_1 data/generated/default/pool.jsonl
 
 ``--compare`` ranks the round's candidates by each reward alone (the ones in ``scored.jsonl`` plus rewards
 computed afresh, e.g. ``target_likelihood`` under Whisper base): which reward tells right from wrong.

@@ -2,61 +2,138 @@
 
     assistant experiment --config recipes/configs/experiment.yaml
 
-Labelled = a few voices' slice of `train`; unlabelled = `pool` (labels hidden from everything but the
-oracle conditions); checkpoints selected on `dev`; scores on `test` (unseen voices and phrasings).
+Labelled = a few voices' slice of `train` (drawn with each seed); unlabelled = `pool`, the field audio
+(labels hidden from everything but the gold-label and oracle conditions); checkpoints selected on `dev`;
+scores on `test` (the field: unseen voices, field and novel phrasings).
 
-  a  supervised on the labelled slice                      (the starting point of b, c, d)
-  b  argmax pseudo-labelling of the pool (self-training)   greedy candidate, always kept
-  c  RSFT, label-free rewards (verifier + teacher), statistical acceptance
-  d  RSFT, gold `label` reward on the pool                  (upper bound for the reward)
-  e  supervised on slice + pool with labels                 (oracle)
-  f  RFT on the labelled slice alone: distinct candidates that are fully correct, vs a
-  ablations of c: beta, N, acceptance rule (one round each)
+  a_supervised_slice              supervised on the labelled slice (the start of every RSFT condition)
+  b_pseudo_label                  argmax pseudo-labelling of the pool: the greedy candidate, always kept
+  b_prime_pseudo_label_text_pass  the fair baseline: greedy + the text second pass's reading (its text and
+                                  stock readings, the agreement reward = the deployed text pass), always kept
+  c_rsft_label_free               the current best label-free recipe (recipes/configs/rsft_readings.yaml:
+                                  samples + readings, verifier + agreement + vote, best_of_n, abstention,
+                                  majority transcript targets)
+  d_rsft_gold_label               c's candidates and recipe, the gold `label` reward picks (no abstention)
+  e_oracle_supervised             supervised on slice + pool with labels (oracle)
+  x_<lever>_<value>               one ablation of c per lever: reward, abstention, targets, encoder
+                                  adapters, N (x_reward_target_likelihood only with include_target_likelihood)
 
-Same seeds and fine-tuning budget (epochs per round, lr, batch size) everywhere. Each condition
-writes `<output_dir>/<name>/result.json` and is skipped when that exists, so a rerun resumes.
+The text pass's weight and stock bonus (b', c and its ablations: the agreement reward and the readings)
+are chosen on dev for model (a), as `assistant run` does for its supervised model
+(`assistant.main_job.text_pass_on_dev` / `with_text_pass`).
+
+Every condition runs once per seed into `<output_dir>/seed_<s>/<name>/`; a finished `result.json` is
+skipped, so a rerun resumes. The table reports the mean over seeds, each seed's score, the spread and the
+share of the (a) -> (e) gap closed; `<results_file>` and the same name with .json hold it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.config import add_dataclass_arguments, from_dict, load_yaml, parse_config
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
-from assistant.rsft.loop import RSFTConfig, round_recipe
+from assistant.rsft.loop import RSFTConfig
 from assistant.train import TrainConfig
+
+SUPERVISED_RECIPE = "recipes/configs/sft_default.yaml"
+RSFT_RECIPE = "recipes/configs/rsft_readings.yaml"
+# Paths in those recipes that the experiment sets itself for each condition and seed.
+_SUPERVISED_PATHS = ("train_manifest", "dev_manifest", "output_dir", "seed")
+_RSFT_PATHS = ("init_model", "ref_model", "pool_manifest", "labelled_manifest", "dev_manifest", "output_dir",
+               "holdout_file", "seed")
+
+MAIN_CONDITIONS = ("a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label_text_pass", "c_rsft_label_free",
+                   "d_rsft_gold_label", "e_oracle_supervised")
+SUPERVISED = ("a_supervised_slice", "e_oracle_supervised")
+NO_ABSTENTION = {"min_vote": 0.0, "min_text_confidence": 0.0}
+
+
+def _recipe(cls, path: str, owned: tuple[str, ...]):
+    from assistant import paths
+
+    values = {k: v for k, v in load_yaml(paths.REPO_ROOT / path).items() if k not in owned}
+    return from_dict(cls, values, path)
 
 
 def _supervised_recipe() -> TrainConfig:
-    # the ASR-retention loss is not what this table compares: off
-    return TrainConfig(epochs=6, lr=3e-4, freeze_encoder_layers=2, asr_weight=0.0)
+    """(a) and (e): the main job's supervised recipe (sft_default.yaml); experiment.yaml's train: overrides."""
+    return _recipe(TrainConfig, SUPERVISED_RECIPE, _SUPERVISED_PATHS)
 
 
 def _rsft_recipe() -> RSFTConfig:
-    return RSFTConfig(rewards={"verifier": 1.0, "teacher": 0.5}, train=replace(round_recipe(), asr_weight=0.0))
+    """(c): the current best label-free recipe (rsft_readings.yaml); experiment.yaml's rsft: overrides."""
+    return _recipe(RSFTConfig, RSFT_RECIPE, _RSFT_PATHS)
 
 
 @dataclass
 class ExperimentConfig:
     corpus: str = ""                     # '' = data/generated/default
     output_dir: str = ""                 # '' = runs/experiment
-    results_file: str = "recipes/results/rsft_label_scarce.md"
-    labelled_voices: int = 3             # the labelled slice: every train utterance of this many voices
-    labelled_limit: int = 300
-    pool_limit: int = 600
-    test_limit: int = 0
+    results_file: str = "recipes/results/rsft_label_scarce.md"   # + the same name with .json
+    labelled_voices: int = 10            # the labelled slice: every train utterance of this many voices
+    labelled_limit: int = 0              # 0 = all of those voices' utterances
+    pool_limit: int = 0                  # 0 = the whole pool
+    test_limit: int = 0                  # 0 = every test clip
     # The two recipes, nested as in their own commands: `assistant train` for (a) and (e), `assistant rsft`
-    # (with its own train: section) for the RSFT conditions. Paths, the seed and data limits are set here.
+    # (with its own train: section) for the RSFT conditions. Paths, seeds and data are set here.
     train: TrainConfig = field(default_factory=_supervised_recipe)
     rsft: RSFTConfig = field(default_factory=_rsft_recipe)
     ablation: bool = True
-    only: list[str] = field(default_factory=list)   # run just these condition names
-    seed: int = 0
+    include_target_likelihood: bool = False   # the x_reward_target_likelihood row (loads stock Whisper base)
+    only: list[str] = field(default_factory=list)   # run just the conditions whose names start so (a always)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])   # every condition runs once per seed
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be distinct whole numbers >= 0, got {self.seeds}")
+        if self.labelled_voices < 1:
+            raise ValueError(f"labelled_voices must be >= 1, got {self.labelled_voices}")
+        for name in ("labelled_limit", "pool_limit", "test_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)}")
+
+
+def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
+    """(name, overrides of ``cfg.rsft``) of every RSFT condition, main ones first, then the ablations of c."""
+    main = [
+        ("b_pseudo_label", {"num_samples": 0, "readings": [], "rewards": {"verifier": 1.0}, "rule": "best_of_n",
+                            "k": 1, **NO_ABSTENTION}),
+        ("b_prime_pseudo_label_text_pass", {"num_samples": 0, "readings": ["text", "stock"],
+                                            "rewards": {"agreement": 1.0}, "rule": "best_of_n", "k": 1,
+                                            **NO_ABSTENTION}),
+        ("c_rsft_label_free", {}),
+        ("d_rsft_gold_label", {"rewards": {"label": 1.0}, "reveal_labels": True, **NO_ABSTENTION}),
+    ]
+    if not cfg.ablation:
+        return main
+    # the teacher stays at weight 0 where c's abstention reads its confidence
+    keep_teacher = {"teacher": 0.0} if "teacher" in cfg.rsft.rewards else {}
+    ablations = [("x_reward_agreement_only", {"rewards": {"agreement": 1.0, **keep_teacher}})]
+    if cfg.include_target_likelihood:
+        ablations.append(("x_reward_target_likelihood", {"rewards": {**cfg.rsft.rewards, "target_likelihood": 1.0}}))
+    ablations += [
+        ("x_abstention_off", dict(NO_ABSTENTION)),
+        ("x_targets_sampled", {"transcript_target": "sampled"}),
+        ("x_encoder_frozen", {"train": replace(cfg.rsft.train, freeze_encoder_layers=-1)}),
+        ("x_n_16", {"num_samples": 16}),
+    ]
+    return main + ablations
+
+
+def condition_names(cfg: ExperimentConfig) -> list[str]:
+    """Every condition's name in table order."""
+    rsft = [n for n, _ in rsft_conditions(cfg)]
+    return ["a_supervised_slice"] + rsft[:4] + ["e_oracle_supervised"] + rsft[4:]
 
 
 def labelled_slice(train, n_voices: int, limit: int, seed: int):
@@ -86,77 +163,158 @@ def _test_scores(model_dir: str, test, schema) -> dict:
     return {k: report[k] for k in ("intent_accuracy", "frame_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
 
 
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(results: list[dict], seeds: list[int]) -> dict[str, dict]:
+    """Per condition (table order = first appearance): test intent accuracy per seed and its mean, the share
+    of the (a) -> (e) gap the mean closes, each seed's selected round and whether selection fell back to
+    round 0 (the starting model). A seed a condition has no result for reads None and is left out of the mean."""
+    by = {(r["name"], r["seed"]): r for r in results}
+    names = list(dict.fromkeys(r["name"] for r in results))
+    per_seed = {n: [by[(n, s)]["test"]["intent_accuracy"] if (n, s) in by else None for s in seeds] for n in names}
+    means = {n: _mean(v) for n, v in per_seed.items()}
+    a = means["a_supervised_slice"]                 # the table is relative to condition a
+    e = means.get("e_oracle_supervised")
+    out = {}
+    for n in names:
+        rounds = [by[(n, s)].get("best_round") if (n, s) in by else None for s in seeds]
+        out[n] = {"test_intent_accuracy_mean": means[n], "test_intent_accuracy_per_seed": per_seed[n],
+                  "gap_closed": (means[n] - a) / (e - a) if e is not None and means[n] is not None and e != a else None,
+                  "selected_round": rounds,
+                  "fell_back_to_start": [r == 0 for r in rounds]}
+    return out
+
+
 class Experiment:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         self.out = Path(cfg.output_dir or runs_dir() / "experiment")
         self.corpus = Path(cfg.corpus or generated_dir() / "default")
+        self.seed_info: dict[int, dict] = {}      # seed -> labelled slice, text pass chosen for (a)
+        self._teacher = None
+        self._dev_stock = None
 
     def setup(self) -> None:
-        from assistant.data.manifest import read_manifest
+        from assistant.data.manifest import ManifestError, read_manifest
         from assistant.schema import load_schema
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
         self.schema = load_schema()
-        if not (self.corpus / "train.jsonl").is_file():
-            from assistant.data.manifest import ManifestError
-
-            raise ManifestError(f"{self.corpus / 'train.jsonl'} not found: build the corpus first, e.g. `assistant "
-                                f"synth --profile default --out-dir {self.corpus}` (see the --config file's comments)")
-        train = read_manifest(self.corpus / "train.jsonl")
-        self.slice, self.slice_voices = labelled_slice(train, cfg.labelled_voices, cfg.labelled_limit, cfg.seed)
+        for name in ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json"):
+            if not (self.corpus / name).is_file():
+                raise ManifestError(f"{self.corpus / name} not found: build the corpus first, e.g. `assistant "
+                                    f"synth --profile default --out-dir {self.corpus}` (the text teacher reads "
+                                    "the corpus's holdout.json, so an older corpus without one needs rebuilding)")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.holdout = self.corpus / "holdout.json"
+        self.train_all = read_manifest(self.corpus / "train.jsonl")
         pool = read_manifest(self.corpus / "pool.jsonl")
         self.pool = pool[: cfg.pool_limit] if cfg.pool_limit else pool
+        self.dev_path = str(self.corpus / "dev.jsonl")
         test = read_manifest(self.corpus / "test.jsonl")
         self.test = test[: cfg.test_limit] if cfg.test_limit else test
-        self.paths = {
-            "slice": _write_manifest(self.slice, self.out / "manifests" / "labelled_slice.jsonl"),
-            "pool": _write_manifest(self.pool, self.out / "manifests" / "pool.jsonl"),
-            "dev": str(self.corpus / "dev.jsonl"),
-        }
+        self.pool_path = _write_manifest(self.pool, self.out / "manifests" / "pool.jsonl")
+        print(f"pool: {len(self.pool)}; test: {len(self.test)}; seeds {cfg.seeds}")
+
+    def seed_paths(self, seed: int) -> dict:
+        """The seed's labelled slice (drawn with the seed) and the oracle's slice + labelled pool."""
+        cfg = self.cfg
+        sdir = self.out / f"seed_{seed}"
+        picked, voices = labelled_slice(self.train_all, cfg.labelled_voices, cfg.labelled_limit, seed)
+        paths = {"slice": _write_manifest(picked, sdir / "manifests" / "labelled_slice.jsonl"),
+                 "pool": self.pool_path, "dev": self.dev_path}
         # The oracle sees the pool's labels: a copy with labels_hidden removed.
-        revealed = [replace(u, meta={k: v for k, v in u.meta.items() if k != "labels_hidden"}) for u in self.slice + self.pool]
-        self.paths["slice+pool"] = _write_manifest(revealed, self.out / "manifests" / "slice_plus_pool_labelled.jsonl")
-        print(f"labelled slice: {len(self.slice)} utterances from voices {self.slice_voices}; "
-              f"pool: {len(self.pool)}; test: {len(self.test)}")
+        revealed = [replace(u, meta={k: v for k, v in u.meta.items() if k != "labels_hidden"}) for u in picked + self.pool]
+        paths["slice+pool"] = _write_manifest(revealed, sdir / "manifests" / "slice_plus_pool_labelled.jsonl")
+        self.seed_info.setdefault(seed, {}).update({"slice": len(picked), "voices": voices})
+        print(f"seed {seed}: labelled slice {len(picked)} utterances from voices {voices}")
+        return paths
 
     # -- conditions ------------------------------------------------------------------------------
-    def _done(self, name: str) -> dict | None:
-        p = self.out / name / "result.json"
+    def _dir(self, seed: int, name: str) -> Path:
+        return self.out / f"seed_{seed}" / name
+
+    def _done(self, seed: int, name: str) -> dict | None:
+        p = self._dir(seed, name) / "result.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
-    def _finish(self, name: str, model_dir: str, t0: float, extra: dict | None = None) -> dict:
-        result = {"name": name, "model_dir": model_dir, "test": _test_scores(model_dir, self.test, self.schema),
-                  "minutes": round((time.perf_counter() - t0) / 60, 1), **(extra or {})}
-        (self.out / name / "result.json").write_text(json.dumps(result, indent=1, default=float))
-        print(f"{name}: test intent accuracy {result['test']['intent_accuracy']:.4f} ({result['minutes']} min)")
+    def _finish(self, seed: int, name: str, model_dir: str, t0: float, extra: dict) -> dict:
+        result = {"name": name, "seed": seed, "model_dir": model_dir,
+                  "test": _test_scores(model_dir, self.test, self.schema),
+                  "minutes": round((time.perf_counter() - t0) / 60, 1), **extra}
+        (self._dir(seed, name) / "result.json").write_text(json.dumps(result, indent=1, default=float))
+        print(f"seed {seed} {name}: test intent accuracy {result['test']['intent_accuracy']:.4f} "
+              f"({result['minutes']} min)")
         return result
 
-    def supervised(self, name: str, manifest: str) -> dict:
+    def supervised(self, seed: int, name: str, manifest: str) -> dict:
         from assistant.train import recipe_main
 
-        if (r := self._done(name)):
+        if (r := self._done(seed, name)):
             return r
         t0 = time.perf_counter()
-        cfg = self.cfg
-        tcfg = replace(cfg.train, train_manifest=manifest, dev_manifest=self.paths["dev"],
-                       output_dir=str(self.out / name), seed=cfg.seed)
+        tcfg = replace(self.cfg.train, train_manifest=manifest, dev_manifest=self.dev_path,
+                       output_dir=str(self._dir(seed, name)), seed=seed)
         res = recipe_main(tcfg)
-        return self._finish(name, res["best_dir"], t0, {"dev": res["best_dev"]})
+        return self._finish(seed, name, res["best_dir"], t0, {"dev": res["best_dev"], "best_round": None})
 
-    def rsft(self, name: str, init: str, rounds: int | None = None, pool: str | None = None, **overrides) -> dict:
+    def teacher(self):
+        if self._teacher is None:
+            from assistant.rsft.teacher import default_teacher
+
+            self._teacher = default_teacher(self.schema, holdout_file=self.holdout)
+        return self._teacher
+
+    def dev_stock(self, model_dir: str, dev) -> list[str] | None:
+        """Stock Whisper's transcripts of dev, for a model with a stock path (adapters): the same for every
+        seed's model, so decoded once (None for a model without one: its text pass has no stock reading)."""
+        from assistant.model.slu import SLUModel
+        from assistant.nlu import stock_transcripts
+
+        if self._dev_stock is None:
+            model = SLUModel.from_pretrained(model_dir, nlu=False)
+            if not model.has_stock_path:
+                return None
+            self._dev_stock = stock_transcripts(model, dev, desc="nlu: stock transcripts of dev")
+        return self._dev_stock
+
+    def text_pass(self, seed: int, model_dir: str) -> dict:
+        """The text pass of model (a) chosen on every dev clip, as the main job chooses its supervised model's
+        (``assistant.main_job.text_pass_on_dev``); kept in a_supervised_slice/text_pass.json."""
+        from assistant.main_job import text_pass_on_dev
+
+        path = self._dir(seed, "a_supervised_slice") / "text_pass.json"
+        if path.is_file():
+            info = json.loads(path.read_text())
+        else:
+            from assistant.data.manifest import read_manifest
+
+            dev = read_manifest(self.dev_path)
+            acc, _, _, w, b, by_choice = text_pass_on_dev(f"seed {seed} a_supervised_slice", Path(model_dir), dev,
+                                                          self.teacher(), self.dev_stock(model_dir, dev))
+            info = {"weight": w, "stock_bonus": str(b), "dev_n": len(dev),
+                    "dev_intent_accuracy_alone": by_choice[(0.0, -math.inf)],
+                    "dev_intent_accuracy_text_pass": acc}
+            path.write_text(json.dumps(info, indent=1))
+        self.seed_info.setdefault(seed, {})["text_pass"] = info
+        return info
+
+    def rsft(self, seed: int, name: str, paths: dict, init: str, text_pass: dict, overrides: dict) -> dict:
+        from assistant.main_job import with_text_pass
         from assistant.rsft.loop import run_rsft
 
-        if (r := self._done(name)):
+        if (r := self._done(seed, name)):
             return r
         t0 = time.perf_counter()
-        cfg = self.cfg
-        values = dict(init_model=init, pool_manifest=pool or self.paths["pool"], labelled_manifest=self.paths["slice"],
-                      dev_manifest=self.paths["dev"], output_dir=str(self.out / name), seed=cfg.seed,
-                      rounds=cfg.rsft.rounds if rounds is None else rounds)
-        values.update(overrides)
-        rcfg = replace(cfg.rsft, **values)
+        values = dict(init_model=init, pool_manifest=paths["pool"], labelled_manifest=paths["slice"],
+                      dev_manifest=paths["dev"], output_dir=str(self._dir(seed, name)), seed=seed,
+                      holdout_file=str(self.holdout))
+        rcfg = replace(self.cfg.rsft, **values, **overrides)
+        # the agreement reward and the readings follow (a)'s text pass, as chosen on dev
+        rcfg = with_text_pass(rcfg, weight=text_pass["weight"], stock_bonus=float(text_pass["stock_bonus"]))
         rcfg.validate()
         summary = run_rsft(rcfg)
         rounds_info = [{"round": r["round"], "dev_intent_accuracy": r["dev"]["intent_accuracy"],
@@ -166,104 +324,151 @@ class Experiment:
                         "mean_reward_all": r["acceptance"]["mean_reward_all"],
                         "mean_reward_kept": r["acceptance"]["mean_reward_kept"],
                         "candidates_per_second": r["candidates_per_second"]} for r in summary["rounds"]]
-        return self._finish(name, summary["best_dir"], t0, {"rounds": rounds_info, "best_round": summary["best_round"],
-                                                            "pool_manifest": values["pool_manifest"]})
+        return self._finish(seed, name, summary["best_dir"], t0, {
+            "rounds": rounds_info, "best_round": summary["best_round"],
+            "init_dev_intent_accuracy": summary["init_dev"]["intent_accuracy"], "pool_manifest": values["pool_manifest"]})
 
     def diagnostics(self, result: dict) -> list[dict]:
         """Oracle diagnostics of each persisted round of an RSFT condition (assistant.rsft.diagnostics)."""
         from assistant.rsft.diagnostics import diagnose_round_dir
 
-        pool = result.get("pool_manifest") or self.paths["slice" if result["name"].startswith("f_") else "pool"]
+        pool = result.get("pool_manifest") or self.pool_path
         out = []
         for rd in result.get("rounds", []):
-            folder = self.out / result["name"] / f"round_{rd['round']}"
+            folder = self._dir(result["seed"], result["name"]) / f"round_{rd['round']}"
             if (folder / "scored.jsonl").is_file():
                 out.append({"round": rd["round"], **diagnose_round_dir(folder, pool)})
         return out
 
     def run(self) -> list[dict]:
+        """The main conditions for every seed, then the ablations for every seed; (a) first in each seed."""
         cfg = self.cfg
         want = lambda n: not cfg.only or any(n.startswith(o) for o in cfg.only)  # noqa: E731
-        results = []
-        a = self.supervised("a_supervised_slice", self.paths["slice"])
-        results.append(a)
-        A = a["model_dir"]
-        if want("b"):
-            results.append(self.rsft("b_pseudo_label", A, num_samples=0, rule="best_of_n", k=1,
-                                     rewards={"acoustic": 1.0}))
-        if want("c"):
-            results.append(self.rsft("c_rsft_label_free", A))
-        if want("d"):
-            results.append(self.rsft("d_rsft_gold_label", A, rewards={"label": 1.0}, reveal_labels=True))
-        if want("e"):
-            results.append(self.supervised("e_oracle_supervised", self.paths["slice+pool"]))
-        if want("f"):
-            results.append(self.rsft("f_rft_labelled_only", A, pool=self.paths["slice"], rewards={"label": 1.0},
-                                     rule="distinct_correct", bar=1.0, cap=4))
-        if cfg.ablation and want("x"):
-            for name, kw in [("x_beta_0.02", {"beta": 0.02}), ("x_beta_1.0", {"beta": 1.0}),
-                             ("x_n_4", {"num_samples": 4}), ("x_n_16", {"num_samples": 16}),
-                             ("x_rule_best_of_n", {"rule": "best_of_n", "k": 1}),
-                             ("x_rule_threshold_0.9", {"rule": "threshold", "tau": 0.9, "cap": 2}),
-                             # M = the reward's known maximum (verifier 1 + teacher log-lik 0), not the
-                             # utterance's best: an utterance whose best candidate is poor keeps nothing.
-                             ("x_bound_1.0", {"bound": 1.0})]:
-                results.append(self.rsft(name, A, rounds=1, **kw))
-        return results
+        results, starts = [], {}
 
-    def write_table(self, results: list[dict]) -> str:
-        by = {r["name"]: r for r in results}
-        a = by["a_supervised_slice"]["test"]["intent_accuracy"]
-        e = by.get("e_oracle_supervised", {}).get("test", {}).get("intent_accuracy")
-        lines = [
-            "# RSFT: label-scarce adaptation on the default corpus",
+        def start(seed: int) -> tuple[dict, str]:
+            if seed not in starts:
+                paths = self.seed_paths(seed)
+                a = self.supervised(seed, "a_supervised_slice", paths["slice"])
+                results.append(a)
+                starts[seed] = (paths, a["model_dir"])
+            return starts[seed]
+
+        specs = [(n, o) for n, o in rsft_conditions(cfg) if want(n)]
+        for phase in ("main", "ablation"):
+            todo = [(n, o) for n, o in specs if n.startswith("x_") == (phase == "ablation")]
+            for seed in cfg.seeds:
+                if phase == "ablation" and not todo:
+                    break
+                paths, init = start(seed)
+                for name, overrides in todo:
+                    results.append(self.rsft(seed, name, paths, init, self.text_pass(seed, init), overrides))
+                if phase == "main" and want("e"):
+                    results.append(self.supervised(seed, "e_oracle_supervised", paths["slice+pool"]))
+        order = {n: i for i, n in enumerate(condition_names(cfg))}
+        return sorted(results, key=lambda r: (order.get(r["name"], len(order)), cfg.seeds.index(r["seed"])))
+
+    # -- the table -------------------------------------------------------------------------------
+    def _header(self) -> list[str]:
+        cfg, r = self.cfg, self.cfg.rsft
+        seeds = ", ".join(str(s) for s in cfg.seeds)
+        slices = "; ".join(f"seed {s}: {i['slice']} utterances of voices {', '.join(i['voices'])}"
+                           for s, i in sorted(self.seed_info.items()) if "slice" in i)
+        passes = "; ".join(f"seed {s}: weight {i['text_pass']['weight']:g}, stock bonus {i['text_pass']['stock_bonus']} "
+                           f"(dev intent acc {i['text_pass']['dev_intent_accuracy_alone']:.4f} alone -> "
+                           f"{i['text_pass']['dev_intent_accuracy_text_pass']:.4f} with the pass)"
+                           for s, i in sorted(self.seed_info.items()) if "text_pass" in i)
+        dev = lambda n: "all" if not n else str(n)   # noqa: E731
+        return [
+            "# RSFT: label-scarce adaptation on the field corpus",
             "",
             "Regenerate: `assistant experiment --config recipes/configs/experiment.yaml` "
-            f"(corpus `{self.cfg.corpus or 'data/generated/default'}`; the config says how to build it)",
+            f"(corpus `{cfg.corpus or 'data/generated/default'}`; written with "
+            f"`{Path(cfg.results_file).with_suffix('.json').name}`, the same numbers machine-readable).",
             "",
-            f"Labelled slice: {len(self.slice)} utterances of {len(self.slice_voices)} train voices "
-            f"({', '.join(self.slice_voices)}); pool: {len(self.pool)} utterances (labels hidden); "
-            f"dev: {self.cfg.train.dev_limit or 'all'} utterances for selection; test: {len(self.test)} utterances "
-            "(voices and phrasings unseen in train/pool). Seed "
-            f"{self.cfg.seed}; RSFT: {self.cfg.rsft.rounds} rounds, N={self.cfg.rsft.num_samples} samples + greedy, "
-            f"beta={self.cfg.rsft.beta}, {self.cfg.rsft.train.epochs} epochs per round.",
+            f"Seeds {seeds}: every condition runs once per seed; the labelled slice is drawn with the seed, so "
+            f"it differs per seed ({cfg.labelled_voices} train voice(s) each; {slices or '-'}). Pool: "
+            f"{len(self.pool)} field utterances (labels hidden). Selection on {dev(cfg.train.dev_limit)} dev clips "
+            f"(supervised) / {dev(r.train.dev_limit)} (RSFT rounds); test: {len(self.test)} clips (the field: "
+            "unseen voices; field and novel phrasings).",
             "",
-            "| condition | test intent acc | frame acc | slot F1 | SLU-F1 | WER | invalid | gap closed | minutes |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"c (label-free RSFT, {RSFT_RECIPE}): rounds {r.rounds}; N={r.num_samples} samples + greedy + readings "
+            f"{r.readings} (the stock one where (a)'s text pass uses it); rewards {r.rewards}; rule {r.rule}; "
+            f"min_vote {r.min_vote:g}, min_text_confidence "
+            f"{r.min_text_confidence:g}; {r.transcript_target} transcript targets; each round {r.train.epochs} "
+            f"epoch(s) at lr {r.train.lr:g}, freeze_encoder_layers {r.train.freeze_encoder_layers}, lora_rank "
+            f"{r.train.lora_rank}. (a)/(e): {cfg.train.epochs} epochs at lr {cfg.train.lr:g}, freeze_encoder_layers "
+            f"{cfg.train.freeze_encoder_layers}, lora_rank {cfg.train.lora_rank}.",
+            "",
+            f"Text pass of (a) chosen on dev (the agreement weight and stock bonus of b' and c): {passes or '-'}.",
+            "",
+            "Gap closed = (mean - mean a) / (mean e - mean a). The selected round is the RSFT round dev chose; "
+            "\"fell back to start\" marks a seed where no round beat the starting model (a) on dev: that row "
+            "then reports (a)'s test score for the seed.",
         ]
-        for r in results:
-            t = r["test"]
-            gap = (f"{(t['intent_accuracy'] - a) / (e - a):+.0%}" if e is not None and e != a else "-")
-            lines.append(f"| {r['name']} | {t['intent_accuracy']:.4f} | {t['frame_accuracy']:.4f} | {t['slot_f1']:.4f} | "
-                         f"{t['slu_f1']:.4f} | {t['wer']:.4f} | {t['invalid_rate']:.4f} | {gap} | {r['minutes']} |")
+
+    def write_table(self, results: list[dict]) -> str:
+        cfg = self.cfg
+        seeds = cfg.seeds
+        summary = summarize(results, seeds)
+        by = {(r["name"], r["seed"]): r for r in results}
+        lines = self._header() + [
+            "",
+            f"| condition | test intent acc (mean of {len(seeds)}) | per seed ({', '.join(map(str, seeds))}) | "
+            "spread (max - min) | gap closed | selected round per seed | frame acc | slot F1 | SLU-F1 | WER | "
+            "invalid | minutes (all seeds) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        f4 = lambda x: "-" if x is None else f"{x:.4f}"   # noqa: E731
+        for name, s in summary.items():
+            present = [by[(name, sd)]["test"] for sd in seeds if (name, sd) in by]
+            vals = [v for v in s["test_intent_accuracy_per_seed"] if v is not None]
+            spread = max(vals) - min(vals) if vals else None
+            gap = "-" if s["gap_closed"] is None else f"{s['gap_closed']:+.0%}"
+            if name in SUPERVISED:
+                rounds = "-"
+            else:
+                rounds = ", ".join("-" if rd is None else (f"{rd} (fell back to start)" if fb else str(rd))
+                                   for rd, fb in zip(s["selected_round"], s["fell_back_to_start"]))
+            metric = lambda k: f4(_mean([t[k] for t in present]))   # noqa: E731
+            minutes = sum(by[(name, sd)].get("minutes", 0) for sd in seeds if (name, sd) in by)
+            lines.append(f"| {name} | {f4(s['test_intent_accuracy_mean'])} | "
+                         f"{', '.join(f4(v) for v in s['test_intent_accuracy_per_seed'])} | {f4(spread)} | {gap} | "
+                         f"{rounds} | {metric('frame_accuracy')} | {metric('slot_f1')} | {metric('slu_f1')} | "
+                         f"{metric('wer')} | {metric('invalid_rate')} | {minutes:.1f} |")
         lines += ["", "Per RSFT round (dev accuracy; acceptance; oracle-only precision of the kept frames):", "",
-                  "| condition | round | dev intent acc | acceptance rate | kept-frame precision | kept nothing | mean reward all → kept | cand/s |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| condition | seed | round | dev intent acc | acceptance rate | kept-frame precision | kept nothing | "
+                  "mean reward all → kept | cand/s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in results:
             for rd in r.get("rounds", []):
                 prec = rd["kept_frame_precision"]
-                lines.append(f"| {r['name']} | {rd['round']} | {rd['dev_intent_accuracy']:.4f} | "
-                             f"{(rd['acceptance_rate'] or 0):.3f} | {'-' if prec is None else f'{prec:.3f}'} | {rd['kept_nothing']} | "
-                             f"{(rd['mean_reward_all'] or 0):.3f} → {(rd['mean_reward_kept'] or 0):.3f} | {rd['candidates_per_second']} |")
+                lines.append(f"| {r['name']} | {r['seed']} | {rd['round']} | {rd['dev_intent_accuracy']:.4f} | "
+                             f"{(rd['acceptance_rate'] or 0):.3f} | {'-' if prec is None else f'{prec:.3f}'} | "
+                             f"{rd['kept_nothing']} | {(rd['mean_reward_all'] or 0):.3f} → "
+                             f"{(rd['mean_reward_kept'] or 0):.3f} | {rd['candidates_per_second']} |")
         lines += ["", "Why (oracle diagnostics of each round's candidates, `assistant.rsft.diagnostics`; correct = "
                   "intent exact): coverage = some candidate correct; greedy = the argmax candidate correct; on "
                   "utterances with both correct and wrong candidates, how often the top-reward one is correct vs the "
                   "greedy one, and the reward's AUC there; precision of the kept frames.", "",
-                  "| condition | round | coverage | greedy acc | mixed utts | top-reward acc | greedy acc (mixed) | "
+                  "| condition | seed | round | coverage | greedy acc | mixed utts | top-reward acc | greedy acc (mixed) | "
                   "reward AUC | kept precision | kept frame precision | kept greedy share |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         fmt = lambda x: "-" if x is None else f"{x:.3f}"   # noqa: E731
         for r in results:
             r["diagnostics"] = self.diagnostics(r) if r.get("rounds") else []
             for d in r["diagnostics"]:
-                lines.append(f"| {r['name']} | {d['round']} | {fmt(d['oracle_coverage'])} | {fmt(d['greedy_accuracy'])} | "
-                             f"{d['mixed_utterances']} | {fmt(d['pick_accuracy'])} | {fmt(d['greedy_accuracy_mixed'])} | "
-                             f"{fmt(d['reward_auc'])} | {fmt(d['kept_precision'])} | {fmt(d['frame_kept_precision'])} | "
-                             f"{fmt(d['kept_greedy_share'])} |")
+                lines.append(f"| {r['name']} | {r['seed']} | {d['round']} | {fmt(d['oracle_coverage'])} | "
+                             f"{fmt(d['greedy_accuracy'])} | {d['mixed_utterances']} | {fmt(d['pick_accuracy'])} | "
+                             f"{fmt(d['greedy_accuracy_mixed'])} | {fmt(d['reward_auc'])} | {fmt(d['kept_precision'])} | "
+                             f"{fmt(d['frame_kept_precision'])} | {fmt(d['kept_greedy_share'])} |")
         text = "\n".join(lines) + "\n"
-        path = REPO_ROOT / self.cfg.results_file
+        path = REPO_ROOT / cfg.results_file
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+        table = {"conditions": summary, "config": asdict(cfg), "n_test": len(self.test)}
+        path.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+        self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
         return text
 
@@ -274,7 +479,13 @@ def cli(argv: list[str]) -> int:
     add_dataclass_arguments(ap, ExperimentConfig)
     cfg = parse_config(ExperimentConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from assistant.data.manifest import ManifestError
+
     exp = Experiment(cfg)
-    exp.setup()
+    try:
+        exp.setup()
+    except ManifestError as e:
+        print(f"assistant experiment: {e}", file=sys.stderr)
+        return 2
     print(exp.write_table(exp.run()))
     return 0
