@@ -182,8 +182,9 @@ def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path) -> dict
 
 
 def compare_round_dir(round_dir: str | Path, pool_manifest: str | Path, fresh: list[str],
-                      target_model: str = "base") -> dict:
-    """``compare_rewards`` on a persisted round; ``fresh``: rewards to compute now (``target_likelihood``)."""
+                      target_model: str = "base", limit: int = 0) -> dict:
+    """``compare_rewards`` on a persisted round; ``fresh``: rewards to compute now (``target_likelihood``);
+    ``limit``: only the first this many utterances of the round (0: all)."""
     from assistant.data.manifest import read_manifest
     from assistant.rsft.rewards import build_reward_fns
     from assistant.rsft.types import Scored, group_by_utterance, read_records
@@ -191,6 +192,9 @@ def compare_round_dir(round_dir: str | Path, pool_manifest: str | Path, fresh: l
     pool = read_manifest(pool_manifest)
     gold = {u.id: (u.intent, dict(u.slots)) for u in pool}
     scored = read_records(Path(round_dir) / "scored.jsonl", Scored)
+    if limit:
+        keep = set(list(dict.fromkeys(s.utt_id for s in scored))[:limit])
+        scored = [s for s in scored if s.utt_id in keep]
     extra = {}
     if fresh:
         resources = {}
@@ -227,11 +231,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--compare", nargs="*", default=None, metavar="REWARD",
                     help="rank candidates by each reward alone; REWARDs named here are computed afresh")
     ap.add_argument("--target-model", default="base", help="target_likelihood's stock Whisper")
+    ap.add_argument("--limit", type=int, default=0, help="--compare: the round's first N utterances (0: all)")
     args = ap.parse_args(argv)
     if args.compare is None:
         print(json.dumps(diagnose_round_dir(args.round_dir, args.pool_manifest), indent=1))
     else:
-        print(json.dumps(compare_round_dir(args.round_dir, args.pool_manifest, args.compare, args.target_model),
+        print(json.dumps(compare_round_dir(args.round_dir, args.pool_manifest, args.compare, args.target_model,
+                                           args.limit),
                          indent=1))
     return 0
 
