@@ -3,6 +3,7 @@
     assistant bench --config recipes/configs/bench.yaml --model runs/main/final [--threads 1]
     assistant bench ... --reuse-peer runs/bench/old.json     # reuse the cascade's accuracy (saves ~30 min)
     assistant bench --quick                                  # tiny random model, few clips (smoke test)
+    assistant bench --sampler [--json]                       # RSFT sampler vs transformers generate (minutes)
 
 A full run takes ~10 min on one core, plus ~30 min for the cascade's accuracy on 200 utterances (stock
 Whisper pads to 30 s and sometimes loops to its 448-token limit) unless ``--reuse-peer`` names an earlier
@@ -1061,6 +1062,10 @@ def run_bench(cfg: BenchConfig) -> dict:
 def cli(argv: list[str]) -> int:
     if argv and argv[0] == "_probe":
         return _probe_main(argv[1:])
+    if "--sampler" in argv:       # RSFT sampling speed, ours vs transformers generate (assistant.bench_sampler)
+        from assistant.bench_sampler import cli as sampler_cli
+
+        return sampler_cli([a for a in argv if a != "--sampler"])
     ap = argparse.ArgumentParser(prog="assistant bench", description=__doc__, conflict_handler="resolve",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(ap, BenchConfig)

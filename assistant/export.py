@@ -538,7 +538,7 @@ def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="assistant export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="model folder (saved by `assistant train`/`rsft`); "
-                                                "'' = the packaged Whisper tiny.en")
+                                                "'' or tiny.en = the packaged Whisper tiny.en, base = packaged base")
     ap.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     ap.add_argument("--quantize", default="none", choices=["none", "int8"],
                     help="also write int8 dynamic-quantised graphs (*.int8.onnx)")
@@ -547,9 +547,10 @@ def cli(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from assistant.model.packaged import is_packaged_name
     from assistant.model.slu import SLUModel
 
-    if args.model and not Path(args.model).is_dir():
+    if args.model and not is_packaged_name(args.model) and not Path(args.model).is_dir():
         print(f"assistant export: model folder not found: {args.model} "
               "(train one with `assistant train`, or omit --model for the packaged Whisper tiny.en)", file=sys.stderr)
         return 2

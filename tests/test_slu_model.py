@@ -321,6 +321,25 @@ def test_save_load_roundtrip(trained, tmp_path):
     assert set(model.vocab.ids.tolist()) < set(extended.vocab.ids.tolist())
 
 
+def test_saved_task_prefixes_are_used_on_load(tmp_path):
+    """A folder decodes behind the prefixes it was trained with (slu_config.json), so the default
+    multilingual SLU prefix can change without breaking saved checkpoints."""
+    model = SLUModel.tiny_random(TARGETS, packaged="base")
+    out = model.save_pretrained(tmp_path / "multi")
+    saved = json.loads((out / "slu_config.json").read_text())
+    assert saved["slu_prefix"] == ["<|startoftranscript|>", "<|haw|>", "<|transcribe|>", "<|notimestamps|>"]
+    assert SLUModel.from_pretrained(out).slu_prefix == model.slu_prefix
+    saved["slu_prefix"] = ["<|startoftranscript|>", "<|la|>", "<|transcribe|>", "<|notimestamps|>"]
+    (out / "slu_config.json").write_text(json.dumps(saved))
+    loaded = SLUModel.from_pretrained(out)
+    assert loaded.slu_prefix == model.tokenizer.convert_tokens_to_ids(saved["slu_prefix"])
+    assert loaded.asr_prefix == model.asr_prefix
+    saved["slu_prefix"][1] = "<|nonsense|>"
+    (out / "slu_config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="lacks"):
+        SLUModel.from_pretrained(out)
+
+
 def test_from_pretrained_missing_folder_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model folder"):
         SLUModel.from_pretrained(tmp_path / "nope")

