@@ -1,0 +1,113 @@
+"""Markdown tables from one or more main-job runs (``runs/<name>/summary.json``), side by side.
+
+    python -m assistant.report runs/main runs/main_seed1
+
+For each system of the test table: intent accuracy per run, their mean and spread (max - min), slot F1,
+WER and the per-part accuracies (mean over runs); the engine x condition cells of each run; the dev
+choice and each RSFT round's diagnostics. README's measured numbers are printed by this command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(run_dirs: list[str]) -> list[tuple[str, dict]]:
+    out = []
+    for d in run_dirs:
+        path = Path(d) / "summary.json"
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found; run `assistant run --output-dir {d}` first")
+        out.append((Path(d).name, json.loads(path.read_text())))
+    return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def system_key(name: str) -> str:
+    """'final = rsft round 1 + text pass' -> 'final': runs may ship different speech models."""
+    return name.split(" = ")[0] if name.startswith("final") else name
+
+
+def test_table(runs: list[tuple[str, dict]]) -> str:
+    names: list[str] = []
+    for _, s in runs:
+        names += [system_key(n) for n in s["test"] if system_key(n) not in names]
+    head = " | ".join(f"intent ({r})" for r, _ in runs)
+    lines = [f"| system | {head} | mean | spread | slot F1 | WER | field | novel |",
+             "|---|" + "---|" * (len(runs) + 6)]
+    for key in names:
+        rows = [next((r for n, r in s["test"].items() if system_key(n) == key), None) for _, s in runs]
+        parts = [next((p for n, p in s.get("test_by_part", {}).items() if system_key(n) == key), {}) for _, s in runs]
+        have = [r for r in rows if r is not None]
+        accs = [r["intent_accuracy"] for r in have]
+        cells = " | ".join("-" if r is None else f"{r['intent_accuracy']:.4f}" for r in rows)
+        part = {p: _mean([x[p] for x in parts if p in x]) for p in ("field", "novel") if any(p in x for x in parts)}
+        lines.append(f"| {key} | {cells} | {_mean(accs):.4f} | {max(accs) - min(accs):.4f} | "
+                     f"{_mean([r['slot_f1'] for r in have]):.4f} | {_mean([r['wer'] for r in have]):.4f} | "
+                     f"{part.get('field', float('nan')):.4f} | {part.get('novel', float('nan')):.4f} |")
+    shipped = [next(n for n in s["test"] if n.startswith("final")) for _, s in runs if any(n.startswith("final") for n in s["test"])]
+    return "\n".join(lines) + ("\n\nshipped: " + "; ".join(f"{r}: {n}" for (r, _), n in zip(runs, shipped)) if shipped else "")
+
+
+def cells_table(runs: list[tuple[str, dict]]) -> str:
+    lines = ["| engine | condition | n | " + " | ".join(f"shipped ({r}) | stock cascade ({r})" for r, _ in runs) + " |",
+             "|---|---|---|" + "---|---|" * len(runs)]
+    first = runs[0][1]["test_by_engine_condition"]
+    for engine, conds in first.items():
+        for cond, cell in conds.items():
+            vals = []
+            for _, s in runs:
+                c = s["test_by_engine_condition"].get(engine, {}).get(cond, {})
+                vals.append(f"{c.get('shipped', float('nan')):.4f} | {c.get('stock_cascade', float('nan')):.4f}")
+            lines.append(f"| {engine} | {cond} | {cell['n']} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def rounds_table(runs: list[tuple[str, dict]]) -> str:
+    lines = ["| run | round | dev intent | kept / candidates | abstained | kept precision | seen | field | "
+             "frame AUC | coverage (samples) | greedy | field: corrected / corrupted / abstained on greedy-wrong |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in runs:
+        for r in s.get("rsft_rounds") or []:
+            acc, q = r["acceptance"], r["oracle_diagnostics"]
+            parts = q.get("per_part", {})
+            teach = q.get("teaches", {}).get("field", {})
+            fmt = lambda x: "-" if x is None else f"{x:.3f}"   # noqa: E731
+            lines.append(
+                f"| {name} | {r['round']} | {r['dev']['intent_accuracy']:.4f} | {acc['n_accepted']} / {acc['n_candidates']} | "
+                f"{acc['n_utterances_kept_nothing'] / max(r['utterances'], 1):.3f} | {fmt(q.get('kept_frame_precision'))} | "
+                f"{fmt(parts.get('seen', {}).get('kept_frame_precision'))} | {fmt(parts.get('field', {}).get('kept_frame_precision'))} | "
+                f"{fmt(q.get('frame_reward_auc'))} | {fmt(q.get('frame_oracle_coverage'))} | {fmt(q.get('frame_greedy_accuracy'))} | "
+                f"{teach.get('corrected', '-')} / {teach.get('corrupted', '-')} / {teach.get('abstained_greedy_wrong', '-')} |")
+    return "\n".join(lines)
+
+
+def choice_lines(runs: list[tuple[str, dict]]) -> str:
+    out = []
+    for name, s in runs:
+        nlu = s.get("nlu") or {}
+        by_model = ", ".join(f"{k} {v:.4f}" for k, v in (nlu.get("dev_intent_accuracy_by_model") or {}).items())
+        out.append(f"- {name}: dev (speech model + text pass) {by_model}; ships {nlu.get('speech_model')} "
+                   f"(weight {nlu.get('weight')}, stock bonus {nlu.get('stock_bonus')}); stock cascade on dev "
+                   f"{nlu.get('dev_stock_cascade_accuracy', float('nan')):.4f}; stage seconds "
+                   + ", ".join(f"{k} {v:.0f}" for k, v in s.get("timings_s", {}).items()))
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    runs = load(argv)
+    print("## test (600 clips)\n\n" + test_table(runs) + "\n\n## test per engine x condition\n\n" + cells_table(runs)
+          + "\n\n## RSFT rounds\n\n" + rounds_table(runs) + "\n\n## dev choice\n\n" + choice_lines(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
