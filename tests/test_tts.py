@@ -42,12 +42,49 @@ def test_espeak_params_change_the_clip():
 
 
 def test_espeak_is_deterministic_whatever_came_before():
-    # libespeak-ng keeps a pitch-flutter phase between clips; forking per clip makes it irrelevant
+    # libespeak-ng keeps a pitch-flutter phase between clips; its server forks per clip
     a, b = (v for v in tts.list_voices(["espeak"]) if v.params["voice"] in ("en-us+m3", "en+f2"))
     first, _ = tts.synthesize(a, SENTENCE)
     tts.synthesize(b, "something else entirely to move the internal state")
     again, _ = tts.synthesize(a, SENTENCE)
     assert np.array_equal(first, again)
+
+
+def test_espeak_runs_outside_the_calling_process_and_matches_a_fresh_interpreter():
+    # A child forked from a long-lived caller once turned this sentence into the same 0.53 s clip
+    # whatever the voice; the library now lives in its own server process, so the caller's history
+    # cannot reach it: a brand-new interpreter must produce the very same samples.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    voice = next(v for v in tts.list_voices(["espeak"]) if v.params["voice"] == "en-us+m3")
+    here, _ = tts.synthesize(voice.with_params(seed=3), SENTENCE)
+    assert "libespeak-ng" not in Path("/proc/self/maps").read_text()
+    code = ("import sys; from assistant.data import tts; "
+            "v = next(v for v in tts.list_voices(['espeak']) if v.params['voice'] == 'en-us+m3'); "
+            f"sys.stdout.buffer.write(tts.synthesize(v.with_params(seed=3), {SENTENCE!r})[0].tobytes())")
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    assert np.array_equal(here, np.frombuffer(fresh, dtype=np.float32))
+
+
+def test_espeak_after_a_fork_of_the_caller_gets_its_own_server():
+    import os
+
+    voice = next(v for v in tts.list_voices(["espeak"]) if v.params["voice"] == "en-us+m3")
+    parent, _ = tts.synthesize(voice, SENTENCE)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            child, _ = tts.synthesize(voice, SENTENCE)
+            code = 0 if np.array_equal(child, parent) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    again, _ = tts.synthesize(voice, SENTENCE)      # the parent's server is untouched by the child
+    assert np.array_equal(again, parent)
 
 
 def test_piper_joe_speaks_and_is_reproducible_per_seed():

