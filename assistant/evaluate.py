@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from assistant.data.manifest import Utterance, read_manifest
 from assistant.inference import Prediction, predict_files
-from assistant.metrics import grouped_accuracy, normalise_text, score_frames
+from assistant.metrics import grouped_accuracy, score_frames
+from assistant.text import normalize_text
 
 
 def predict_manifest(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
@@ -63,8 +64,6 @@ def by_engine_condition(utterances: list[Utterance], systems: dict[str, list[Pre
 
 def stock_cascade_predictions(teacher, utterances: list[Utterance], stock: list[str]) -> list[Prediction]:
     """The peer a user would build with no training: stock Whisper's transcript -> our text NLU."""
-    from assistant.rsft.teacher import normalize_text
-
     words = [normalize_text(t) for t in stock]
     read = iter(teacher.predict([w for w in words if w]))
     preds = []
@@ -105,7 +104,7 @@ def error_sources(pairs: list[tuple[Utterance, Prediction]], correct: list[bool]
     """Where the intent errors come from: clips whose transcript is word-exact (errors there are the
     NLU's: unseen phrasings) vs the rest (errors there start with a mis-heard word). Tells a user
     whether more speech data or more text/phrasings will pay. Empty when the manifest has no transcripts."""
-    scored = [(normalise_text(p.transcript or "") == normalise_text(u.text), ok)
+    scored = [(normalize_text(p.transcript) == normalize_text(u.text), ok)
               for (u, p), ok in zip(pairs, correct) if u.text]
     if not scored:
         return {}

@@ -71,7 +71,9 @@ def frame_to_dict(frame: Frame) -> dict[str, Any]:
     return {"intent": frame.intent, "slots": dict(frame.slots), "transcript": frame.transcript}
 
 
-def _normalise_space(text: str) -> str:
+def _collapse_spaces(text: str) -> str:
+    """Whitespace only, on purpose not ``assistant.text.normalize_text``: the parser reports the value
+    the model wrote (case, digits, punctuation kept); metrics and rewards normalise when they compare."""
     return " ".join(text.split())
 
 
@@ -89,7 +91,7 @@ def _parse_slots(text: str) -> tuple[dict[str, str], str]:
             error = error or f"slot {item!r} has no '=' (expected name=value)"
             continue
         name, value = item.split("=", 1)
-        name, value = name.strip(), _normalise_space(value)
+        name, value = name.strip(), _collapse_spaces(value)
         if not _SLOT_NAME_RE.match(name):
             error = error or f"bad slot name {name!r} (lower-case letters, digits, '_')"
             continue

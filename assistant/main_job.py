@@ -257,11 +257,10 @@ def stock_wer_by_speaker(test, test_stock, dev, dev_stock) -> dict:
     must stay intelligible (a speaker stock Whisper cannot follow is a bad voice, not a hard test)."""
     from assistant.evaluate import engine_of
     from assistant.metrics import wer
-    from assistant.rsft.teacher import normalize_text
 
-    pairs = [(u, normalize_text(t)) for u, t in list(zip(test, test_stock)) + list(zip(dev, dev_stock))]
+    pairs = list(zip(test, test_stock)) + list(zip(dev, dev_stock))
     def score(rows):
-        return wer([normalize_text(u.text) for u, _ in rows], [h for _, h in rows])
+        return wer([u.text for u, _ in rows], [h for _, h in rows])     # wer normalises both
     engines = sorted({engine_of(u) for u, _ in pairs})
     speakers = sorted({u.speaker for u, _ in pairs if engine_of(u) == "kokoro"})
     return {"by_engine": {e: score([p for p in pairs if engine_of(p[0]) == e]) for e in engines},

@@ -1,37 +1,42 @@
 """SLU metrics over plain frames: intent accuracy, slot F1, SLU-F1 (SLURP's definition), WER.
 
 Pure functions over (gold, predicted) pairs, no model: evaluation, rewards and benchmarks share them.
+Every text is compared after ``assistant.text.normalize_text`` (the grammar's spoken word form); word and
+character alignments are jiwer's.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping, Sequence
+
+import jiwer
+
+from assistant.text import normalize_text
 
 
-def normalise_text(text: str) -> str:
-    return " ".join(str(text).lower().replace(",", " ").replace(".", " ").replace("?", " ").split())
+def _edits(references: str | list[str], hypotheses: str | list[str], level: str = "word") -> tuple[int, int]:
+    """(substitutions + deletions + insertions, reference length) between normalised strings (or equally
+    long lists of them, summed), over words or characters (spaces count), by jiwer's alignment."""
+    process = jiwer.process_words if level == "word" else jiwer.process_characters
+    out = process(references, hypotheses)
+    return out.substitutions + out.deletions + out.insertions, out.hits + out.substitutions + out.deletions
 
 
-def edit_distance(a: list | str, b: list | str) -> int:
-    """Levenshtein distance over words (lists) or characters (strings)."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
+def wer(references: Sequence[str], hypotheses: Sequence[str | None]) -> float:
+    """Corpus WER: total word edits / total reference words, both sides through
+    ``assistant.text.normalize_text`` first.
 
-
-def wer(references: Iterable[str], hypotheses: Iterable[str]) -> float:
-    """Corpus WER: total word edits / total reference words."""
-    edits = words = 0
-    for ref, hyp in zip(references, hypotheses):
-        r, h = normalise_text(ref).split(), normalise_text(hyp or "").split()
-        edits += edit_distance(r, h)
-        words += len(r)
+    An empty hypothesis (None or "") costs one deletion per reference word; an empty reference costs one
+    insertion per hypothesis word; with no reference words at all the edits are divided by 1. No pairs: 0.
+    """
+    references, hypotheses = list(references), list(hypotheses)
+    if len(references) != len(hypotheses):
+        raise ValueError(f"wer: {len(references)} references but {len(hypotheses)} hypotheses")
+    if not references:
+        return 0.0
+    edits, words = _edits([normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses])
     return edits / max(words, 1)
 
 
@@ -43,17 +48,15 @@ def _f1(tp: float, fp: float, fn: float) -> float:
 
 def slot_counts(gold: Mapping[str, str], pred: Mapping[str, str]) -> tuple[int, int, int]:
     """Exact (name, value) pairs: true positives, false positives, false negatives."""
-    g = Counter((k, normalise_text(v)) for k, v in gold.items())
-    p = Counter((k, normalise_text(v)) for k, v in pred.items())
+    g = Counter((k, normalize_text(v)) for k, v in gold.items())
+    p = Counter((k, normalize_text(v)) for k, v in pred.items())
     tp = sum((g & p).values())
     return tp, sum(p.values()) - tp, sum(g.values()) - tp
 
 
 def _span_distance(gold: str, pred: str, level: str) -> float:
-    g, p = normalise_text(gold), normalise_text(pred)
-    if level == "word":
-        g, p = g.split(), p.split()
-    return min(1.0, edit_distance(g, p) / max(len(g), 1))
+    edits, length = _edits(normalize_text(gold), normalize_text(pred), level)
+    return min(1.0, edits / max(length, 1))
 
 
 def slu_f1_counts(gold: Mapping[str, str], pred: Mapping[str, str]) -> tuple[float, float, float]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from assistant.frames import Frame, format_frame
-from assistant.rsft.teacher import normalize_text
+from assistant.text import normalize_text
 
 NLU_DIR = "nlu"
 NLU_FILE = "nlu.json"

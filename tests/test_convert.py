@@ -7,19 +7,20 @@ import shutil
 import struct
 import subprocess
 
-import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from assistant.metrics import wer
 from assistant.model import packaged
 from assistant.model.convert import (ConversionError, build_tokenizer, cli, convert_once, count_ct2_weight_tensors,
                                      ct2_to_hf_state_dict, default_pretrained_dir, packaged_ct2_config,
                                      packaged_ct2_dir, pretrained_dir, read_ct2, special_token_ids,
                                      whisper_config_from_tensors)
 from assistant.paths import REPO_ROOT
+from assistant.text import normalize_text
 
 FIXTURE_CLIP = (REPO_ROOT / "tests" / "fixtures" / "fsc" / "wavs" / "speakers" / "piperJoeMedium01"
                 / "turn_on_the_lights_in_the_kitchen.wav")
@@ -140,9 +141,7 @@ def test_converted_model_transcribes_real_speech(converted_dir, tmp_path):
     with torch.no_grad():
         ids = model.generate(features, max_new_tokens=40)
     hypothesis = processor.batch_decode(ids, skip_special_tokens=True)[0]
-    normalise = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.Strip(),
-                               jiwer.RemoveMultipleSpaces()])
-    assert jiwer.wer(text, normalise(hypothesis)) <= 0.2, hypothesis
+    assert wer([text], [hypothesis]) <= 0.2, hypothesis
 
 
 def test_cli_reports_existing_conversion(converted_dir, capsys):
@@ -277,9 +276,7 @@ def test_base_stock_prompt_transcribes_like_transformers_generate(base_dir):
 
     # transcribe(): transformers' generate (language="en", task="transcribe") on the same 30 s log-mels.
     assert model.transcribe([wave], max_new_tokens=40, context_seconds=30.0) == [ours]
-    normalise = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.Strip(),
-                               jiwer.RemoveMultipleSpaces()])
-    assert normalise(ours) == "turn on the lights in the kitchen", ours
+    assert normalize_text(ours) == "turn on the lights in the kitchen", ours
 
     # The SLU prefix is one the multilingual model never uses for English ASR: not the stock prompt,
     # not <|translate|> (which it uses for real), and not <|en|> + a task token.

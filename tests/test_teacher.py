@@ -17,7 +17,7 @@ from assistant.frames import Frame
 from assistant.rsft import teacher as teacher_mod
 from assistant.rsft.teacher import (LOGP_FLOOR, MISSING_SLOT_LOGP, UNPARSEABLE_SCORE, TeacherError,
                                     TeacherReward, TextTeacher, augment_words, bio_tags, default_sentences,
-                                    locate_slots, minilm_dir, normalize_text, spans_from_tags,
+                                    locate_slots, minilm_dir, spans_from_tags,
                                     training_fingerprint)
 from assistant.schema import load_schema
 
@@ -27,21 +27,6 @@ TRAIN_PER_TEMPLATE = 4
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
-
-@pytest.mark.parametrize("raw, spoken", [
-    ("Set an alarm for 7:30 a.m.!", "set an alarm for seven thirty a m"),
-    ("Wake me at 7:05pm", "wake me at seven oh five p m"),
-    ("Turn the volume to 25%.", "turn the volume to twenty five percent"),
-    ("On March 3rd", "on march third"),
-    ("What's the \"weather\" in New-York?", "whats the weather in new york"),
-    ("Set a timer for 1,500 seconds", "set a timer for one thousand five hundred seconds"),
-    ("Make sure I'm awake by 6.15.", "make sure im awake by six fifteen"),      # Whisper's clock times
-    ("Set the volume to 2.5", "set the volume to two point five"),
-    ("", ""),
-])
-def test_normalize_text_turns_asr_output_into_spoken_words(raw, spoken):
-    assert normalize_text(raw) == spoken
-
 
 def test_locate_slots_places_longest_values_first_and_reports_missing():
     words = "set an alarm for seven thirty a m and seven".split()

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from assistant.text import normalize_text
+
 log = logging.getLogger(__name__)
 
 
@@ -130,15 +132,6 @@ FSC_COLUMNS = ("path", "speakerId", "transcription", "action", "object", "locati
 _SLURP_KEYS = ("slurp_id", "recordings", "sentence_annotation")
 _MAX_LOGGED_SKIPS = 20  # per file; a summary line counts the rest
 _SAMPLE_ROWS = 20       # rows used to work out where a corpus keeps its audio
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case words only, the way our grammar writes sentences: punctuation becomes spaces, but
-    in-word apostrophes stay ("what's", "o'clock")."""
-    text = str(text).lower().replace("\u2019", "'")
-    text = re.sub(r"[^\w']+|_", " ", text)
-    text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)
-    return " ".join(text.split())
 
 
 class _Skipper:
@@ -265,7 +258,9 @@ def read_manifest(path: str | Path, audio_root: str | Path | None = None, format
       Slots come from ``sentence_annotation`` (``[type : value]``); speakers from ``metadata.json``
       next to the file if present, else from the recording's file name.
 
-    FSC/SLURP transcripts are normalised (``normalize_text``); the original goes to ``meta['raw_text']``.
+    FSC/SLURP transcripts and slot values are normalised (``assistant.text.normalize_text``: the grammar's
+    spoken word form, so imported targets spell words as generated ones do); the original goes to
+    ``meta['raw_text']``.
     Rows that cannot be used are skipped with a warning naming file:line (``strict=True`` raises
     instead); a file of the wrong shape raises ``ManifestError``.
     """

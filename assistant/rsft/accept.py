@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from assistant.metrics import normalise_text
 from assistant.rsft.types import Decision, Scored
+from assistant.text import normalize_text
 
 
 class AcceptError(ValueError):
@@ -196,7 +196,7 @@ def threshold(scored: list[Scored], rng: np.random.Generator | None = None, *, t
 def distinct_key(s: Scored) -> tuple:
     """Candidates with the same intent, slots and transcript (normalised) count as one."""
     key = s.candidate.frame_key()
-    return ("<unparsed>", normalise_text(s.candidate.text)) if key is None else key
+    return ("<unparsed>", normalize_text(s.candidate.text)) if key is None else key
 
 
 def distinct_correct(scored: list[Scored], rng: np.random.Generator | None = None, *, bar: float,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from assistant.frames import Frame, format_frame, parse_frame
+from assistant.text import normalize_text
 
 READING_SOURCES = ("text", "stock")
 
@@ -47,8 +48,6 @@ class Reader:
                 for t, (intent, slots, _) in zip(transcripts, self.teacher.predict(transcripts))]
 
     def stock_transcripts(self, model, waves) -> list[str]:
-        from assistant.rsft.teacher import normalize_text
-
         if not model.has_stock_path:      # no adapters: the "stock" prompt would not be the pretrained model
             return [""] * len(waves)
         return [normalize_text(t) for t in model.stock_greedy(model.stock_encode(waves))]

@@ -34,8 +34,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from assistant.data.manifest import Utterance
-from assistant.metrics import normalise_text, slot_counts, wer
+from assistant.metrics import slot_counts, wer
 from assistant.rsft.types import Candidate, Scored
+from assistant.text import normalize_text
 
 RewardFn = Callable[[list[Utterance], list[list[Candidate]]], list[list[float]]]
 
@@ -163,7 +164,7 @@ def _schema_or_default(schema):
 
 
 def _contains_words(text: str, phrase: str) -> bool:
-    return f" {normalise_text(phrase)} " in f" {normalise_text(text)} "
+    return f" {normalize_text(phrase)} " in f" {normalize_text(text)} "
 
 
 def verify(candidate: Candidate, schema=None) -> Verification:

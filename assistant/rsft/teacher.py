@@ -21,9 +21,9 @@ as the most confidently wrong tag"), as do slot names and intents the teacher do
 exception: a value the intent itself implies (FSC intents fix their object/location, e.g. ``heat`` for
 "turn the temperature up") is fine when absent — the intent term already scores it.
 
-Transcripts and slot values are normalised the same way first (lower case, digits and times spelled out,
-punctuation dropped), so a Whisper transcript like "Set an alarm for 7:30 a.m." matches the grammar's
-"seven thirty a m".
+Transcripts and slot values are normalised the same way first (``assistant.text.normalize_text``: lower
+case, digits and times spelled out, punctuation dropped), so a Whisper transcript like
+"Set an alarm for 7:30 a.m." matches the grammar's "seven thirty a m".
 
 Used as an RSFT reward (``teacher_reward`` / ``TeacherReward``) and as the text classifier of the
 cascade peer (Whisper ASR -> ``TextTeacher.predict``).
@@ -37,7 +37,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from assistant.paths import cache_dir
+from assistant.text import normalize_text, text_words
 
 LOGP_FLOOR = -10.0          # clamp for every log-probability term
 MISSING_SLOT_LOGP = -10.0   # slot value not found in the transcript (or slot / intent unknown)
@@ -64,81 +64,6 @@ _FORMAT = "assistant-text-teacher"
 
 class TeacherError(ValueError):
     """A teacher folder or input that cannot be used; the message names the file and the fix."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Text normalisation: ASR output -> the grammar's spoken, lower-case word form
-# ----------------------------------------------------------------------------------------------------
-
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-         "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
-_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-                  "nine": "ninth", "twelve": "twelfth"}
-
-
-def number_words(n: int) -> str:
-    """Spell a non-negative integer the way people say it: 2024 -> 'two thousand twenty four'."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    for size, name in ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")):
-        if n >= size:
-            head, rest = divmod(n, size)
-            return number_words(head) + " " + name + ("" if rest == 0 else " " + number_words(rest))
-    raise AssertionError("unreachable")
-
-
-def _ordinal_words(n: int) -> str:
-    words = number_words(n).split()
-    last = words[-1]
-    if last in _ORDINAL_WORDS:
-        words[-1] = _ORDINAL_WORDS[last]
-    elif last.endswith("y"):
-        words[-1] = last[:-1] + "ieth"
-    else:
-        words[-1] = last + "th"
-    return " ".join(words)
-
-
-def _time_words(hour: str, minute: str) -> str:
-    h, m = int(hour), int(minute)
-    if m == 0:
-        return number_words(h)
-    return number_words(h) + " " + ("oh " + _ONES[m] if m < 10 else number_words(m))
-
-
-_TIME = re.compile(r"\b(\d{1,2}):(\d{2})(?!\d)")
-# Whisper writes spoken clock times as "6.15" / "7.30": a 1-2 digit hour, a dot and two digits below 60
-_DOT_TIME = re.compile(r"\b([01]?\d|2[0-3])\.([0-5]\d)(?!\d)")
-_ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b")
-_DECIMAL = re.compile(r"\b(\d+)\.(\d+)\b")
-_INTEGER = re.compile(r"\d+")
-_AM_PM = re.compile(r"\b([ap])\.?\s?m\b\.?")
-
-
-def normalize_text(text: str) -> str:
-    """The grammar's word form: lower case, numbers spelled out, no punctuation or apostrophes.
-
-    'What's on at 7:30 a.m.?' -> 'whats on at seven thirty a m'; 'Wake me at 6.15.' -> 'wake me at six fifteen'.
-    """
-    s = str(text or "").lower().replace("%", " percent ").replace("&", " and ")
-    s = _TIME.sub(lambda m: " " + _time_words(m.group(1), m.group(2)) + " ", s)
-    s = _DOT_TIME.sub(lambda m: " " + _time_words(m.group(1), m.group(2)) + " ", s)
-    s = _ORDINAL.sub(lambda m: " " + _ordinal_words(int(m.group(1))) + " ", s)
-    s = _DECIMAL.sub(lambda m: f" {number_words(int(m.group(1)))} point "
-                     + " ".join(_ONES[int(d)] for d in m.group(2)) + " ", s)
-    s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s)                      # 1,000 -> 1000
-    s = _INTEGER.sub(lambda m: " " + number_words(int(m.group(0))) + " ", s)
-    s = _AM_PM.sub(lambda m: f" {m.group(1)} m ", s)               # a.m. / am / a m -> "a m"
-    s = re.sub(r"['\u2019]", "", s)                               # the grammar writes "whats", "dont"
-    s = re.sub(r"[^a-z ]+", " ", s)                                 # hyphens, punctuation, symbols
-    return " ".join(s.split())
-
-
-def text_words(text: str) -> list[str]:
-    return normalize_text(text).split()
 
 
 # ----------------------------------------------------------------------------------------------------

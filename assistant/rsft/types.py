@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 from assistant.frames import Frame, ParseResult, frame_to_dict, parse_frame
-from assistant.metrics import normalise_text
+from assistant.text import normalize_text
 
 
 class RecordError(ValueError):
@@ -70,8 +70,8 @@ class Candidate:
         f = self.frame
         if f is None:
             return None
-        key = (f.intent, tuple(sorted((k, normalise_text(v)) for k, v in f.slots.items())))
-        return key + (normalise_text(f.transcript),) if transcript else key
+        key = (f.intent, tuple(sorted((k, normalize_text(v)) for k, v in f.slots.items())))
+        return key + (normalize_text(f.transcript),) if transcript else key
 
     @property
     def num_tokens(self) -> int:
