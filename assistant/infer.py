@@ -49,7 +49,9 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--onnx", default=None, metavar="DIR",
                     help="run an `assistant export` folder on onnxruntime instead of PyTorch (about 2x faster "
-                         "on CPU; no text second pass)")
+                         "on CPU). The text second pass runs too when the export carries it (DIR/nlu), "
+                         "without the stock-Whisper reading: the export folds the adapters in, so it has "
+                         "no stock path")
     ap.add_argument("--int8", action="store_true", help="with --onnx: the int8-quantized graphs")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -108,9 +108,48 @@ def test_model_folder_must_be_a_saved_slu_model(tmp_path):
         resolve_model_dir(str(tmp_path))
 
 
-def test_clip_dataclass_keeps_duration():
-    c = Clip("x", torch.zeros(16000), 1.0)
-    assert c.seconds == 1.0 and c.wave.numel() == 16000
+def _clip_manifest(tmp_path, seconds: dict[str, float], durations: dict[str, float] | None = None):
+    """Utterances whose audio is a tone of the given length (each clip its own frequency)."""
+    import numpy as np
+    import soundfile as sf
+
+    from assistant.data.manifest import Utterance
+
+    utts = []
+    for k, (name, sec) in enumerate(seconds.items()):
+        path = tmp_path / f"{name}.wav"
+        t = np.arange(int(sec * 16000)) / 16000
+        sf.write(path, (0.1 * np.sin(2 * np.pi * (200 + 50 * k) * t)).astype(np.float32), 16000)
+        utts.append(Utterance(audio=str(path), text=name, intent="x", id=name,
+                              duration=(durations or {}).get(name)))
+    return utts
+
+
+def test_select_clips_picks_the_closest_distinct_readable_clips_per_length(tmp_path):
+    utts = _clip_manifest(tmp_path, {"a0.2": 0.2, "b1.0": 1.0, "c1.5": 1.5, "e2.9": 2.9, "f5.0": 5.0, "g6.0": 6.0})
+    # a clip whose manifest says 1.0 s but whose file is not audio: skipped, the next closest is taken
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wav")
+    utts.insert(0, type(utts[0])(audio=str(tmp_path / "broken.wav"), text="x", intent="x", id="broken", duration=1.0))
+    clips = select_clips(utts, per_length=2)
+    assert [c.name for c in clips["1s"]] == ["b1.0", "c1.5"]
+    assert [c.name for c in clips["3s"]] == ["e2.9", "f5.0"]            # c1.5 is nearer 3 s, but taken by 1s
+    assert [c.seconds for c in clips["1s"] + clips["3s"]] == [1.0, 1.5, 2.9, 5.0]   # measured from the wave
+    # 8 s clips: the 3 s then the 1 s clips, in turn, joined with 0.3 s of silence, cut to exactly 8 s
+    pieces = [c.wave for c in clips["3s"] + clips["1s"]]
+    gap = torch.zeros(4800)
+    for k, long in enumerate(clips["8s"]):
+        expected = torch.cat([x for j in range(k, k + 4) for x in (pieces[j % 4], gap)])[:8 * 16000]
+        assert long.name == f"concat-{k}" and long.seconds == 8.0 and torch.equal(long.wave, expected)
+
+
+def test_select_clips_reuses_clips_only_when_the_manifest_is_short(tmp_path):
+    utts = _clip_manifest(tmp_path, {"one": 1.0, "three": 3.0})
+    clips = select_clips(utts, per_length=2)
+    assert [c.name for c in clips["1s"]] == ["one", "three"] and [c.name for c in clips["3s"]] == ["three", "one"]
+    # a manifest duration, when given, is what ranks clips (the file is not opened to measure it)
+    utts = _clip_manifest(tmp_path, {"p": 1.0, "q": 2.0, "r": 3.0}, durations={"p": 3.0, "r": 1.0})
+    clips = select_clips(utts, per_length=1)
+    assert [c.name for c in clips["1s"]] == ["r"] and [c.name for c in clips["3s"]] == ["p"]
 
 
 def test_cli_names_a_missing_model_folder(tmp_path, capsys):
