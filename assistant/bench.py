@@ -4,6 +4,7 @@
     assistant bench ... --reuse-peer runs/bench/old.json     # reuse the cascade's accuracy (saves ~30 min)
     assistant bench --quick                                  # tiny random model, few clips (smoke test)
     assistant bench --sampler [--json]                       # RSFT sampler vs transformers generate (minutes)
+    assistant bench --serving [--json]                       # the demo server under 16 concurrent clients
 
 A full run takes ~10 min on one core, plus ~30 min for the cascade's accuracy on 200 utterances (stock
 Whisper pads to 30 s and sometimes loops to its 448-token limit) unless ``--reuse-peer`` names an earlier
@@ -1066,6 +1067,10 @@ def cli(argv: list[str]) -> int:
         from assistant.bench_sampler import cli as sampler_cli
 
         return sampler_cli([a for a in argv if a != "--sampler"])
+    if "--serving" in argv:       # the demo server under concurrent load (assistant.bench_serving)
+        from assistant.bench_serving import cli as serving_cli
+
+        return serving_cli([a for a in argv if a != "--serving"])
     ap = argparse.ArgumentParser(prog="assistant bench", description=__doc__, conflict_handler="resolve",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(ap, BenchConfig)

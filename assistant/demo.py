@@ -13,7 +13,10 @@ ThreadingHTTPServer serves one page (assistant/demo_page.html) and a JSON API:
 
     curl --data-binary @clip.wav -H 'X-Filename: clip.wav' http://127.0.0.1:7860/api/classify
 
-The model is loaded once; requests are decoded one at a time (a lock), so latencies stay honest.
+The model is loaded once. Requests that arrive together are decoded together: a worker takes the
+first waiting clip, waits a few milliseconds for others (at most 16 in a batch) and runs them as one
+batch, so 16 concurrent clients do not queue behind each other one clip at a time. A connection that
+stalls gets a read timeout (408); past --max-connections open connections the server answers 503.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import sys
 import tempfile
@@ -54,14 +58,63 @@ def safe_filename(name: str | None, default: str = "upload") -> str:
     return base or default
 
 
-class Classifier:
-    """The model, loaded once, behind a lock: uploaded bytes -> Prediction dict."""
+class Batcher:
+    """Clips submitted from many threads, decoded in batches by one worker thread.
 
-    def __init__(self, model, schema=None, model_dir: str | Path = ""):
+    The worker takes the first waiting clip, then whatever else arrives within ``wait_s`` (up to
+    ``max_batch``), calls ``run(waves, names)`` once and hands every caller its own result (or the
+    batch's exception). Clips that queued while a batch ran go into the next batch at once.
+    """
+
+    def __init__(self, run, max_batch: int = 16, wait_s: float = 0.005):
+        self.run, self.max_batch, self.wait_s = run, max_batch, wait_s
+        self._queue: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self._loop, name="assistant-demo-batcher", daemon=True)
+        self._worker.start()
+        self.batch_sizes: list[int] = []          # what the worker ran, for the load benchmark
+
+    def submit(self, wave, name: str):
+        job = {"wave": wave, "name": name, "done": threading.Event(), "result": None, "error": None}
+        self._queue.put(job)
+        job["done"].wait()
+        if job["error"] is not None:
+            raise job["error"]
+        return job["result"]
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + self.wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0.0)))
+                except queue.Empty:
+                    break
+            self.batch_sizes.append(len(batch))
+            try:
+                for job, result in zip(batch, self.run([j["wave"] for j in batch], [j["name"] for j in batch])):
+                    job["result"] = result
+            except Exception as e:  # noqa: BLE001 - every caller of the batch gets the error
+                for job in batch:
+                    job["error"] = e
+            finally:
+                for job in batch:
+                    job["done"].set()
+
+
+class Classifier:
+    """The model, loaded once, behind a batching worker: uploaded bytes -> Prediction dict."""
+
+    def __init__(self, model, schema=None, model_dir: str | Path = "", max_batch: int = 16, wait_s: float = 0.005):
         self.model = model
         self.schema = schema
         self.model_dir = str(model_dir)
-        self._lock = threading.Lock()
+        self.batcher = Batcher(self._decode, max_batch=max_batch, wait_s=wait_s)
+
+    def _decode(self, waves, names):
+        from assistant.inference import predict_waves
+
+        return predict_waves(self.model, waves, self.schema, names)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Classifier":
@@ -84,7 +137,6 @@ class Classifier:
     def classify_bytes(self, data: bytes, filename: str = "upload") -> dict:
         """Decode one uploaded clip; DemoError (naming `filename`) when it is not usable audio."""
         from assistant.audio import AudioError, load_audio
-        from assistant.inference import predict_waves
 
         name = safe_filename(filename)
         if not data:
@@ -99,9 +151,7 @@ class Classifier:
                 wave = load_audio(path, max_seconds=self.max_seconds)
             except AudioError as e:
                 raise DemoError(_upload_message(e, path, name, self.max_seconds)) from None
-        with self._lock:
-            pred = predict_waves(self.model, [wave], self.schema, [name])[0]
-        return pred.to_dict()
+        return self.batcher.submit(wave, name).to_dict()
 
 
 def _upload_message(e, path: Path, name: str, max_seconds: float) -> str:
@@ -137,6 +187,11 @@ def _upload_from_multipart(content_type: str, body: bytes) -> tuple[bytes, str]:
 class DemoHandler(BaseHTTPRequestHandler):
     server_version = "assistant-demo/1"
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        # seconds a read may wait: a client that stops sending does not hold a thread
+        self.timeout = self.server.read_timeout
+        super().setup()
 
     # ---------------------------------------------------------------- routes
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -210,7 +265,12 @@ class DemoHandler(BaseHTTPRequestHandler):
             raise DemoError(f"{name + ': ' if name != 'upload' else ''}upload too large ({length / 1e6:.1f} MB; the limit is "
                             f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB). Fix: send one spoken command of a few "
                             f"seconds (the model hears at most {self.server.classifier.max_seconds:g} s)")
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise DemoError(f"{name}: the upload stalled (nothing arrived for {self.timeout:g} s). Fix: send it "
+                            "again", HTTPStatus.REQUEST_TIMEOUT) from None
         if len(body) < length:
             self.close_connection = True
             raise DemoError(f"{name}: the upload was cut off ({len(body)} of {length} bytes arrived). "
@@ -243,13 +303,43 @@ class DemoHandler(BaseHTTPRequestHandler):
 
 class DemoServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64
 
     def __init__(self, classifier: Classifier, host: str = "127.0.0.1", port: int = 7860,
-                 page: bytes | None = None, verbose: bool = True):
+                 page: bytes | None = None, verbose: bool = True, max_connections: int = 64,
+                 read_timeout: float = 15.0):
         self.classifier = classifier
         self.page = page if page is not None else PAGE_FILE.read_bytes()
         self.verbose = verbose
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__((host, port), DemoHandler)
+
+    def process_request(self, request, client_address) -> None:
+        """One thread per connection, at most ``max_connections`` at once; past that a short 503."""
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": f"the server is busy ({self.max_connections} open connections). "
+                                        "Fix: retry in a moment"}).encode("utf-8")
+            head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+                    f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+            try:
+                request.sendall(head.encode("latin-1") + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:
@@ -258,9 +348,10 @@ class DemoServer(ThreadingHTTPServer):
 
 
 def make_server(classifier: Classifier, host: str = "127.0.0.1", port: int = 7860,
-                verbose: bool = True) -> DemoServer:
+                verbose: bool = True, max_connections: int = 64, read_timeout: float = 15.0) -> DemoServer:
     """A bound, not yet serving server (port 0 = any free port; see `.url`)."""
-    return DemoServer(classifier, host, port, verbose=verbose)
+    return DemoServer(classifier, host, port, verbose=verbose, max_connections=max_connections,
+                      read_timeout=read_timeout)
 
 
 def cli(argv: list[str]) -> int:
@@ -270,6 +361,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = every interface)")
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--quiet", action="store_true", help="do not log each request")
+    ap.add_argument("--max-connections", type=int, default=64,
+                    help="open connections served at once; more get 503 (each holds a thread)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -282,7 +375,8 @@ def cli(argv: list[str]) -> int:
     start = time.perf_counter()
     classifier = Classifier.from_dir(model_dir)
     try:
-        server = make_server(classifier, args.host, args.port, verbose=not args.quiet)
+        server = make_server(classifier, args.host, args.port, verbose=not args.quiet,
+                             max_connections=args.max_connections)
     except OSError as e:
         print(f"assistant demo: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
               "pass a free --port", file=sys.stderr)

@@ -21,15 +21,24 @@ from assistant.text import normalize_text
 
 def predict_manifest(model, utterances: list[Utterance], schema=None, batch_size: int = 16,
                      desc: str = "decode", use_nlu: bool = True, stock: list[str] | None = None) -> list[Prediction]:
-    preds = []
-    bar = tqdm(total=len(utterances), desc=desc, unit="utt", leave=False, disable=None)
+    """One Prediction per utterance, in order. Decoded in fixed slices of ``batch_size`` utterances;
+    under ``accelerate launch`` each process takes every P-th slice and every process gets all the
+    predictions back (so every process must call this together)."""
+    from assistant import distributed as dist
+
+    starts = dist.batch_starts(len(utterances), batch_size)
+    bar = tqdm(total=sum(len(utterances[s:s + batch_size]) for s in starts), desc=desc, unit="utt", leave=False,
+               disable=None)
     lookup = None if stock is None else {str(u.audio): t for u, t in zip(utterances, stock)}
-    for p in predict_files(model, [u.audio for u in utterances], schema, batch_size=batch_size, use_nlu=use_nlu,
-                           stock=lookup):
-        preds.append(p)
-        bar.update(1)
+    rows: dict[int, Prediction] = {}
+    for start in starts:
+        chunk = [u.audio for u in utterances[start:start + batch_size]]
+        for i, p in enumerate(predict_files(model, chunk, schema, batch_size=batch_size, use_nlu=use_nlu,
+                                            stock=lookup), start):
+            rows[i] = p
+            bar.update(1)
     bar.close()
-    return preds
+    return dist.gather_rows(rows, len(utterances))
 
 
 def engine_of(u: Utterance) -> str:
@@ -224,6 +233,10 @@ def cli(argv: list[str]) -> int:
         return 2
     model = SLUModel.from_pretrained(model_dir, nlu=not args.no_nlu)
     report, preds = evaluate_model(model, utts, load_schema(), args.batch_size)
+    from assistant import distributed as dist
+
+    if not dist.is_main():                 # under accelerate launch: the others decoded their share
+        return 0
     for p in preds:
         if p.error:
             print(f"skipped: {p.error}", file=sys.stderr)

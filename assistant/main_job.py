@@ -48,6 +48,7 @@ def run_main(cfg: MainConfig) -> dict:
     from assistant.schema import load_schema
     from assistant.train import TrainConfig
     from assistant.config import load_config
+    from assistant import distributed as dist
     from assistant import train as sft
 
     out = Path(cfg.output_dir or runs_dir() / "main")
@@ -56,10 +57,15 @@ def run_main(cfg: MainConfig) -> dict:
     corpus = generated_dir() / cfg.profile
 
     t = _stage(f"1. corpus ({corpus})")
-    if not all((corpus / f).is_file() for f in ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json")):
+    # Under `accelerate launch` the main process builds the corpus, copies the model and writes reports;
+    # training, RSFT and test decoding are shared out; the rest (cheap) runs on every process alike.
+    if not dist.main_first(all((corpus / f).is_file() for f in ("train.jsonl", "pool.jsonl", "dev.jsonl",
+                                                                "test.jsonl", "holdout.json"))):
         from assistant.data.synth import SynthConfig, run_synth
 
-        run_synth(load_config(SynthConfig, None, profile=cfg.profile, seed=cfg.seed, out_dir=str(corpus)))
+        if dist.is_main():
+            run_synth(load_config(SynthConfig, None, profile=cfg.profile, seed=cfg.seed, out_dir=str(corpus)))
+        dist.barrier()
     else:
         print("corpus exists: skipping synthesis")
     timings["corpus_s"] = time.perf_counter() - t
@@ -69,7 +75,7 @@ def run_main(cfg: MainConfig) -> dict:
                           train_manifest=str(corpus / "train.jsonl"), dev_manifest=str(corpus / "dev.jsonl"),
                           output_dir=str(out / "sft"), seed=cfg.seed)
     sft_dir = Path(cfg.sft_from) / "sft" if cfg.sft_from else out / "sft"
-    if (sft_dir / "result.json").is_file() and (sft_dir / "best").is_dir():
+    if dist.main_first((sft_dir / "result.json").is_file() and (sft_dir / "best").is_dir()):
         print(f"supervised model exists ({sft_dir}): skipping")
         sft_result = json.loads((sft_dir / "result.json").read_text())
         sft_result["best_dir"] = str(sft_dir / "best")
@@ -97,7 +103,8 @@ def run_main(cfg: MainConfig) -> dict:
         from assistant.nlu import stock_transcripts
         from assistant.rsft.teacher import default_teacher
 
-        teacher = default_teacher(schema, holdout_file=corpus / "holdout.json")
+        with dist.main_process_first():           # trained once, cached; the others load it
+            teacher = default_teacher(schema, holdout_file=corpus / "holdout.json")
         dev_stock = stock_transcripts(stock_model, dev, desc="nlu: stock transcripts of dev")
 
         def score_on_dev(name: str, model_dir: Path) -> tuple:
@@ -144,12 +151,14 @@ def run_main(cfg: MainConfig) -> dict:
         print(f"-> {chosen} + text pass (weight {weight:g}, stock bonus {stock_bonus:g}); stock Whisper + text "
               f"NLU on dev: {dev_cascade:.4f}; the text model alone on the gold dev transcripts: {gold_text:.4f}")
         timings["nlu_s"] = time.perf_counter() - t
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(final_dir, final, ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
-    if teacher is not None:
-        from assistant.nlu import attach
+    if dist.is_main():
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(final_dir, final, ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
+        if teacher is not None:
+            from assistant.nlu import attach
 
-        attach(final, teacher, weight, stock_bonus)
+            attach(final, teacher, weight, stock_bonus)
+    dist.barrier()
 
     t = _stage("5. evaluation on `test` (unseen voices and phrasings)")
     from assistant.nlu import stock_transcripts
@@ -175,8 +184,9 @@ def run_main(cfg: MainConfig) -> dict:
                                        stock=test_stock)
         rows.append((name, report))
         if model_dir in (final_dir, final):     # the last match is the deployed model
-            write_predictions(test, preds, out / "test_predictions.jsonl")
-            plot_confusion(test, preds, out / "test_confusion.png")
+            if dist.is_main():
+                write_predictions(test, preds, out / "test_predictions.jsonl")
+                plot_confusion(test, preds, out / "test_confusion.png")
             final_report, final_preds = report, preds
     if teacher is not None:
         cascade = stock_cascade_predictions(teacher, test, test_stock)
@@ -185,6 +195,8 @@ def run_main(cfg: MainConfig) -> dict:
     else:
         by_cell = by_engine_condition(test, {"shipped": final_preds})
     timings["evaluate_s"] = time.perf_counter() - t
+    if not dist.is_main():
+        return {}
 
     print("\n=== results on test ===")
     width = max(len(name) for name, _ in rows)

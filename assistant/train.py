@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
+from assistant.model.slu import stock_style
 from assistant.paths import generated_dir, runs_dir
 
 
@@ -187,13 +188,24 @@ def recover_interrupted_save(final: Path) -> None:
 class _LossModule(torch.nn.Module):
     """forward() = the training loss, so accelerate/DDP can wrap it.
 
-    With `trunk_layers` set, inputs are cached outputs of the frozen encoder trunk, not log-mels.
+    With `trunk_layers` set, inputs are cached outputs of the frozen encoder trunk, not log-mels. With
+    ``world`` > 1 (DDP) each process holds a share of the global batch; its summed token NLL is divided
+    by the whole batch's token count (times ``world``, which DDP's gradient averaging divides out again),
+    so the step is the one a single process takes on the whole batch.
     """
 
-    def __init__(self, slu, trunk_layers: int | None = None):
+    def __init__(self, slu, trunk_layers: int | None = None, world: int = 1):
         super().__init__()
         self.slu = slu
         self.trunk_layers = trunk_layers
+        self.world = world
+
+    def _mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor | None:
+        if self.world > 1:
+            count = count.detach().to(torch.float64)
+            torch.distributed.all_reduce(count)
+            total = total * self.world
+        return total / count if count > 0 else None
 
     def forward(self, inputs: torch.Tensor, targets: list[str], transcripts: list[str] | None = None,
                 asr_weight: float = 0.0, asr_rows: int = 4) -> torch.Tensor:
@@ -201,13 +213,36 @@ class _LossModule(torch.nn.Module):
             enc = self.slu.encode(inputs)
         else:
             enc = self.slu.encode_head(inputs, self.trunk_layers)
-        loss = self.slu.loss(enc, targets)
-        rows = [i for i, t in enumerate(transcripts or []) if t.strip()][:asr_rows]   # batches are shuffled
+        loss = self._mean(*self.slu.token_nll(enc, targets))
         # The same encoder states also teach plain transcription; a LoRA model needs no such loss: its
         # adapters are off for the stock prompt, which therefore stays the pretrained model exactly.
-        if asr_weight > 0 and rows and self.slu.adapters is None:
-            loss = loss + asr_weight * self.slu.asr_loss(enc[rows], [transcripts[i] for i in rows])
+        # ``transcripts`` are "" except on the rows picked for it (see asr_rows_of_batch).
+        if asr_weight > 0 and transcripts and self.slu.adapters is None:
+            rows = [i for i, t in enumerate(transcripts) if t.strip()][:asr_rows]
+            if rows:
+                total, count = self.slu.token_nll(enc[rows], [stock_style(transcripts[i]) for i in rows], asr=True)
+            else:                                   # this process has none, others may: still count along
+                total, count = enc.sum() * 0.0, torch.zeros((), dtype=torch.long)
+            asr = self._mean(total, count)
+            if asr is not None:
+                loss = loss + asr_weight * asr
         return loss
+
+
+def asr_rows_of_batch(batch: list[int], transcripts: list[str], asr_rows: int) -> set[int]:
+    """The rows of a global batch (shuffled) whose transcript also trains plain transcription: the first
+    ``asr_rows`` that have one, chosen before the batch is shared out so DDP picks the same rows."""
+    return set([i for i in batch if transcripts[i].strip()][:asr_rows])
+
+
+def shard_of_batch(idx: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This process's rows of a global batch (every ``world``-th). A batch smaller than the number of
+    processes lends its rows round-robin, since every DDP process must take part in every step."""
+    if world == 1:
+        return idx
+    if len(idx) >= world:
+        return idx[rank::world]
+    return idx[rank % len(idx):][:1]
 
 
 def drop_unlearnable(model, examples: list[Example], desc: str) -> list[Example]:
@@ -305,7 +340,9 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     Returns {"best_dev": report, "best_dir": path, "steps": n, "seconds": t}.
     """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
+    from assistant import distributed as dist
     from assistant.features import SpecAugment
 
     out_dir = Path(out_dir)
@@ -313,7 +350,12 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Under `accelerate launch` (P processes) this is DDP: each process takes its share of every global
+    # batch, gradients are averaged, and only the main process writes checkpoints. Parameters some steps
+    # do not reach (the ASR loss's rows are optional) must not stall the gradient reduction.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    world, rank = dist.world_size(), dist.rank()
     if not examples:
         raise TrainDataError("fine_tune: no training examples (check the manifest and the audio paths)")
 
@@ -349,9 +391,11 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     optimizer = build_optimizer(model, cfg)
     state = {"step": 0, "best": None, "best_key": None, "history": []}
     last = out_dir / "last"
-    for folder in (last, out_dir / "best"):
-        recover_interrupted_save(folder)
-    if cfg.resume and (last / "trainer_state.json").is_file():
+    if dist.is_main():
+        for folder in (last, out_dir / "best"):
+            recover_interrupted_save(folder)
+    dist.barrier()
+    if cfg.resume and dist.main_first((last / "trainer_state.json").is_file()):
         state = json.loads((last / "trainer_state.json").read_text())
         trained = type(model).from_pretrained(last)
         model.load_state_dict(trained.state_dict())
@@ -360,7 +404,7 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
         load_optimizer(optimizer, last / "optimizer.safetensors")
         print(f"{desc}: resumed from {last} at step {state['step']}/{total}")
 
-    loss_module = _LossModule(model, trunk_layers)
+    loss_module = _LossModule(model, trunk_layers, world)
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
 
     def save_last():
@@ -368,7 +412,9 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
             model.save_pretrained(tmp)
             save_optimizer(optimizer, tmp / "optimizer.safetensors")
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        atomic_save_dir(write, last)
+        if dist.is_main():
+            atomic_save_dir(write, last)
+        dist.barrier()
 
     def evaluate_and_keep_best():
         report = dev_score(model, dev_utts, schema)
@@ -378,13 +424,16 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
         if state["best_key"] is None or list(key) > list(state["best_key"]):
             state["best_key"], state["best"] = list(key), {k: report[k] for k in
                                                           ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
-            atomic_save_dir(model.save_pretrained, out_dir / "best")
-        tqdm.write(f"{desc}: step {state['step']} dev intent acc {report['intent_accuracy']:.4f} "
-                   f"slot F1 {report['slot_f1']:.4f} WER {report['wer']:.4f}")
+            if dist.is_main():
+                atomic_save_dir(model.save_pretrained, out_dir / "best")
+        dist.barrier()
+        if dist.is_main():
+                tqdm.write(f"{desc}: step {state['step']} dev intent acc {report['intent_accuracy']:.4f} "
+                       f"slot F1 {report['slot_f1']:.4f} WER {report['wer']:.4f}")
 
     start = time.perf_counter()
     model.train()
-    bar = tqdm(total=total, initial=state["step"], desc=desc, unit="step", disable=None)
+    bar = tqdm(total=total, initial=state["step"], desc=desc, unit="step", disable=None if dist.is_main() else True)
     while state["step"] < total:
         epoch, offset = divmod(state["step"], steps_per_epoch)
         # Order depends only on (seed, epoch): a resumed run sees exactly the batches it would have.
@@ -392,7 +441,9 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
         for b in range(offset, steps_per_epoch):
             if state["step"] >= total:
                 break
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            whole = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            asr_ids = asr_rows_of_batch(whole.tolist(), transcripts, cfg.asr_rows)
+            idx = shard_of_batch(whole, rank, world)
             batch = copies[epoch % len(copies)][idx]
             if spec is not None:
                 torch.manual_seed(cfg.seed * 1_000_003 + state["step"])
@@ -401,7 +452,7 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
                 g["lr"] = g["initial_lr"] * lr_factor(state["step"], total, cfg.warmup_steps)
             rows = idx.tolist()
             loss = loss_module(batch.to(accelerator.device), [targets[i] for i in rows],
-                               [transcripts[i] for i in rows], cfg.asr_weight, cfg.asr_rows)
+                               [transcripts[i] if i in asr_ids else "" for i in rows], cfg.asr_weight, cfg.asr_rows)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {state['step']}; "
                                          "lower --lr or check the data")
@@ -417,7 +468,7 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
             if state["step"] % cfg.save_every_steps == 0 or state["step"] == total:
                 save_last()
     bar.close()
-    if not (out_dir / "best").exists():     # resumed after the final step: make sure best exists
+    if not dist.main_first((out_dir / "best").exists()):     # resumed after the final step: make sure best exists
         evaluate_and_keep_best()
     return {"best_dev": state["best"], "best_dir": str(out_dir / "best"), "steps": state["step"],
             "seconds": round(time.perf_counter() - start, 1), "history": state["history"]}
@@ -439,14 +490,22 @@ class SupervisedRecipe:
         self.schema = load_schema()
         self.train_utts, self.dev_utts = load_splits(cfg)
         self.examples = examples_from_utterances(self.train_utts)
-        self.model = build_model(cfg, vocabulary_texts(self.schema, [e.target for e in self.examples]))
+        from assistant import distributed as dist
+
+        with dist.main_process_first():            # the packaged weights convert into the cache once
+            self.model = build_model(cfg, vocabulary_texts(self.schema, [e.target for e in self.examples]))
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, self.out_dir / "config.yaml")
+
+        if dist.is_main():
+            save_yaml(cfg, self.out_dir / "config.yaml")
 
     def train(self) -> dict:
         self.result = fine_tune(self.model, self.examples, self.dev_utts, self.cfg, self.out_dir,
                                 desc="sft", schema=self.schema)
-        (self.out_dir / "result.json").write_text(json.dumps(self.result, indent=2))
+        from assistant import distributed as dist
+
+        if dist.is_main():
+            (self.out_dir / "result.json").write_text(json.dumps(self.result, indent=2))
         return self.result
 
     def cleanup(self) -> None:

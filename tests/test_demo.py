@@ -6,6 +6,7 @@ so every result below is known in advance (it ignores the audio: it has learnt o
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -124,6 +125,86 @@ def test_api_rejects_uploads_over_the_size_limit(server):
     assert status == 400 and "huge.wav" in out["error"] and "too large" in out["error"]
     status, _ = classify(server, CLIP.read_bytes(), CLIP.name)     # the server is still fine
     assert status == 200
+
+
+def test_concurrent_requests_are_decoded_together_and_each_gets_its_own_answer(server, tmp_path):
+    """16 clients at once: every one gets the prediction for the clip it sent (two different clips, so a
+    mix-up would show), and the worker ran fewer batches than requests."""
+    import soundfile as sf
+    from concurrent.futures import ThreadPoolExecutor
+
+    wave, sr = sf.read(CLIP, dtype="float32")
+    other = tmp_path / "other.wav"
+    sf.write(other, wave[: len(wave) // 3], sr)            # a different clip: a third of the command
+    solo = classify(server, other.read_bytes(), "other.wav")[1]
+    before = len(server.classifier.batcher.batch_sizes)
+    jobs = [(CLIP.read_bytes(), f"clip{i}.wav") if i % 2 else (other.read_bytes(), f"other{i}.wav") for i in range(16)]
+    barrier = threading.Barrier(16)
+
+    def send(job):
+        barrier.wait()
+        return classify(server, *job)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, jobs))
+    for (data, name), (status, pred) in zip(jobs, answers):
+        assert status == 200 and pred["path"] == name
+        expected = KNOWN_TRANSCRIPT if name.startswith("clip") else solo["transcript"]
+        assert pred["transcript"] == expected and pred["intent"] == (KNOWN_INTENT if name.startswith("clip") else solo["intent"])
+    sizes = server.classifier.batcher.batch_sizes[before:]
+    assert sum(sizes) == 16 and len(sizes) < 16 and max(sizes) > 1
+
+
+def test_serving_bench_counts_answers_latencies_and_errors(server):
+    from assistant.bench_serving import concurrent, post_clip, sequential
+
+    url = server.url + "api/classify"
+    clips = [CLIP.read_bytes(), b"not audio at all"]
+    assert post_clip(url, clips[1], "bad.wav")[0] == 400
+    seq = sequential(url, clips[:1], 3)
+    assert seq["n"] == 3 and seq["errors"] == 0 and 0 < seq["p50_s"] <= seq["p95_s"]
+    run = concurrent(url, clips, clients=4, requests=10, max_seconds=60)
+    # exactly the bounded count, every second request sends the non-audio clip (a counted error)
+    assert run["n"] == 10 and run["clients"] == 4 and run["errors"] == 5
+    assert run["requests_per_second"] == pytest.approx(10 / run["seconds"], rel=0.02)
+    stopped = concurrent(url, clips[:1], clients=2, requests=1000, max_seconds=0.5)
+    assert 0 < stopped["n"] < 1000 and stopped["errors"] == 0        # the time bound ended it
+
+
+def _read_until_closed(sock, timeout: float = 10) -> str:
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data.decode()
+
+
+def test_a_stalled_upload_gets_408_and_frees_its_thread(known_model):
+    import socket
+
+    from assistant.demo import Classifier, make_server
+
+    srv = make_server(Classifier.from_dir(known_model), "127.0.0.1", 0, verbose=False, max_connections=1,
+                      read_timeout=0.5)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = srv.server_address[:2]
+        stalled = socket.create_connection((host, port))
+        stalled.sendall(b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly this")
+        # the one connection slot is taken: a second client is told so at once
+        busy = socket.create_connection((host, port))
+        reply = _read_until_closed(busy)
+        assert reply.startswith("HTTP/1.1 503") and "busy" in reply
+        reply = _read_until_closed(stalled)
+        assert reply.startswith("HTTP/1.1 408") and "stalled" in reply
+        stalled.close()
+        time.sleep(0.2)                                   # the slot is free again: a normal request works
+        status, pred = classify(srv, CLIP.read_bytes(), CLIP.name)
+        assert status == 200 and pred["intent"] == KNOWN_INTENT
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_page_info_and_unknown_routes(server):

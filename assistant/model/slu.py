@@ -486,8 +486,17 @@ class SLUModel(nn.Module):
         target_texts = list(target_texts)
         if len(target_texts) != enc.shape[0]:
             raise ValueError(f"loss: {enc.shape[0]} encoder rows but {len(target_texts)} targets")
-        picked, mask = self._token_logprobs(enc, self.tokenize(target_texts), target_texts)
-        return -picked.sum() / mask.sum()
+        total, count = self.token_nll(enc, target_texts)
+        return total / count
+
+    def token_nll(self, encoder_out: torch.Tensor, texts: Sequence[str], asr: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed token NLL, number of tokens) of teacher-forced texts: SLU frames, or with ``asr`` plain
+        transcripts behind the stock prompt. Kept apart so data-parallel training can divide by the
+        token count of the whole global batch (the mean one process would take)."""
+        texts = list(texts)
+        picked, mask = self._token_logprobs(encoder_out, self.tokenize(texts), texts, asr=asr)
+        return -picked.sum(), mask.sum()
 
     def asr_loss(self, encoder_out_or_mels: torch.Tensor, transcripts: Sequence[str]) -> torch.Tensor:
         """Mean token NLL of plain transcripts behind the stock prompt, over the full vocabulary.
@@ -499,9 +508,8 @@ class SLUModel(nn.Module):
         enc = self._as_encoder_states(encoder_out_or_mels)
         if len(transcripts) != enc.shape[0]:
             raise ValueError(f"asr_loss: {enc.shape[0]} encoder rows but {len(transcripts)} transcripts")
-        texts = [stock_style(t) for t in transcripts]
-        picked, mask = self._token_logprobs(enc, self.tokenize(texts), texts, asr=True)
-        return -picked.sum() / mask.sum()
+        total, count = self.token_nll(enc, [stock_style(t) for t in transcripts], asr=True)
+        return total / count
 
     def sequence_logprobs(self, encoder_out: torch.Tensor, texts: Sequence[str] | Sequence[Sequence[int]],
                           expand: torch.Tensor | Sequence[int] | None = None, chunk_size: int = 64) -> torch.Tensor:

@@ -153,17 +153,45 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
     the batch in flight, and never leaves half of one behind. Unreadable audio is reported and gets no
     candidates. ``reader`` (assistant.rsft.readings.Reader): readings of each utterance join its
     candidates after the decoded ones.
+
+    Under ``accelerate launch`` (P processes) each process takes every P-th batch into a file of its
+    own (``<out>.rank<r>``, resumable the same way); the main process then merges them, in utterance
+    order, into `out_path`, which is byte for byte the file one process writes.
     """
+    from assistant import distributed as dist
+
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path = progress_path(out_path)
-    finished = _resume_point(out_path, log_path)
+    starts = list(range(0, len(utterances), batch_size))
+    if dist.world_size() == 1:
+        finished = _resume_point(out_path, progress_path(out_path))
+        _generate_into(model, utterances, out_path, params, ref_model, batch_size, seed, desc, reader, starts,
+                       finished)
+    else:
+        done_before = set(_committed_groups(out_path)[1]) if out_path.is_file() else set()
+        part = out_path.with_name(f"{out_path.name}.rank{dist.rank()}")
+        finished = _resume_point(part, progress_path(part)) | done_before
+        mine = dist.batch_starts(len(utterances), batch_size)
+        tag = f"{desc} [process {dist.rank() + 1}/{dist.world_size()}]"
+        _generate_into(model, utterances, part, params, ref_model, batch_size, seed, tag, reader, mine, finished)
+        print(f"{tag}: {len(mine)} of {len(starts)} batches are this process's share", file=sys.stderr)
+        dist.barrier()
+        if dist.is_main():
+            merge_parts(utterances, out_path, batch_size)
+        dist.barrier()
     done = read_done(out_path)
+    return [done.get(u.id, []) for u in utterances]
+
+
+def _generate_into(model, utterances, out_path: Path, params: SamplingParams, ref_model, batch_size: int,
+                   seed: int, desc: str, reader, starts: list[int], finished: set[str]) -> None:
+    """Append the candidates of the batches beginning at ``starts`` (less the ``finished`` ids) to out_path."""
+    log_path = progress_path(out_path)
     share_encoder = same_encoder(model, ref_model)
-    bar = tqdm(total=len(utterances), initial=sum(u.id in finished for u in utterances), desc=desc, unit="utt",
-               disable=None)
+    mine = [u for s in starts for u in utterances[s:s + batch_size]]
+    bar = tqdm(total=len(mine), initial=sum(u.id in finished for u in mine), desc=desc, unit="utt", disable=None)
     with out_path.open("ab") as f, log_path.open("a") as log:
-        for start in range(0, len(utterances), batch_size):
+        for start in starts:
             batch = [u for u in utterances[start:start + batch_size] if u.id not in finished]
             if not batch:
                 continue
@@ -178,9 +206,8 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
             if ids:
                 # Seed from the batch's ids: the same batch draws the same samples after a resume.
                 batch_seed = zlib.crc32(f"{seed}:{','.join(ids)}".encode())
-                for uid, group in zip(ids, _candidates_for_batch(model, ref_model, ids, waves, params, batch_seed,
-                                                                 share_encoder, reader)):
-                    done[uid] = group
+                for group in _candidates_for_batch(model, ref_model, ids, waves, params, batch_seed,
+                                                   share_encoder, reader):
                     lines += [json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in group]
             f.write("".join(lines).encode("utf-8"))
             f.flush()
@@ -189,4 +216,47 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
             finished.update(u.id for u in batch)
             bar.update(len(batch))
     bar.close()
-    return [done.get(u.id, []) for u in utterances]
+
+
+def _committed_groups(path: Path) -> tuple[dict[str, list[str]], set[str]]:
+    """({utt_id: its candidate lines}, ids of finished batches) from the committed part of a candidates
+    file (what its commit log vouches for; nothing past it)."""
+    progress = _read_progress(progress_path(path))
+    if progress is None or not path.is_file():
+        return {}, set()
+    ids, size = progress
+    with path.open("rb") as f:
+        data = f.read(size).decode("utf-8")
+    groups: dict[str, list[str]] = {}
+    for line in data.splitlines(keepends=True):
+        uid = json.loads(line)["utt_id"]
+        if uid in ids:
+            groups.setdefault(uid, []).append(line)
+    return groups, ids
+
+
+def merge_parts(utterances, out_path: Path, batch_size: int) -> None:
+    """The processes' files (and whatever out_path already held) -> out_path in utterance order, with a
+    commit log of one line per batch: the file and log one process would have written. Parts are
+    removed once the merge is in place."""
+    parts = sorted(out_path.parent.glob(out_path.name + ".rank*"))
+    parts = [p for p in parts if not p.name.endswith(".progress")]
+    groups, finished = _committed_groups(out_path)
+    for p in parts:
+        g, ids = _committed_groups(p)
+        groups.update(g)
+        finished |= ids
+    tmp, tmp_log = out_path.with_name(out_path.name + ".merge"), out_path.with_name(out_path.name + ".merge.log")
+    with tmp.open("wb") as f, tmp_log.open("w") as log:
+        for start in range(0, len(utterances), batch_size):
+            batch = utterances[start:start + batch_size]
+            missing = [u.id for u in batch if u.id not in finished]
+            if missing:
+                raise RuntimeError(f"merging {out_path}: no process finished {missing[:3]}; re-run to resume")
+            f.write("".join(line for u in batch for line in groups.get(u.id, [])).encode("utf-8"))
+            log.write(json.dumps({"ids": [u.id for u in batch], "bytes": f.tell()}) + "\n")
+    tmp.replace(out_path)                      # data first: its log, once in place, only ever vouches for it
+    tmp_log.replace(progress_path(out_path))
+    for p in parts:
+        p.unlink()
+        progress_path(p).unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from assistant import distributed as dist
 from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
 from assistant.paths import runs_dir
 from assistant.train import TrainConfig
@@ -153,7 +154,8 @@ def load_teacher(cfg: RSFTConfig, schema):
         return None
     from assistant.rsft.teacher import default_teacher
 
-    return default_teacher(schema, holdout_file=holdout_path(cfg))
+    with dist.main_process_first():            # trained once, cached; the other processes load it
+        return default_teacher(schema, holdout_file=holdout_path(cfg))
 
 
 def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path, teacher=None):
@@ -172,7 +174,8 @@ def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path, teach
     if "target_likelihood" in cfg.rewards:
         from assistant.rsft.target_likelihood import load_target_model
 
-        resources["target_model"] = load_target_model(cfg.target_model)
+        with dist.main_process_first():        # converted once into the cache
+            resources["target_model"] = load_target_model(cfg.target_model)
     if "learned" in cfg.rewards:
         resources["learned_model"] = fit_learned_reward(cfg, schema, labelled, model, resources.get("teacher"), out_dir)
     return build_reward_fns(cfg.rewards, **resources)
@@ -194,15 +197,16 @@ def fit_learned_reward(cfg, schema, labelled, model, teacher, out_dir: Path):
 
     path = out_dir / "learned_reward.safetensors"
     teacher_fn = make_teacher_reward(teacher) if teacher is not None else None
-    if path.is_file():
+    if dist.main_first(path.is_file()):
         return LearnedRewardModel.load(path, schema=schema, teacher=teacher_fn)
     params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
     cands = generate_candidates(model, labelled, out_dir / "learned_candidates.jsonl", params,
                                 batch_size=cfg.gen_batch_size, seed=cfg.seed + 17, desc="learned reward: sample")
     rm = LearnedRewardModel(schema=schema, teacher=teacher_fn, seed=cfg.seed)
-    stats = rm.fit(labelled, cands)
-    rm.save(path)
-    (out_dir / "learned_reward.json").write_text(json.dumps(stats, indent=2, default=float))
+    stats = rm.fit(labelled, cands)            # the same fit on every process (seeded); the main one saves it
+    if dist.is_main():
+        rm.save(path)
+        (out_dir / "learned_reward.json").write_text(json.dumps(stats, indent=2, default=float))
     return rm
 
 
@@ -307,7 +311,6 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     from assistant.rsft.accept import accept_all, acceptance_report
     from assistant.rsft.generate import SamplingParams, generate_candidates
     from assistant.rsft.types import Decision, Scored, write_records
-    from assistant.rsft.rewards import score as score_candidates
     from assistant.train import examples_from_utterances, fine_tune
 
     rdir = out / f"round_{k}"
@@ -323,13 +326,16 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     candidates = [c for c in candidates if c]
 
     t0 = time.perf_counter()
-    scored = score_candidates(pool_ok, candidates, rewards.fns, rewards.weights)
-    write_records([s for ss in scored for s in ss], rdir / "scored.jsonl")
+    scored = score_shared(pool_ok, candidates, rewards, cfg.gen_batch_size)
+    if dist.is_main():
+        write_records([s for ss in scored for s in ss], rdir / "scored.jsonl")
     t_score = time.perf_counter() - t0
 
+    # a pure function of the scores and the seed: every process decides the same, none needs to wait
     decisions = accept_all(scored, cfg.rule, cfg.accept_params(), seed=cfg.seed * 1000 + k, min_vote=cfg.min_vote,
                            min_text=cfg.min_text_confidence)
-    write_records([d for ds in decisions for d in ds], rdir / "decisions.jsonl")
+    if dist.is_main():
+        write_records([d for ds in decisions for d in ds], rdir / "decisions.jsonl")
     acc = acceptance_report(scored, decisions)
 
     examples = kept_examples(pool_ok, scored, decisions, cfg.transcript_target)
@@ -342,7 +348,8 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
                                          {u.id: (u.intent, dict(u.slots)) for u in pool_ok},
                                          {u.id: str(u.meta.get("part", "unknown")) for u in pool_ok}))
     train_examples = examples + (examples_from_utterances(labelled) if cfg.mix_labelled else [])
-    (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
+    if dist.is_main():
+        (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
 
     start = SLUModel.from_pretrained(base_dir if cfg.from_base else model_dir, nlu=False)
     tcfg = replace(cfg.train, seed=cfg.seed + k, context_seconds=start.context_seconds,
@@ -359,9 +366,24 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
         "seconds": {"generate": round(t_gen, 1), "score": round(t_score, 1), "fine_tune": result["seconds"]},
         "candidates_per_second": round(n_cand / max(t_gen, 1e-9), 1),
     }
-    (rdir / "report.json").write_text(json.dumps(report, indent=1, default=float))
-    (rdir / "done.json").write_text(json.dumps({"model_dir": result["best_dir"]}))
+    if dist.is_main():
+        (rdir / "report.json").write_text(json.dumps(report, indent=1, default=float))
+        (rdir / "done.json").write_text(json.dumps({"model_dir": result["best_dir"]}))
+    dist.barrier()
     return report
+
+
+def score_shared(utterances, candidates, rewards, batch_size: int):
+    """Every reward on every utterance's candidates; under ``accelerate launch`` each process scores its
+    share (the generation batches it would take) and all get every row back, in order."""
+    from assistant.rsft.rewards import score as score_candidates
+
+    rows: dict[int, list] = {}
+    for start in dist.batch_starts(len(utterances), batch_size):
+        part = score_candidates(utterances[start:start + batch_size], candidates[start:start + batch_size],
+                                rewards.fns, rewards.weights)
+        rows.update(enumerate(part, start))
+    return dist.gather_rows(rows, len(utterances))
 
 
 def plot_rounds(reports: list[dict], init_dev: dict, path: Path) -> None:
@@ -388,8 +410,6 @@ def plot_rounds(reports: list[dict], init_dev: dict, path: Path) -> None:
 
 def run_rsft(cfg: RSFTConfig) -> dict:
     """All rounds; returns {"best_dir", "rounds": [per-round reports], "init_dev"}."""
-    from accelerate import PartialState
-
     from assistant.model.slu import SLUModel
     from assistant.schema import load_schema
     from assistant.train import dev_score, set_seed
@@ -402,23 +422,25 @@ def run_rsft(cfg: RSFTConfig) -> dict:
             raise ConfigError(f"{name} is required (a manifest path)")
     out = Path(cfg.output_dir or runs_dir() / "rsft")
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    if dist.is_main():
+        save_yaml(cfg, out / "config.yaml")
     set_seed(cfg.seed)
-    state = PartialState()
     schema = load_schema()
     pool = _load_split(cfg.pool_manifest, cfg.pool_limit)
     dev = _load_split(cfg.dev_manifest, cfg.train.dev_limit)
     labelled = _load_split(cfg.labelled_manifest, cfg.labelled_limit) if cfg.labelled_manifest else []
     base_dir = Path(cfg.init_model)
-    ref_model = SLUModel.from_pretrained(cfg.ref_model or base_dir, nlu=False).eval()
+    with dist.main_process_first():            # a model name converts into the cache once
+        ref_model = SLUModel.from_pretrained(cfg.ref_model or base_dir, nlu=False).eval()
 
     init_path = out / "init_dev.json"
-    if init_path.is_file():
+    if dist.main_first(init_path.is_file()):
         init_dev = json.loads(init_path.read_text())
     else:
         init_dev = dev_score(SLUModel.from_pretrained(base_dir, nlu=False), dev, schema)
         init_dev = {k: init_dev[k] for k in ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
-        init_path.write_text(json.dumps(init_dev))
+        if dist.is_main():
+            init_path.write_text(json.dumps(init_dev))
     reports, current = [], base_dir
     rewards = None
     teacher, reader = load_teacher(cfg, schema), None
@@ -428,7 +450,7 @@ def run_rsft(cfg: RSFTConfig) -> dict:
         reader = Reader(teacher, cfg.readings)
     for k in range(1, cfg.rounds + 1):
         rdir = out / f"round_{k}"
-        if (rdir / "done.json").is_file() and (rdir / "report.json").is_file():
+        if dist.main_first((rdir / "done.json").is_file() and (rdir / "report.json").is_file()):
             report = json.loads((rdir / "report.json").read_text())
             print(f"round {k}: done already (dev intent acc {report['dev']['intent_accuracy']:.4f})")
         else:
@@ -444,11 +466,13 @@ def run_rsft(cfg: RSFTConfig) -> dict:
                   f"{report['dev']['intent_accuracy']:.4f}")
         reports.append(report)
         current = Path(report["model_dir"])
-    state.wait_for_everyone()
+    dist.barrier()
     best = max([(init_dev["intent_accuracy"], 0, str(base_dir))] +
                [(r["dev"]["intent_accuracy"], r["round"], r["model_dir"]) for r in reports])
     summary = {"best_dir": best[2], "best_round": best[1], "init_dev": init_dev,
                "rounds": [{kk: v for kk, v in r.items() if not kk.endswith("reward_values")} for r in reports]}
+    if not dist.is_main():
+        return summary
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     if reports:
         plot_rounds(reports, init_dev, out / "rounds.png")
