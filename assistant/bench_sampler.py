@@ -241,11 +241,24 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant bench --sampler", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def report_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The arguments every focused benchmark (``bench --sampler``, ``--serving``) shares: --json, --out."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
     ap.add_argument("--out", default="", help="also write the JSON here")
+    return ap
+
+
+def emit(results: dict, args, table) -> None:
+    """Write the JSON to --out (if given) and print it, or the human table ``table(results)``."""
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results) if args.json else table(results))
+
+
+def cli(argv: list[str]) -> int:
+    ap = report_parser("assistant bench --sampler", __doc__)
     ap.add_argument("--model", default="", help="SLU model folder ('' = the packaged tiny.en)")
     ap.add_argument("--clips", type=int, default=8, help="espeak-ng clips (default 8)")
     ap.add_argument("--n", default="8,16,32", help="samples per clip for ours (comma-separated; 16 is reported)")
@@ -272,8 +285,5 @@ def cli(argv: list[str]) -> int:
     except (FileNotFoundError, RuntimeError) as e:
         print(f"assistant bench --sampler: {e}", file=sys.stderr)
         return 2
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results) if args.json else format_table(results))
+    emit(results, args, format_table)
     return 0

@@ -18,9 +18,7 @@ requests/s, p50 / p95 latency, errors and the batch sizes the server ran.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
 import statistics
 import sys
@@ -28,7 +26,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 
 def _say(msg: str) -> None:
@@ -171,10 +168,9 @@ def format_table(r: dict) -> str:
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant bench --serving", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
-    ap.add_argument("--out", default="", help="also write the JSON here")
+    from assistant.bench_sampler import emit, report_parser
+
+    ap = report_parser("assistant bench --serving", __doc__)
     ap.add_argument("--model", default="", help="SLU model folder ('' = what `assistant run` built, else tiny.en)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=96, help="answers per load run (bounded)")
@@ -192,8 +188,5 @@ def cli(argv: list[str]) -> int:
     except (FileNotFoundError, RuntimeError) as e:
         print(f"assistant bench --serving: {e}", file=sys.stderr)
         return 2
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results) if args.json else format_table(results))
+    emit(results, args, format_table)
     return 0

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.config import add_dataclass_arguments, load_yaml, parse_config
+from assistant.config import add_dataclass_arguments, parse_config
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
 
 

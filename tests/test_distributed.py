@@ -7,20 +7,17 @@ thread per process (so the arithmetic of a batch is the same wherever it runs).
 """
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_kill_resume import (FSC, ROOT, _env, _flags, _known_model, _pool, assert_no_pickles, assert_same_weights,
-                              one_thread, rng_for)
+from test_kill_resume import (FSC, ROOT, _env, _flags, _known_model, assert_no_pickles, assert_same_weights,
+                              kill_when, lines_reached, one_thread, rng_for, rsft_values, run_cli)
 
 
 def _free_port() -> int:
@@ -38,16 +35,8 @@ def launch(args: list[str], log: Path, processes: int = 2) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def run_launched(args: list[str], log: Path, timeout: float = 600) -> str:
-    proc = launch(args, log)
-    try:
-        code = proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text(errors="replace")
-    assert code == 0, f"accelerate launch ... {' '.join(args)} failed ({code}):\n{text[-4000:]}"
-    return text
+def run_launched(args: list[str], log: Path) -> str:
+    return run_cli(args, log, timeout=600, start=launch)
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +47,7 @@ def setup(tmp_path_factory):
     from assistant.rsft.loop import RSFTConfig, run_rsft
 
     base = tmp_path_factory.mktemp("dist")
-    init = _known_model(base / "init")
-    utts = _pool(24)
-    (base / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
-    utts[6].audio = str(base / "broken.wav")
-    pool = base / "pool.jsonl"
-    pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in utts))
-    values = dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1, num_samples=3,
-                  max_new_tokens=40, gen_batch_size=4, rewards={"verifier": 1.0}, rule="statistical", beta=0.5,
-                  train={"epochs": 1, "batch_size": 4, "lr": 1e-3}, seed=5)
+    values = rsft_values(base, _known_model(base / "init"), n=24, broken=6)
     with one_thread():
         run_rsft(load_config(RSFTConfig, None, output_dir=str(base / "one"), **values))
     text = run_launched(["rsft", *_flags(dict(values, output_dir=str(base / "two")))], base / "two.log")
@@ -142,23 +123,7 @@ def test_killed_two_process_rsft_resumes_to_the_uninterrupted_result(setup):
     part = out / "round_1" / "candidates.jsonl.rank0"
     target = rng.randint(1, 8)
 
-    proc = launch(args, log)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if part.read_bytes().count(b"\n") >= target:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before the kill point:\n{log.read_text(errors='replace')[-3000:]}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("kill point never reached")
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0, 0.05))
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_when(launch(args, log), lines_reached(part, target), rng.uniform(0, 0.05), log, timeout=300)
     assert not (out / "round_1" / "decisions.jsonl").exists(), "generation had finished before the kill"
 
     run_launched(args, log)

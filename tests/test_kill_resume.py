@@ -37,37 +37,49 @@ def _env() -> dict:
 def start_cli(args: list[str], log: Path) -> subprocess.Popen:
     out = log.open("ab")
     return subprocess.Popen([sys.executable, "-m", "assistant.cli", *args], cwd=ROOT, env=_env(),
-                            stdout=out, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def run_cli(args: list[str], log: Path, timeout: float = 300) -> str:
-    proc = start_cli(args, log)
+def run_cli(args: list[str], log: Path, timeout: float = 300, start=start_cli) -> str:
+    """Run a command started by ``start`` (its own process group) to the end; its log on success."""
+    proc = start(args, log)
     try:
         code = proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     text = log.read_text(errors="replace")
-    assert code == 0, f"assistant {' '.join(args)} failed ({code}):\n{text[-3000:]}"
+    assert code == 0, f"assistant {' '.join(args)} failed ({code}):\n{text[-4000:]}"
     return text
 
 
 def kill_when(proc: subprocess.Popen, ready, extra_delay: float, log: Path, timeout: float = 240) -> None:
-    """SIGKILL `proc` `extra_delay` seconds after `ready()` first holds; fail if it ends on its own first."""
+    """SIGKILL `proc` (its process group) `extra_delay` seconds after `ready()` first holds; fail if it ends
+    on its own first."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
             pytest.fail(f"the run ended (code {proc.returncode}) before the kill point; make it longer:\n"
                         f"{log.read_text(errors='replace')[-3000:]}")
         if time.monotonic() > deadline:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("kill point never reached")
         time.sleep(0.01)
     time.sleep(extra_delay)
     if proc.poll() is not None:
         pytest.fail(f"the run finished before the kill; make it longer:\n{log.read_text(errors='replace')[-3000:]}")
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)         # the whole group: every process of a launched run
     assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def lines_reached(path: Path, target: int):
+    """A kill point: ``path`` holds at least ``target`` lines."""
+    def reached() -> bool:
+        try:
+            return path.read_bytes().count(b"\n") >= target
+        except OSError:
+            return False
+    return reached
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -218,6 +230,19 @@ def test_generation_torn_by_a_kill_is_redone_exactly(init_model, tmp_path, cut):
     assert [[c.to_dict() for c in g] for g in resumed] == [[c.to_dict() for c in g] for g in ref]
 
 
+def rsft_values(base: Path, init: Path, n: int, broken: int) -> dict:
+    """A one-round RSFT config over a pool of ``n`` fixture clips in ``base`` (clip ``broken`` unreadable:
+    it must not shift later batches)."""
+    utts = _pool(n)
+    (base / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    utts[broken].audio = str(base / "broken.wav")
+    pool = base / "pool.jsonl"
+    pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in utts))
+    return dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1, num_samples=3,
+                max_new_tokens=40, gen_batch_size=4, rewards={"verifier": 1.0}, rule="statistical", beta=0.5,
+                train={"epochs": 1, "batch_size": 4, "lr": 1e-3}, seed=5)
+
+
 @pytest.fixture(scope="module")
 def rsft_setup(tmp_path_factory, init_model):
     """A pool of 32 utterances (the fixture clips repeated, one unreadable) and an uninterrupted reference run."""
@@ -225,15 +250,7 @@ def rsft_setup(tmp_path_factory, init_model):
     from assistant.rsft.loop import RSFTConfig, run_rsft
 
     base = tmp_path_factory.mktemp("rsft")
-    init = init_model
-    pool = base / "pool.jsonl"
-    utts = _pool(32)
-    (base / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
-    utts[1].audio = str(base / "broken.wav")         # an unreadable clip must not shift later batches
-    pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in utts))
-    values = dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1, num_samples=3,
-                  max_new_tokens=40, gen_batch_size=4, rewards={"verifier": 1.0}, rule="statistical", beta=0.5,
-                  train={"epochs": 1, "batch_size": 4, "lr": 1e-3}, seed=5)
+    values = rsft_values(base, init_model, n=32, broken=1)
     with one_thread():
         run_rsft(load_config(RSFTConfig, None, output_dir=str(base / "straight"), **values))
     return {"base": base, "values": values, "reference": base / "straight"}
@@ -270,13 +287,7 @@ def test_rsft_killed_during_generation_resumes_without_lost_or_duplicate_samples
     total = len(_candidates(rsft_setup["reference"] / "round_1" / "candidates.jsonl"))
     target = rng.randint(1, total // 2)
 
-    def reached() -> bool:
-        try:
-            return cands.read_bytes().count(b"\n") >= target
-        except OSError:
-            return False
-
-    kill_when(start_cli(args, log), reached, rng.uniform(0, 0.05), log)
+    kill_when(start_cli(args, log), lines_reached(cands, target), rng.uniform(0, 0.05), log)
     assert not (out / "round_1" / "decisions.jsonl").exists(), "generation had finished before the kill"
     run_cli(args, log)
     _assert_same_rsft_result(rsft_setup["reference"], out)

@@ -310,7 +310,7 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     from assistant.model.slu import SLUModel
     from assistant.rsft.accept import accept_all, acceptance_report
     from assistant.rsft.generate import SamplingParams, generate_candidates
-    from assistant.rsft.types import Decision, Scored, write_records
+    from assistant.rsft.types import write_records
     from assistant.train import examples_from_utterances, fine_tune
 
     rdir = out / f"round_{k}"
