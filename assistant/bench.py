@@ -496,9 +496,9 @@ def bench_training(model_dir: Path, train_utts, dev_utts, steps: int, batch_size
 def bench_rsft(model, model_dir: Path, pool_utts, batch_size: int) -> tuple[dict, list, list]:
     """Candidate generation (N=8 + greedy) as the RSFT loop runs it: without and with the reference model."""
     from assistant.model.slu import SLUModel
-    from assistant.rsft.generate import SamplingParams, generate_candidates
+    from assistant.rsft.generate import GenerateConfig, generate_candidates
 
-    params = SamplingParams(num_samples=8, greedy=True)
+    params = GenerateConfig(num_samples=8, greedy=True, batch_size=batch_size)
     rows = len(pool_utts) * (params.num_samples + 1)
     out = {"utterances": len(pool_utts), "decoded_per_utt": params.num_samples + 1}
     ref = SLUModel.from_pretrained(model_dir)
@@ -507,7 +507,7 @@ def bench_rsft(model, model_dir: Path, pool_utts, batch_size: int) -> tuple[dict
         for label, ref_model in (("generate", None), ("generate_with_ref", ref)):
             path = Path(tmp) / f"{label}.jsonl"
             result, wall, _ = _timed(lambda: generate_candidates(model, pool_utts, path, params, ref_model=ref_model,
-                                                                 batch_size=batch_size, seed=0, desc=label))
+                                                                 seed=0, desc=label))
             kept = sum(len(c) for c in result)
             out[label] = {"seconds": wall, "decoded_per_s": rows / wall, "distinct_candidates": kept,
                           "distinct_per_s": kept / wall}

@@ -137,6 +137,13 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     return cfg
 
 
+def override(cfg: T, **values: Any) -> T:
+    """A copy of ``cfg`` with ``values`` set and checked; a mapping given for a nested config updates it
+    key by key (``override(rsft, accept={"min_vote": 0.0})`` keeps the other accept keys)."""
+    cls = type(cfg)
+    return from_dict(cls, _merged(cls, dataclasses.asdict(cfg), values), f"{cls.__name__} override")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

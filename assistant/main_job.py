@@ -255,11 +255,14 @@ def with_text_pass(rcfg, weight: float, stock_bonus: float):
     """RSFT's agreement reward and readings follow the supervised model's text pass as chosen on dev:
     its weight and stock bonus; a pass that never uses the stock reading (bonus -inf) gets no stock
     readings either."""
-    from dataclasses import replace
+    from assistant.config import override
+    from assistant.rsft.rewards import with_reward_options
 
     if stock_bonus == -math.inf:
-        return replace(rcfg, agreement_weight=weight, readings=[r for r in rcfg.readings if r != "stock"])
-    return replace(rcfg, agreement_weight=weight, agreement_stock_bonus=min(stock_bonus, 1e3))
+        return override(rcfg, rewards=with_reward_options(rcfg.rewards, "agreement", text_weight=weight),
+                         generate={"readings": [r for r in rcfg.generate.readings if r != "stock"]})
+    return override(rcfg, rewards=with_reward_options(rcfg.rewards, "agreement", text_weight=weight,
+                                                      stock_bonus=min(stock_bonus, 1e3)))
 
 
 def stock_wer_by_speaker(test, test_stock, dev, dev_stock) -> dict:

@@ -108,13 +108,13 @@ def test_write_table_reports_seeds_fall_back_json_and_diagnostics(tmp_path, monk
 
 def test_default_config_is_the_issue_table():
     cfg = load_config(ExperimentConfig, ROOT / "recipes" / "configs" / "experiment.yaml")
-    assert cfg.seeds == [0, 1] and cfg.test_limit == 0 and cfg.corpus == "data/generated/default"
-    assert cfg.train.dev_limit == 0 and cfg.rsft.train.dev_limit == 0
-    # c is the readings recipe, its nested train: section included (a key set here leaves the others alone)
+    assert cfg.seeds == [0, 1] and cfg.test_limit is None and cfg.corpus == "data/generated/default"
+    assert cfg.train.dev_limit == 0 and cfg.rsft.finetune.dev_limit == 0
+    # c is the readings recipe, its nested sections included (a key set here leaves the others alone)
     readings = load_config(type(cfg.rsft), ROOT / "recipes" / "configs" / "rsft_readings.yaml")
-    for key in ("readings", "rewards", "rule", "min_vote", "min_text_confidence", "transcript_target", "num_samples"):
+    for key in ("generate", "rewards", "accept", "transcript_target", "mix_labelled", "from_base"):
         assert getattr(cfg.rsft, key) == getattr(readings, key), key
-    assert replace(cfg.rsft.train, dev_limit=0) == replace(readings.train, dev_limit=0)
+    assert replace(cfg.rsft.finetune, dev_limit=0) == replace(readings.finetune, dev_limit=0)
     names = condition_names(cfg)
     assert names[:6] == list(MAIN_CONDITIONS)
     assert names[6:] == ["x_reward_agreement_only", "x_abstention_off", "x_targets_sampled", "x_encoder_frozen",
@@ -122,11 +122,11 @@ def test_default_config_is_the_issue_table():
     assert "x_reward_target_likelihood" in condition_names(replace(cfg, include_target_likelihood=True))
     assert condition_names(replace(cfg, ablation=False)) == list(MAIN_CONDITIONS)
     specs = dict(rsft_conditions(cfg))
-    assert specs["b_prime_pseudo_label_text_pass"] == {"num_samples": 0, "readings": ["text", "stock"],
-                                                       "rewards": {"agreement": 1.0}, "rule": "best_of_n", "k": 1,
-                                                       "min_vote": 0.0, "min_text_confidence": 0.0}
+    assert specs["b_prime_pseudo_label_text_pass"] == {
+        "generate": {"num_samples": 0, "readings": ["text", "stock"]}, "rewards": {"agreement": 1.0},
+        "accept": {"rule": "best_of_n", "k": 1, "min_vote": 0.0, "min_text_confidence": 0.0}}
     assert specs["c_rsft_label_free"] == {}
-    assert specs["x_encoder_frozen"]["train"].freeze_encoder_layers == -1
+    assert specs["x_encoder_frozen"] == {"finetune": {"freeze_encoder_layers": -1}}
 
 
 @pytest.fixture
@@ -150,8 +150,8 @@ def _tiny_config(corpus, out, **kw):
                   seeds=[0, 1],
                   train={"tiny_random": True, "max_steps": 2, "batch_size": 4, "dev_limit": 4, "warmup_steps": 1,
                          "lora_rank": 0, "freeze_encoder_layers": -1},
-                  rsft={"rounds": 1, "num_samples": 2, "max_new_tokens": 12,
-                        "train": {"max_steps": 1, "batch_size": 4, "dev_limit": 4, "warmup_steps": 1, "lora_rank": 0}})
+                  rsft={"rounds": 1, "generate": {"num_samples": 2, "max_new_tokens": 12},
+                        "finetune": {"max_steps": 1, "batch_size": 4, "dev_limit": 4, "warmup_steps": 1, "lora_rank": 0}})
     values.update(kw)
     return load_config(ExperimentConfig, None, **values)
 
@@ -251,21 +251,23 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
                 assert rcfg.labelled_manifest == slice_path and rcfg.seed == seed
                 assert rcfg.init_model == str(out / f"seed_{seed}" / "a_supervised_slice" / "best")
                 assert rcfg.holdout_file == str(tiny_corpus / "holdout.json")
-                assert rcfg.agreement_weight == (2.0 if seed == 0 else 3.0)
-    assert runs[("c_rsft_label_free", 0)].readings == ["text", "stock"]
-    assert runs[("c_rsft_label_free", 0)].agreement_stock_bonus == 4.0
-    assert runs[("c_rsft_label_free", 1)].readings == ["text"]                   # bonus -inf: no stock reading
-    assert runs[("b_prime_pseudo_label_text_pass", 1)].readings == ["text"]
+                if "agreement" in rcfg.rewards:                            # b and d score without it
+                    assert rcfg.rewards["agreement"]["text_weight"] == (2.0 if seed == 0 else 3.0)
+    assert runs[("c_rsft_label_free", 0)].generate.readings == ["text", "stock"]
+    assert runs[("c_rsft_label_free", 0)].rewards["agreement"]["stock_bonus"] == 4.0
+    assert runs[("c_rsft_label_free", 1)].generate.readings == ["text"]          # bonus -inf: no stock reading
+    assert runs[("b_prime_pseudo_label_text_pass", 1)].generate.readings == ["text"]
     b, bp, c, d = (runs[(n, 0)] for n in names[1:5])
-    assert (b.num_samples, b.readings, b.rule, b.min_vote) == (0, [], "best_of_n", 0.0)
-    assert (bp.num_samples, bp.rewards, bp.rule, bp.min_vote) == (0, {"agreement": 1.0}, "best_of_n", 0.0)
-    assert (c.rewards, c.min_vote, c.min_text_confidence) == (cfg.rsft.rewards, 0.5, 0.9)
-    assert d.rewards == {"label": 1.0} and d.reveal_labels and not c.reveal_labels
-    assert runs[("x_reward_agreement_only", 0)].rewards == {"agreement": 1.0, "teacher": 0.0}
-    assert runs[("x_abstention_off", 0)].min_vote == 0.0
+    assert (b.generate.num_samples, b.generate.readings, b.accept.rule, b.accept.min_vote) == (0, [], "best_of_n", 0.0)
+    assert (bp.generate.num_samples, bp.accept.rule, bp.accept.min_vote) == (0, "best_of_n", 0.0)
+    assert set(bp.rewards) == {"agreement"} and bp.rewards["agreement"]["weight"] == 1.0
+    assert (set(c.rewards), c.accept.min_vote, c.accept.min_text_confidence) == (set(cfg.rsft.rewards), 0.5, 0.9)
+    assert d.rewards == {"label": {"weight": 1.0, "reveal_labels": True}} and "label" not in c.rewards
+    assert set(runs[("x_reward_agreement_only", 0)].rewards) == {"agreement", "teacher"}
+    assert runs[("x_abstention_off", 0)].accept.min_vote == 0.0
     assert runs[("x_targets_sampled", 0)].transcript_target == "sampled" and c.transcript_target == "majority"
-    assert runs[("x_encoder_frozen", 0)].train.freeze_encoder_layers == -1 != c.train.freeze_encoder_layers
-    assert runs[("x_n_16", 0)].num_samples == 16
+    assert runs[("x_encoder_frozen", 0)].finetune.freeze_encoder_layers == -1 != c.finetune.freeze_encoder_layers
+    assert runs[("x_n_16", 0)].generate.num_samples == 16
     assert json.loads((out / "seed_1" / "a_supervised_slice" / "text_pass.json").read_text())["stock_bonus"] == "-inf"
 
     # a rerun resumes: nothing runs again
@@ -302,6 +304,6 @@ def test_one_condition_end_to_end_on_a_tiny_model(tiny_corpus, tmp_path, monkeyp
     assert c["fell_back_to_start"] == [c["selected_round"][0] == 0]
     text_pass = json.loads((tmp_path / "out" / "seed_0" / "a_supervised_slice" / "text_pass.json").read_text())
     used = yaml.safe_load((tmp_path / "out" / "seed_0" / "c_rsft_label_free" / "config.yaml").read_text())
-    assert used["agreement_weight"] == text_pass["weight"] and used["seed"] == 0
+    assert used["rewards"]["agreement"]["text_weight"] == text_pass["weight"] and used["seed"] == 0
     assert used["holdout_file"] == str(tiny_corpus / "holdout.json")
     assert (tmp_path / "out" / "seed_0" / "c_rsft_label_free" / "round_1" / "scored.jsonl").is_file()

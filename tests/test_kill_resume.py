@@ -122,8 +122,8 @@ TRAIN_ARGS = dict(tiny_random=True, train_manifest=str(FSC), dev_manifest=str(FS
 def _flags(values: dict) -> list[str]:
     out = []
     for k, v in values.items():
-        if k == "train":                      # a nested config: one dotted flag per key (--train.lr 0.001)
-            out += [a for kk, vv in v.items() for a in ("--train." + kk.replace("_", "-"), str(vv))]
+        if k in ("generate", "accept", "finetune"):   # a nested config: one dotted flag per key (--finetune.lr 0.001)
+            out += [a for kk, vv in v.items() for a in (f"--{k}." + kk.replace("_", "-"), str(vv))]
             continue
         out += ["--" + k.replace("_", "-"), json.dumps(v) if isinstance(v, dict) else str(v).lower()
                 if isinstance(v, bool) else str(v)]
@@ -199,16 +199,16 @@ def test_generation_torn_by_a_kill_is_redone_exactly(init_model, tmp_path, cut):
     """What a SIGKILL can leave on disk mid-batch (Python flushes its buffer whenever it fills): the resumed
     file must equal an uninterrupted run's, byte for byte, with no lost or doubled candidates."""
     from assistant.model.slu import SLUModel
-    from assistant.rsft.generate import SamplingParams, generate_candidates, progress_path
+    from assistant.rsft.generate import GenerateConfig, generate_candidates, progress_path
 
     pool = _pool(12)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF0000WAVEjunk")
     pool[5].audio = str(broken)                       # unreadable: skipped, and not retried differently
     model = SLUModel.from_pretrained(init_model)
-    params = SamplingParams(num_samples=3, max_new_tokens=40)
+    params = GenerateConfig(num_samples=3, max_new_tokens=40, batch_size=4)
     with one_thread():
-        ref = generate_candidates(model, pool, tmp_path / "ref.jsonl", params, batch_size=4, seed=7)
+        ref = generate_candidates(model, pool, tmp_path / "ref.jsonl", params, seed=7)
     data = (tmp_path / "ref.jsonl").read_bytes()
     log = progress_path(tmp_path / "ref.jsonl").read_text().splitlines(keepends=True)
     assert len(log) == 3 and not ref[5] and all(ref[i] for i in range(12) if i != 5)
@@ -225,7 +225,7 @@ def test_generation_torn_by_a_kill_is_redone_exactly(init_model, tmp_path, cut):
     out.write_bytes(cut_data)
     progress_path(out).write_text(cut_log)
     with one_thread():
-        resumed = generate_candidates(model, pool, out, params, batch_size=4, seed=7)
+        resumed = generate_candidates(model, pool, out, params, seed=7)
     assert out.read_bytes() == data
     assert [[c.to_dict() for c in g] for g in resumed] == [[c.to_dict() for c in g] for g in ref]
 
@@ -238,9 +238,10 @@ def rsft_values(base: Path, init: Path, n: int, broken: int) -> dict:
     utts[broken].audio = str(base / "broken.wav")
     pool = base / "pool.jsonl"
     pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in utts))
-    return dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1, num_samples=3,
-                max_new_tokens=40, gen_batch_size=4, rewards={"verifier": 1.0}, rule="statistical", beta=0.5,
-                train={"epochs": 1, "batch_size": 4, "lr": 1e-3}, seed=5)
+    return dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1,
+                generate={"num_samples": 3, "max_new_tokens": 40, "batch_size": 4}, rewards={"verifier": 1.0},
+                accept={"rule": "statistical", "beta": 0.5}, finetune={"epochs": 1, "batch_size": 4, "lr": 1e-3},
+                seed=5)
 
 
 @pytest.fixture(scope="module")

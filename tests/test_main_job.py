@@ -24,8 +24,9 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
     sft = tmp_path / "sft.yaml"
     sft.write_text("tiny_random: true\nmax_steps: 2\nbatch_size: 4\ndev_limit: 4\nlr: 0.001\nwarmup_steps: 1\n")
     rsft = tmp_path / "rsft.yaml"
-    rsft.write_text("num_samples: 2\nmax_new_tokens: 12\nrewards: {verifier: 1.0}\nrule: best_of_n\nk: 1\n"
-                    "pool_limit: 4\nlabelled_limit: 4\ntrain: {epochs: 1, batch_size: 4, dev_limit: 4}\n")
+    rsft.write_text("generate: {num_samples: 2, max_new_tokens: 12}\nrewards: {verifier: 1.0}\n"
+                    "accept: {rule: best_of_n, k: 1}\npool_limit: 4\nlabelled_limit: 4\n"
+                    "finetune: {epochs: 1, batch_size: 4, dev_limit: 4}\n")
     cfg = load_config(MainConfig, None, profile="smoke", sft_config=str(sft), rsft_config=str(rsft),
                       rsft_rounds=1, real_speech=False, output_dir=str(tmp_path / "run"))
     summary = run_main(cfg)

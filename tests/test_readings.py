@@ -16,7 +16,7 @@ import torch
 
 from assistant.frames import Frame, format_frame, parse_frame
 from assistant.model.slu import SLUModel
-from assistant.rsft.generate import SamplingParams, generate_candidates, read_done
+from assistant.rsft.generate import GenerateConfig, generate_candidates, read_done
 from assistant.rsft.readings import Reader, ReadingError
 from assistant.rsft.teacher import TextTeacher
 from assistant.schema import load_schema
@@ -95,10 +95,10 @@ def test_readings_join_the_candidates_scored_and_not_counted_as_draws(model, tea
 
     pool = read_manifest(FSC)[:3]
     reader = StockHeard(teacher, HEARD)
-    params = SamplingParams(num_samples=3, max_new_tokens=8)
+    params = GenerateConfig(num_samples=3, max_new_tokens=8, batch_size=3)
     path = tmp_path / "candidates.jsonl"
-    groups = generate_candidates(model, pool, path, params, ref_model=model, batch_size=3, seed=1, reader=reader)
-    plain = generate_candidates(model, pool, tmp_path / "plain.jsonl", params, ref_model=model, batch_size=3, seed=1)
+    groups = generate_candidates(model, pool, path, params, ref_model=model, seed=1, reader=reader)
+    plain = generate_candidates(model, pool, tmp_path / "plain.jsonl", params, ref_model=model, seed=1)
     readings = [c for cs in groups for c in cs if c.source != "sample"]
     assert {c.source for c in readings} == {"stock"}            # random decoder output parses as no frame
     assert [len(cs) - len(p) for cs, p in zip(groups, plain)] == [1, 0, 1]
@@ -124,26 +124,33 @@ def test_readings_join_the_candidates_scored_and_not_counted_as_draws(model, tea
 def test_rsft_config_refuses_readings_with_the_exact_rule_and_vouching_without_the_teacher():
     from assistant.rsft.loop import RSFTConfig
 
-    with pytest.raises(ValueError, match="statistical"):
-        RSFTConfig(readings=["text"], rule="statistical").validate()
-    with pytest.raises(ValueError, match="unknown"):
-        RSFTConfig(readings=["guess"], rule="best_of_n").validate()
-    with pytest.raises(ValueError, match="teacher: 0.0"):
-        RSFTConfig(min_text_confidence=0.9, rewards={"verifier": 1.0}).validate()
-    RSFTConfig(readings=["text", "stock"], rule="best_of_n", rewards={"agreement": 1.0, "teacher": 0.0},
-               min_vote=0.5, min_text_confidence=0.9).validate()
+    from assistant.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="statistical"):
+        from_dict(RSFTConfig, {"generate": {"readings": ["text"]}, "accept": {"rule": "statistical"}})
+    with pytest.raises(ConfigError, match="unknown"):
+        from_dict(RSFTConfig, {"generate": {"readings": ["guess"]}, "accept": {"rule": "best_of_n"}})
+    with pytest.raises(ConfigError, match="teacher: 0.0"):
+        from_dict(RSFTConfig, {"accept": {"min_text_confidence": 0.9}, "rewards": {"verifier": 1.0}})
+    from_dict(RSFTConfig, {"generate": {"readings": ["text", "stock"]}, "rewards": {"agreement": 1.0, "teacher": 0.0},
+                           "accept": {"rule": "best_of_n", "min_vote": 0.5, "min_text_confidence": 0.9}})
 
 
 def test_the_main_job_gives_rsft_the_supervised_text_pass():
     from assistant.main_job import with_text_pass
     from assistant.rsft.loop import RSFTConfig
 
-    cfg = RSFTConfig(readings=["text", "stock"], rule="best_of_n")
+    from assistant.config import from_dict
+
+    cfg = from_dict(RSFTConfig, {"generate": {"readings": ["text", "stock"]}, "accept": {"rule": "best_of_n"},
+                                 "rewards": {"verifier": 1.0, "agreement": {"weight": 0.5, "text_weight": 1.0}}})
     with_stock = with_text_pass(cfg, weight=4.0, stock_bonus=-8.0)
-    assert (with_stock.agreement_weight, with_stock.agreement_stock_bonus, with_stock.readings) == (4.0, -8.0, ["text", "stock"])
+    assert with_stock.rewards["agreement"] == {"weight": 0.5, "text_weight": 4.0, "stock_bonus": -8.0}
+    assert with_stock.generate.readings == ["text", "stock"] and with_stock.rewards["verifier"] == 1.0
     never = with_text_pass(cfg, weight=2.0, stock_bonus=-math.inf)   # a pass that never reads stock
-    assert (never.agreement_weight, never.readings) == (2.0, ["text"])
-    assert with_text_pass(cfg, 1.0, math.inf).agreement_stock_bonus == 1e3
+    assert (never.rewards["agreement"]["text_weight"], never.generate.readings) == (2.0, ["text"])
+    assert with_text_pass(cfg, 1.0, math.inf).rewards["agreement"]["stock_bonus"] == 1e3
+    assert cfg.generate.readings == ["text", "stock"]                  # the given config is left alone
 
 
 def test_the_readings_recipe_loads_and_validates():
@@ -152,4 +159,5 @@ def test_the_readings_recipe_loads_and_validates():
 
     cfg = load_config(RSFTConfig, Path(__file__).parent.parent / "recipes" / "configs" / "rsft_readings.yaml")
     cfg.validate()
-    assert cfg.readings == ["text", "stock"] and cfg.rule == "best_of_n" and cfg.min_text_confidence == 0.9
+    assert cfg.generate.readings == ["text", "stock"] and cfg.accept.rule == "best_of_n"
+    assert cfg.accept.min_text_confidence == 0.9 and cfg.rewards["agreement"]["text_weight"] == 4.0

@@ -340,9 +340,9 @@ def test_agreement_reward_is_the_text_pass_score():
     def text_model(utterances, candidates):        # log p_text(frame | transcript) per candidate
         return [[-0.5 if c.frame.intent == "timer_set" else -4.0 for c in cs] for cs in candidates]
 
-    assert REWARDS["agreement"](teacher=text_model, agreement_weight=0.0)(*data) == [[-3.0, -1.0]]
-    assert REWARDS["agreement"](teacher=text_model, agreement_weight=1.0)(*data) == [[-3.5, -5.0]]
-    combined = build_reward_fns({"agreement": 1.0}, teacher=text_model, agreement_weight=4.0)
+    assert REWARDS["agreement"](teacher=text_model, text_weight=0.0)(*data) == [[-3.0, -1.0]]
+    assert REWARDS["agreement"](teacher=text_model, text_weight=1.0)(*data) == [[-3.5, -5.0]]
+    combined = build_reward_fns({"agreement": {"weight": 1.0, "text_weight": 4.0}}, teacher=text_model)
     assert combined(*data) == [[-5.0, -17.0]]
 
 
@@ -355,7 +355,7 @@ def test_agreement_adds_the_stock_bonus_to_stock_readings_only():
     def text_model(utterances, candidates):
         return [[-1.0 for _ in cs] for cs in candidates]
 
-    fn = REWARDS["agreement"](teacher=text_model, agreement_weight=2.0, agreement_stock_bonus=-8.0)
+    fn = REWARDS["agreement"](teacher=text_model, text_weight=2.0, stock_bonus=-8.0)
     assert fn([utt()], [row]) == [[-13.0, -3.0]]
     with pytest.raises(RewardError, match="stock_bonus"):
-        REWARDS["agreement"](teacher=text_model, agreement_stock_bonus=-math.inf)
+        REWARDS["agreement"](teacher=text_model, stock_bonus=-math.inf)

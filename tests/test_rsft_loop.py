@@ -24,9 +24,11 @@ def init_model(tmp_path_factory):
 
 def _cfg(init_model, out, **kw):
     values = dict(init_model=str(init_model), pool_manifest=str(FSC), labelled_manifest=str(FSC),
-                  dev_manifest=str(FSC), output_dir=str(out), rounds=1, num_samples=3, max_new_tokens=12,
-                  rewards={"verifier": 1.0, "acoustic": 0.1}, rule="best_of_n", k=1,
-                  train={"epochs": 1, "batch_size": 4, "dev_limit": 4}, seed=0)
+                  dev_manifest=str(FSC), output_dir=str(out), rounds=1,
+                  generate={"num_samples": 3, "max_new_tokens": 12},
+                  rewards={"verifier": 1.0, "acoustic": {"weight": 0.1, "length_alpha": 0.5}},
+                  accept={"rule": "best_of_n", "k": 1},
+                  finetune={"epochs": 1, "batch_size": 4, "dev_limit": 4}, seed=0)
     values.update(kw)
     return load_config(RSFTConfig, None, **values)
 
@@ -60,31 +62,43 @@ def test_finished_rounds_are_skipped_on_rerun(init_model, tmp_path):
 
 
 def test_greedy_only_pseudo_labelling_keeps_the_argmax(init_model, tmp_path):
-    run_rsft(_cfg(init_model, tmp_path / "p", num_samples=0, rewards={"acoustic": 1.0}))
+    run_rsft(_cfg(init_model, tmp_path / "p", generate={"num_samples": 0}, rewards={"acoustic": 1.0}))
     cands = [json.loads(l) for l in (tmp_path / "p" / "round_1" / "candidates.jsonl").read_text().splitlines()]
     assert cands and all(c["greedy"] for c in cands)
 
 
 def test_bad_rsft_config_is_a_clear_error(init_model, tmp_path):
     with pytest.raises(ConfigError, match="rule"):
-        _cfg(init_model, tmp_path, rule="most_likely")
+        _cfg(init_model, tmp_path, accept={"rule": "most_likely"})
     with pytest.raises(ConfigError, match="beta"):
-        _cfg(init_model, tmp_path, beta=0)
+        _cfg(init_model, tmp_path, accept={"rule": "statistical", "beta": 0})
+    with pytest.raises(ConfigError, match="tau"):
+        _cfg(init_model, tmp_path, accept={"rule": "threshold"})           # the rule's required parameter
+    with pytest.raises(ConfigError, match=r"rewards\.acoustic.*length_alpah"):
+        _cfg(init_model, tmp_path, rewards={"acoustic": {"weight": 1.0, "length_alpah": 0.5}})
+    with pytest.raises(ConfigError, match=r"rewards\.verifier.*weight"):
+        _cfg(init_model, tmp_path, rewards={"verifier": {"length_alpha": 0.5}})
+    with pytest.raises(ConfigError, match="pool_limit"):
+        _cfg(init_model, tmp_path, pool_limit=0)
     with pytest.raises(ConfigError, match="init_model"):
         run_rsft(_cfg(tmp_path / "missing", tmp_path / "x"))
 
 
 def test_none_means_none_in_rsft_configs(init_model, tmp_path):
-    """cap / bound are None when absent (not a magic 0), and "none" / null spell it on the CLI / in YAML."""
+    """cap / bound / top_k / limits are None when absent (not a magic 0), and "none" / null spell it on
+    the CLI / in YAML; each rule reads only its own parameters."""
     from assistant.config import from_dict
     from assistant.rsft.loop import RSFTConfig
 
-    assert RSFTConfig().accept_params()["cap"] is None and RSFTConfig().accept_params()["bound"] is None
-    cfg = from_dict(RSFTConfig, {"cap": "none", "bound": "null", "rule": "threshold", "tau": 0.5})
-    assert cfg.cap is None and cfg.accept_params() == {"tau": 0.5, "cap": None}
-    assert from_dict(RSFTConfig, {"cap": "2"}).accept_params()["cap"] == 2
+    default = RSFTConfig()
+    assert default.accept.rule_params()["cap"] is None and default.accept.rule_params()["bound"] is None
+    assert (default.generate.top_k, default.pool_limit, default.labelled_limit, default.ref_model) == (None,) * 4
+    cfg = from_dict(RSFTConfig, {"accept": {"cap": "none", "bound": "null", "rule": "threshold", "tau": 0.5}})
+    assert cfg.accept.cap is None and cfg.accept.rule_params() == {"tau": 0.5, "cap": None}
+    assert from_dict(RSFTConfig, {"accept": {"cap": "2"}}).accept.rule_params()["cap"] == 2
+    assert from_dict(RSFTConfig, {"accept": {"rule": "best_of_n", "k": 2}}).accept.rule_params() == {"k": 2}
     with pytest.raises(ConfigError, match="cap"):
-        from_dict(RSFTConfig, {"cap": "two"})
+        from_dict(RSFTConfig, {"accept": {"cap": "two"}})
 
 
 def test_reference_reuses_the_encoder_only_when_it_is_identical(init_model, tmp_path):
@@ -92,7 +106,7 @@ def test_reference_reuses_the_encoder_only_when_it_is_identical(init_model, tmp_
 
     from assistant.data.manifest import read_manifest
     from assistant.model.slu import SLUModel
-    from assistant.rsft.generate import SamplingParams, generate_candidates, same_encoder
+    from assistant.rsft.generate import GenerateConfig, generate_candidates, same_encoder
 
     from assistant.audio import load_audio
     from assistant.train import frame_target
@@ -115,12 +129,12 @@ def test_reference_reuses_the_encoder_only_when_it_is_identical(init_model, tmp_
         for p in ref.whisper.model.decoder.parameters():
             p.add_(0.01 * torch.randn_like(p))
     assert same_encoder(model, ref) and same_encoder(model, model) and same_encoder(model, None)
-    params = SamplingParams(num_samples=2, max_new_tokens=40, temperature=0.5)
-    shared = generate_candidates(model, pool, tmp_path / "shared.jsonl", params, ref_model=ref, batch_size=3, seed=1)
+    params = GenerateConfig(num_samples=2, max_new_tokens=40, temperature=0.5, batch_size=3)
+    shared = generate_candidates(model, pool, tmp_path / "shared.jsonl", params, ref_model=ref, seed=1)
     with torch.no_grad():
         ref.whisper.model.encoder.layers[0].fc1.weight.add_(0.05)
     assert not same_encoder(model, ref)
-    own = generate_candidates(model, pool, tmp_path / "own.jsonl", params, ref_model=ref, batch_size=3, seed=1)
+    own = generate_candidates(model, pool, tmp_path / "own.jsonl", params, ref_model=ref, seed=1)
     flat = lambda groups: [c for g in groups for c in g]   # noqa: E731
     assert [c.text for c in flat(shared)] == [c.text for c in flat(own)]
     # Shared-encoder reference scores equal scoring with the reference's own (identical) encoder...
@@ -150,7 +164,7 @@ def test_each_round_fine_tunes_with_the_nested_supervised_recipe(init_model, tmp
         return real(model, examples, dev, cfg, out_dir, **kw)
 
     monkeypatch.setattr(train_mod, "fine_tune", spy)
-    cfg = _cfg(init_model, tmp_path / "r", train={"epochs": 1, "batch_size": 4, "dev_limit": 4, "lr": 2e-3,
+    cfg = _cfg(init_model, tmp_path / "r", finetune={"epochs": 1, "batch_size": 4, "dev_limit": 4, "lr": 2e-3,
                                                   "encoder_lr_scale": 0.5, "spec_augment": True, "warmup_steps": 1})
     run_rsft(cfg)
     (used,) = seen
@@ -160,7 +174,7 @@ def test_each_round_fine_tunes_with_the_nested_supervised_recipe(init_model, tmp
 
 def test_round_owned_train_keys_are_refused(init_model, tmp_path):
     with pytest.raises(ConfigError, match="train_manifest"):
-        _cfg(init_model, tmp_path / "x", train={"train_manifest": str(FSC)})
+        _cfg(init_model, tmp_path / "x", finetune={"train_manifest": str(FSC)})
 
 
 def test_the_nested_recipe_is_yaml_and_dotted_flags(tmp_path):
@@ -169,16 +183,21 @@ def test_the_nested_recipe_is_yaml_and_dotted_flags(tmp_path):
     from assistant.config import add_dataclass_arguments, parse_config
 
     path = tmp_path / "r.yaml"
-    path.write_text("rounds: 1\ntrain:\n  lr: 0.002\n  epochs: 3\n")
+    path.write_text("rounds: 1\nfinetune:\n  lr: 0.002\n  epochs: 3\naccept:\n  rule: statistical\n  k: 2\n"
+                    "rewards:\n  verifier: 1.0\n  agreement: {weight: 0.5, text_weight: 3.0}\n")
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, RSFTConfig)
-    cfg = parse_config(RSFTConfig, parser.parse_args(["--config", str(path), "--train.epochs", "5", "--beta", "0.5"]))
-    assert (cfg.rounds, cfg.beta, cfg.train.lr, cfg.train.epochs) == (1, 0.5, 0.002, 5)
-    assert cfg.train.warmup_steps == 10          # the round recipe's default, not TrainConfig's own 30
-    path.write_text("train:\n  nope: 1\n")
+    cfg = parse_config(RSFTConfig, parser.parse_args(["--config", str(path), "--finetune.epochs", "5",
+                                                      "--accept.beta", "0.5", "--generate.num-samples", "16",
+                                                      "--generate.top-k", "50"]))
+    assert (cfg.rounds, cfg.accept.beta, cfg.accept.k, cfg.finetune.lr, cfg.finetune.epochs) == (1, 0.5, 2, 0.002, 5)
+    assert (cfg.generate.num_samples, cfg.generate.top_k, cfg.generate.temperature) == (16, 50, 1.0)
+    assert cfg.rewards["agreement"] == {"weight": 0.5, "text_weight": 3.0}
+    assert cfg.finetune.warmup_steps == 10       # the round recipe's default, not TrainConfig's own 30
+    path.write_text("finetune:\n  nope: 1\n")
     with pytest.raises(ConfigError, match="nope"):
         parse_config(RSFTConfig, parser.parse_args(["--config", str(path)]))
-    path.write_text("train: 3\n")
+    path.write_text("finetune: 3\n")
     with pytest.raises(ConfigError, match="mapping"):
         parse_config(RSFTConfig, parser.parse_args(["--config", str(path)]))
 

@@ -53,11 +53,16 @@ def test_scores_do_not_depend_on_the_batch(tiny, tmp_path):
     assert np.allclose(np.concatenate(together), np.concatenate(alone), atol=1e-5)
 
 
-def test_registry_needs_a_target_model(tiny):
-    with pytest.raises(RewardError, match="target_model"):
-        build_reward_fns({"target_likelihood": 1.0})
+def test_registry_loads_the_target_model_its_options_name(tiny, tmp_path):
+    """The config names the target model (``target_likelihood: {weight:, model: FOLDER}``); a loaded one
+    passed in as a resource wins."""
+    tiny.save_pretrained(tmp_path / "target")
+    fns = build_reward_fns({"target_likelihood": {"weight": 1.0, "model": str(tmp_path / "target")}})
+    assert isinstance(fns.fns["target_likelihood"], TargetLikelihood) and fns.weights == {"target_likelihood": 1.0}
     fns = build_reward_fns({"target_likelihood": 1.0}, target_model=tiny)
-    assert isinstance(fns.fns["target_likelihood"], TargetLikelihood)
+    assert fns.fns["target_likelihood"].model is tiny
+    with pytest.raises(Exception, match="missing"):
+        build_reward_fns({"target_likelihood": {"weight": 1.0, "model": str(tmp_path / "missing")}})
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import inspect
 import math
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -247,8 +248,43 @@ def _rule_and_params(rule_name: str, params: dict[str, Any]) -> Rule:
         raise AcceptError(f"rule {rule_name!r} has no parameter(s) {unknown}; it takes {sorted(spec)}")
     missing = sorted(n for n, p in spec.items() if p.default is p.empty and n not in params)
     if missing:
-        raise AcceptError(f"rule {rule_name!r} needs parameter(s) {missing} (set them in the RSFT config)")
+        raise AcceptError(f"rule {rule_name!r} needs parameter(s) {missing} (set accept.<name> in the RSFT config)")
     return rule
+
+
+@dataclass
+class AcceptConfig:
+    """RSFT's ``accept:`` section: the rule, its parameters (each rule reads the ones it takes), and when
+    an utterance keeps nothing."""
+    rule: str = "statistical"            # statistical / best_of_n / threshold / distinct_correct
+    beta: float = 0.1                    # statistical: temperature of exp(r / beta)
+    k: int = 1                           # statistical, best_of_n: distinct candidates kept per utterance
+    normalize: bool = False              # statistical: rewards centred / scaled per utterance, beta in std units
+    correct_proposal: bool = True        # statistical: from round 2 the target stays pi_ref * exp(r / beta)
+    bound: float | None = None           # statistical: a known reward upper bound (None: the utterance's max)
+    tau: float | None = None             # threshold: the reward a candidate needs (required by that rule)
+    bar: float | None = None             # distinct_correct: the reward a distinct candidate needs (required)
+    cap: int | None = None               # statistical / threshold / distinct_correct: most kept (None: no cap)
+    min_vote: float = 0.0                # abstain: keep nothing for an utterance whose kept frame won less
+                                         # than this share of the sampled draws ...
+    min_text_confidence: float = 0.0     # ... unless the text model gives it at least this probability
+                                         # (reads the teacher reward; 0 = the text model never vouches)
+
+    def rule_params(self) -> dict[str, Any]:
+        """The parameters the rule takes (its keyword-only arguments); an unset optional one keeps the
+        rule's default."""
+        if self.rule not in RULES:
+            raise AcceptError(f"unknown acceptance rule {self.rule!r}; choose from {sorted(RULES)}")
+        names = [n for n, p in inspect.signature(RULES[self.rule]).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None or n in ("cap", "bound")}
+
+    def validate(self) -> None:
+        _rule_and_params(self.rule, self.rule_params())        # unknown rule, a required parameter unset
+        if self.beta <= 0:
+            raise AcceptError(f"accept.beta must be > 0, got {self.beta}")
+        for name in ("min_vote", "min_text_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise AcceptError(f"accept.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def accept(scored: list[Scored], rng: np.random.Generator, rule: str = "statistical", **params: Any) -> list[Decision]:

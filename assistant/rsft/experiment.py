@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from assistant.config import add_dataclass_arguments, from_dict, load_yaml, parse_config
+from assistant.config import add_dataclass_arguments, from_dict, load_yaml, override, parse_config
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
 from assistant.rsft.loop import RSFTConfig
 from assistant.train import TrainConfig
@@ -53,7 +53,7 @@ _RSFT_PATHS = ("init_model", "ref_model", "pool_manifest", "labelled_manifest", 
 MAIN_CONDITIONS = ("a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label_text_pass", "c_rsft_label_free",
                    "d_rsft_gold_label", "e_oracle_supervised")
 SUPERVISED = ("a_supervised_slice", "e_oracle_supervised")
-NO_ABSTENTION = {"min_vote": 0.0, "min_text_confidence": 0.0}
+NO_ABSTENTION = {"min_vote": 0.0, "min_text_confidence": 0.0}          # accept: keys
 
 
 def _recipe(cls, path: str, owned: tuple[str, ...]):
@@ -79,9 +79,9 @@ class ExperimentConfig:
     output_dir: str = ""                 # '' = runs/experiment
     results_file: str = "recipes/results/rsft_label_scarce.md"   # + the same name with .json
     labelled_voices: int = 10            # the labelled slice: every train utterance of this many voices
-    labelled_limit: int = 0              # 0 = all of those voices' utterances
-    pool_limit: int = 0                  # 0 = the whole pool
-    test_limit: int = 0                  # 0 = every test clip
+    labelled_limit: int | None = None    # the first N of those voices' utterances (None: all)
+    pool_limit: int | None = None        # the first N pool clips (None: the whole pool)
+    test_limit: int | None = None        # the first N test clips (None: every test clip)
     # The two recipes, nested as in their own commands: `assistant train` for (a) and (e), `assistant rsft`
     # (with its own train: section) for the RSFT conditions. Paths, seeds and data are set here.
     train: TrainConfig = field(default_factory=_supervised_recipe)
@@ -99,20 +99,21 @@ class ExperimentConfig:
         if self.labelled_voices < 1:
             raise ValueError(f"labelled_voices must be >= 1, got {self.labelled_voices}")
         for name in ("labelled_limit", "pool_limit", "test_limit"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)}")
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, or None for all, got {getattr(self, name)}")
 
 
 def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
     """(name, overrides of ``cfg.rsft``) of every RSFT condition, main ones first, then the ablations of c."""
+    pseudo_label = {"rule": "best_of_n", "k": 1, **NO_ABSTENTION}
     main = [
-        ("b_pseudo_label", {"num_samples": 0, "readings": [], "rewards": {"verifier": 1.0}, "rule": "best_of_n",
-                            "k": 1, **NO_ABSTENTION}),
-        ("b_prime_pseudo_label_text_pass", {"num_samples": 0, "readings": ["text", "stock"],
-                                            "rewards": {"agreement": 1.0}, "rule": "best_of_n", "k": 1,
-                                            **NO_ABSTENTION}),
+        ("b_pseudo_label", {"generate": {"num_samples": 0, "readings": []}, "rewards": {"verifier": 1.0},
+                            "accept": pseudo_label}),
+        ("b_prime_pseudo_label_text_pass", {"generate": {"num_samples": 0, "readings": ["text", "stock"]},
+                                            "rewards": {"agreement": 1.0}, "accept": pseudo_label}),
         ("c_rsft_label_free", {}),
-        ("d_rsft_gold_label", {"rewards": {"label": 1.0}, "reveal_labels": True, **NO_ABSTENTION}),
+        ("d_rsft_gold_label", {"rewards": {"label": {"weight": 1.0, "reveal_labels": True}},
+                               "accept": NO_ABSTENTION}),
     ]
     if not cfg.ablation:
         return main
@@ -122,10 +123,10 @@ def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
     if cfg.include_target_likelihood:
         ablations.append(("x_reward_target_likelihood", {"rewards": {**cfg.rsft.rewards, "target_likelihood": 1.0}}))
     ablations += [
-        ("x_abstention_off", dict(NO_ABSTENTION)),
+        ("x_abstention_off", {"accept": NO_ABSTENTION}),
         ("x_targets_sampled", {"transcript_target": "sampled"}),
-        ("x_encoder_frozen", {"train": replace(cfg.rsft.train, freeze_encoder_layers=-1)}),
-        ("x_n_16", {"num_samples": 16}),
+        ("x_encoder_frozen", {"finetune": {"freeze_encoder_layers": -1}}),
+        ("x_n_16", {"generate": {"num_samples": 16}}),
     ]
     return main + ablations
 
@@ -144,7 +145,7 @@ def labelled_slice(train, n_voices: int, limit: int, seed: int):
     random.Random(seed).shuffle(speakers)
     chosen = set(speakers[:n_voices])
     picked = [u for u in train if u.speaker in chosen]
-    return picked[:limit] if limit else picked, sorted(chosen)
+    return picked if limit is None else picked[:limit], sorted(chosen)
 
 
 def _write_manifest(utts, path: Path) -> str:
@@ -212,10 +213,10 @@ class Experiment:
         self.holdout = self.corpus / "holdout.json"
         self.train_all = read_manifest(self.corpus / "train.jsonl")
         pool = read_manifest(self.corpus / "pool.jsonl")
-        self.pool = pool[: cfg.pool_limit] if cfg.pool_limit else pool
+        self.pool = pool[: cfg.pool_limit]
         self.dev_path = str(self.corpus / "dev.jsonl")
         test = read_manifest(self.corpus / "test.jsonl")
-        self.test = test[: cfg.test_limit] if cfg.test_limit else test
+        self.test = test[: cfg.test_limit]
         self.pool_path = _write_manifest(self.pool, self.out / "manifests" / "pool.jsonl")
         print(f"pool: {len(self.pool)}; test: {len(self.test)}; seeds {cfg.seeds}")
 
@@ -312,7 +313,7 @@ class Experiment:
         values = dict(init_model=init, pool_manifest=paths["pool"], labelled_manifest=paths["slice"],
                       dev_manifest=paths["dev"], output_dir=str(self._dir(seed, name)), seed=seed,
                       holdout_file=str(self.holdout))
-        rcfg = replace(self.cfg.rsft, **values, **overrides)
+        rcfg = override(self.cfg.rsft, **values, **overrides)
         # the agreement reward and the readings follow (a)'s text pass, as chosen on dev
         rcfg = with_text_pass(rcfg, weight=text_pass["weight"], stock_bonus=float(text_pass["stock_bonus"]))
         rcfg.validate()
@@ -389,15 +390,15 @@ class Experiment:
             f"Seeds {seeds}: every condition runs once per seed; the labelled slice is drawn with the seed, so "
             f"it differs per seed ({cfg.labelled_voices} train voice(s) each; {slices or '-'}). Pool: "
             f"{len(self.pool)} field utterances (labels hidden). Selection on {dev(cfg.train.dev_limit)} dev clips "
-            f"(supervised) / {dev(r.train.dev_limit)} (RSFT rounds); test: {len(self.test)} clips (the field: "
+            f"(supervised) / {dev(r.finetune.dev_limit)} (RSFT rounds); test: {len(self.test)} clips (the field: "
             "unseen voices; field and novel phrasings).",
             "",
-            f"c (label-free RSFT, {RSFT_RECIPE}): rounds {r.rounds}; N={r.num_samples} samples + greedy + readings "
-            f"{r.readings} (the stock one where (a)'s text pass uses it); rewards {r.rewards}; rule {r.rule}; "
-            f"min_vote {r.min_vote:g}, min_text_confidence "
-            f"{r.min_text_confidence:g}; {r.transcript_target} transcript targets; each round {r.train.epochs} "
-            f"epoch(s) at lr {r.train.lr:g}, freeze_encoder_layers {r.train.freeze_encoder_layers}, lora_rank "
-            f"{r.train.lora_rank}. (a)/(e): {cfg.train.epochs} epochs at lr {cfg.train.lr:g}, freeze_encoder_layers "
+            f"c (label-free RSFT, {RSFT_RECIPE}): rounds {r.rounds}; N={r.generate.num_samples} samples + greedy + "
+            f"readings {r.generate.readings} (the stock one where (a)'s text pass uses it); rewards {r.rewards}; "
+            f"rule {r.accept.rule}; min_vote {r.accept.min_vote:g}, min_text_confidence "
+            f"{r.accept.min_text_confidence:g}; {r.transcript_target} transcript targets; each round "
+            f"{r.finetune.epochs} epoch(s) at lr {r.finetune.lr:g}, freeze_encoder_layers "
+            f"{r.finetune.freeze_encoder_layers}, lora_rank {r.finetune.lora_rank}. (a)/(e): {cfg.train.epochs} epochs at lr {cfg.train.lr:g}, freeze_encoder_layers "
             f"{cfg.train.freeze_encoder_layers}, lora_rank {cfg.train.lora_rank}.",
             "",
             f"Text pass of (a) chosen on dev (the agreement weight and stock bonus of b' and c): {passes or '-'}.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,13 +21,31 @@ from assistant.rsft.types import Candidate
 
 
 @dataclass
-class SamplingParams:
-    num_samples: int = 8
+class GenerateConfig:
+    """RSFT's ``generate:`` section: what is drawn for each utterance, and in what batches."""
+    num_samples: int = 8                 # draws from the policy; 0 = the greedy candidate only (pseudo-labelling)
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: int | None = None             # None: no top-k cut
     max_new_tokens: int = 96
-    greedy: bool = True
+    greedy: bool = True                  # + the greedy candidate (not a draw: count 0)
+    batch_size: int = 16                 # utterances per batch (the unit of resuming and of sharing out)
+    # readings that join the samples as candidates (not draws; assistant.rsft.readings): "text" = the text
+    # model's frame for each decoded transcript, "stock" = its frame for stock Whisper's transcript
+    readings: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        from assistant.rsft.readings import READING_SOURCES
+
+        if self.num_samples < 0:
+            raise ValueError("generate.num_samples must be >= 0 (0 = greedy only: argmax pseudo-labelling)")
+        if self.num_samples and (self.temperature <= 0 or not 0 < self.top_p <= 1 or (self.top_k or 0) < 0):
+            raise ValueError("generate: temperature must be > 0, 0 < top_p <= 1, top_k >= 1 or None")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("generate: batch_size and max_new_tokens must be >= 1")
+        unknown = sorted(set(self.readings) - set(READING_SOURCES))
+        if unknown:
+            raise ValueError(f"generate.readings {unknown} unknown; choose from {list(READING_SOURCES)}")
 
 
 def same_encoder(model, ref_model) -> bool:
@@ -41,13 +59,15 @@ def same_encoder(model, ref_model) -> bool:
         model.context_seconds == ref_model.context_seconds
 
 
-def _candidates_for_batch(model, ref_model, utt_ids, waves, params: SamplingParams, seed: int,
-                          share_encoder: bool = False, reader=None) -> list[list[Candidate]]:
+def candidates_for_batch(model, ref_model, utt_ids, waves, params: GenerateConfig, seed: int,
+                         share_encoder: bool = False, reader=None) -> list[list[Candidate]]:
+    """One batch of decoded audio -> each utterance's candidates (draws, greedy, readings), with log-probs
+    under ``model`` and ``ref_model``; nothing is written (``generate_candidates`` persists and resumes)."""
     mels = model.features(waves)
     with torch.no_grad():
         enc = model.encode(mels)
         outs = model.generate(enc, num_samples=params.num_samples, greedy=params.greedy,
-                              temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                              temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0,
                               max_new_tokens=params.max_new_tokens, seed=seed)
         # (text, token ids, log-prob, greedy, finished, count, source) per candidate of each utterance
         rows = [[(c.text, list(c.token_ids), float(c.logprob), bool(c.greedy), bool(getattr(c, "finished", True)),
@@ -142,9 +162,8 @@ def _resume_point(out_path: Path, log_path: Path) -> set[str]:
     return ids
 
 
-def generate_candidates(model, utterances, out_path: Path, params: SamplingParams, ref_model=None,
-                        batch_size: int = 16, seed: int = 0, desc: str = "generate",
-                        reader=None) -> list[list[Candidate]]:
+def generate_candidates(model, utterances, out_path: Path, params: GenerateConfig, ref_model=None,
+                        seed: int = 0, desc: str = "generate", reader=None) -> list[list[Candidate]]:
     """Candidates for every utterance, in utterance order; resumes from `out_path`.
 
     Batches are fixed slices of `utterances` (not of what is left to do), so after a resume every batch
@@ -162,6 +181,7 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    batch_size = params.batch_size
     starts = list(range(0, len(utterances), batch_size))
     if dist.world_size() == 1:
         finished = _resume_point(out_path, progress_path(out_path))
@@ -183,7 +203,7 @@ def generate_candidates(model, utterances, out_path: Path, params: SamplingParam
     return [done.get(u.id, []) for u in utterances]
 
 
-def _generate_into(model, utterances, out_path: Path, params: SamplingParams, ref_model, batch_size: int,
+def _generate_into(model, utterances, out_path: Path, params: GenerateConfig, ref_model, batch_size: int,
                    seed: int, desc: str, reader, starts: list[int], finished: set[str]) -> None:
     """Append the candidates of the batches beginning at ``starts`` (less the ``finished`` ids) to out_path."""
     log_path = progress_path(out_path)
@@ -206,7 +226,7 @@ def _generate_into(model, utterances, out_path: Path, params: SamplingParams, re
             if ids:
                 # Seed from the batch's ids: the same batch draws the same samples after a resume.
                 batch_seed = zlib.crc32(f"{seed}:{','.join(ids)}".encode())
-                for group in _candidates_for_batch(model, ref_model, ids, waves, params, batch_seed,
+                for group in candidates_for_batch(model, ref_model, ids, waves, params, batch_seed,
                                                    share_encoder, reader):
                     lines += [json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in group]
             f.write("".join(lines).encode("utf-8"))

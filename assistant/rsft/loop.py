@@ -24,18 +24,25 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from assistant import distributed as dist
 from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
 from assistant.paths import runs_dir
+from assistant.rsft.accept import AcceptConfig
+from assistant.rsft.generate import GenerateConfig
 from assistant.train import TrainConfig
 
 
 def round_recipe() -> TrainConfig:
     """The fine-tuning recipe of each round: the supervised recipe's class (`assistant train`), with the
-    round's defaults. Every key can be set under ``train:`` in the YAML or as ``--train.<key>``."""
+    round's defaults. Every key can be set under ``finetune:`` in the YAML or as ``--finetune.<key>``."""
     return TrainConfig(epochs=2, lr=1e-4, warmup_steps=10, freeze_encoder_layers=2, spec_augment=False,
                        asr_weight=0.5, dev_limit=300)
+
+
+def default_rewards() -> dict:
+    return {"verifier": 1.0, "teacher": 0.1}
 
 
 TRANSCRIPT_TARGETS = ("majority", "sampled")
@@ -47,98 +54,57 @@ ROUND_OWNED = ("train_manifest", "dev_manifest", "corpus", "corpus_format", "aud
 
 @dataclass
 class RSFTConfig:
-    init_model: str = field(default="", metadata={"help": "supervised model folder to start from"})
-    ref_model: str = field(default="", metadata={"help": "reference model for ref log-probs ('' = init_model)"})
-    pool_manifest: str = field(default="", metadata={"help": "unlabelled audio (labels hidden)"})
-    labelled_manifest: str = field(default="", metadata={"help": "labelled set: mixed into fine-tuning, fits 'learned'"})
-    dev_manifest: str = ""
-    output_dir: str = ""
-    rounds: int = 2
-    # generate
-    num_samples: int = 8                 # + the greedy candidate; 0 = greedy only (pseudo-labelling)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    gen_batch_size: int = 16
-    max_new_tokens: int = 96
-    # readings that join the samples as candidates (not draws; assistant.rsft.readings): "text" = the text
-    # model's frame for each decoded transcript, "stock" = its frame for stock Whisper's transcript
-    readings: list[str] = field(default_factory=list)
-    # score: reward name -> weight (label, verifier, acoustic, teacher, agreement, vote, target_likelihood, learned)
-    rewards: dict[str, float] = field(default_factory=lambda: {"verifier": 1.0, "teacher": 0.1})
-    agreement_weight: float = 1.0        # agreement: log p_speech + w * log p_text, w as the text pass's on dev
-    agreement_stock_bonus: float = 0.0   # agreement: + this for a stock reading (the text pass's stock bonus)
-    target_model: str = "base"           # target_likelihood: the stock Whisper that scores transcripts (a name:
-                                         # base / tiny.en, a folder or a hub id); loaded only for that reward
-    holdout_file: str = ""               # the corpus's holdout.json ('' = the one beside pool_manifest): the
+    """`assistant rsft`: data and rounds at the top, then one section per step of a round (generate,
+    rewards, accept, finetune). Sections are YAML mappings and dotted flags (``--accept.beta 0.5``)."""
+    init_model: str = field(default="", metadata={"help": "supervised model folder to start from (required)"})
+    ref_model: str | None = field(default=None, metadata={"help": "reference model for ref log-probs (None: init_model)"})
+    pool_manifest: str = field(default="", metadata={"help": "unlabelled audio (labels hidden; required)"})
+    labelled_manifest: str | None = field(default=None, metadata={"help": "labelled set: mixed into fine-tuning, fits 'learned'"})
+    dev_manifest: str = field(default="", metadata={"help": "round selection (required)"})
+    output_dir: str | None = None        # None: runs/rsft
+    holdout_file: str | None = None      # the corpus's holdout.json (None: the one beside pool_manifest): the
                                          # text teacher never trains on its dev/test phrasings
-    reveal_labels: bool = False          # oracle only: lets the `label` reward read the pool's hidden labels
-    # accept
-    rule: str = "statistical"
-    beta: float = 0.1
-    k: int = 1
-    tau: float = 1.0
-    bar: float = 1.0
-    cap: int | None = None               # most candidates kept per utterance (None: no cap)
-    bound: float | None = None           # statistical: known reward upper bound (None: the per-utterance max)
-    normalize_rewards: bool = False      # statistical: rewards centred / scaled per utterance, beta in std units
-    correct_proposal: bool = True        # statistical: from round 2 the target stays pi_ref * exp(r / beta)
-    min_vote: float = 0.0                # abstain: keep nothing for an utterance whose kept frame won
-                                         # less than this share of the sampled draws ...
-    min_text_confidence: float = 0.0     # ... unless the text model gives it at least this probability
-                                         # (needs the teacher reward; 0 = the text model never vouches)
+    rounds: int = 2
+    pool_limit: int | None = None        # the first N pool clips (None: all)
+    labelled_limit: int | None = None    # the first N labelled clips (None: all)
+    seed: int = 0
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # score: reward name -> weight, or -> {weight: w, option: value, ...} (assistant.rsft.rewards.REWARDS:
+    # label, verifier, acoustic, teacher, agreement, vote, target_likelihood, learned)
+    rewards: dict[str, Any] = field(default_factory=default_rewards)
+    accept: AcceptConfig = field(default_factory=AcceptConfig)
     # targets: the kept frame's intent and slots, with the transcript the most draws gave for that frame
     # ("majority"; the greedy one on ties) or the kept sample's own ("sampled")
     transcript_target: str = "majority"
+    mix_labelled: bool = True            # the labelled set joins each round's kept set
+    from_base: bool = False              # ReST-EM: each round fine-tunes the base, not the last round
     # fine-tune: the supervised recipe itself (epochs, lr, batch size, frozen layers, SpecAugment, ASR loss,
     # dev_limit for round selection, ...); the round sets its data, output folder and seed
-    train: TrainConfig = field(default_factory=round_recipe)
-    mix_labelled: bool = True
-    from_base: bool = False              # ReST-EM: each round fine-tunes the base, not the last round
-    pool_limit: int = 0
-    labelled_limit: int = 0
-    seed: int = 0
+    finetune: TrainConfig = field(default_factory=round_recipe)
 
     def validate(self) -> None:
-        from assistant.rsft.accept import RULES
+        from assistant.rsft.rewards import reward_specs
 
-        if self.rule not in RULES:
-            raise ValueError(f"rule must be one of {sorted(RULES)}, got {self.rule!r}")
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
-        if self.num_samples < 0:
-            raise ValueError("num_samples must be >= 0 (0 = greedy only: argmax pseudo-labelling)")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not self.rewards:
-            raise ValueError("rewards must name at least one reward with a weight")
+        for name in ("pool_limit", "labelled_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, or None for all clips")
+        self.generate.validate()
+        self.accept.validate()
+        reward_specs(self.rewards)
         if self.transcript_target not in TRANSCRIPT_TARGETS:
             raise ValueError(f"transcript_target must be one of {TRANSCRIPT_TARGETS}, got {self.transcript_target!r}")
-        from assistant.rsft.readings import READING_SOURCES
-
-        unknown = sorted(set(self.readings) - set(READING_SOURCES))
-        if unknown:
-            raise ValueError(f"readings {unknown} unknown; choose from {list(READING_SOURCES)}")
-        if self.readings and self.rule == "statistical":
+        if self.generate.readings and self.accept.rule == "statistical":
             raise ValueError("readings are not draws from the policy, so the statistical rule never keeps one; "
-                             "use rule best_of_n or threshold with readings, or leave readings empty")
-        if self.min_text_confidence > 0 and "teacher" not in self.rewards:
-            raise ValueError("min_text_confidence reads the teacher reward: add teacher: 0.0 to rewards")
+                             "use accept.rule best_of_n or threshold with generate.readings, or leave readings empty")
+        if self.accept.min_text_confidence > 0 and "teacher" not in self.rewards:
+            raise ValueError("accept.min_text_confidence reads the teacher reward: add teacher: 0.0 to rewards")
         defaults = TrainConfig()
-        owned = [k for k in ROUND_OWNED if getattr(self.train, k) != getattr(defaults, k)]
+        owned = [k for k in ROUND_OWNED if getattr(self.finetune, k) != getattr(defaults, k)]
         if owned:
-            raise ValueError(f"train: {owned} are set by RSFT for each round (pool_manifest / labelled_manifest / "
-                             "dev_manifest / output_dir / init_model / labelled_limit); leave them out of train:")
-
-    def accept_params(self) -> dict:
-        cap = self.cap
-        return {
-            "statistical": {"beta": self.beta, "k": self.k, "cap": cap, "bound": self.bound,
-                            "normalize": self.normalize_rewards, "correct_proposal": self.correct_proposal},
-            "best_of_n": {"k": self.k},
-            "threshold": {"tau": self.tau, "cap": cap},
-            "distinct_correct": {"bar": self.bar, "cap": cap},
-        }[self.rule]
+            raise ValueError(f"finetune: {owned} are set by RSFT for each round (pool_manifest / labelled_manifest "
+                             "/ dev_manifest / output_dir / init_model / labelled_limit); leave them out of finetune:")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,7 +116,7 @@ TEXT_REWARDS = {"teacher", "agreement", "learned"}     # rewards that read the t
 
 def load_teacher(cfg: RSFTConfig, schema):
     """The text model, when a reward or the readings use it (None otherwise)."""
-    if not (TEXT_REWARDS & set(cfg.rewards) or cfg.readings):
+    if not (TEXT_REWARDS & set(cfg.rewards) or cfg.generate.readings):
         return None
     from assistant.rsft.teacher import default_teacher
 
@@ -164,18 +130,8 @@ def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path, teach
     from assistant.rsft.rewards import build_reward_fns
 
     resources = {"schema": schema}
-    if cfg.reveal_labels:
-        resources["reveal_labels"] = True
     if TEXT_REWARDS & set(cfg.rewards):
         resources["teacher"] = teacher if teacher is not None else load_teacher(cfg, schema)
-    if "agreement" in cfg.rewards:
-        resources["agreement_weight"] = cfg.agreement_weight
-        resources["agreement_stock_bonus"] = cfg.agreement_stock_bonus
-    if "target_likelihood" in cfg.rewards:
-        from assistant.rsft.target_likelihood import load_target_model
-
-        with dist.main_process_first():        # converted once into the cache
-            resources["target_model"] = load_target_model(cfg.target_model)
     if "learned" in cfg.rewards:
         resources["learned_model"] = fit_learned_reward(cfg, schema, labelled, model, resources.get("teacher"), out_dir)
     return build_reward_fns(cfg.rewards, **resources)
@@ -192,16 +148,16 @@ def holdout_path(cfg: RSFTConfig) -> Path | None:
 
 def fit_learned_reward(cfg, schema, labelled, model, teacher, out_dir: Path):
     """(audio, candidate) -> P(correct), fitted on candidates sampled for the labelled set."""
-    from assistant.rsft.generate import SamplingParams, generate_candidates
+    from assistant.rsft.generate import generate_candidates
     from assistant.rsft.rewards import LearnedRewardModel, make_teacher_reward
 
     path = out_dir / "learned_reward.safetensors"
     teacher_fn = make_teacher_reward(teacher) if teacher is not None else None
     if dist.main_first(path.is_file()):
         return LearnedRewardModel.load(path, schema=schema, teacher=teacher_fn)
-    params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
+    params = replace(cfg.generate, readings=[])
     cands = generate_candidates(model, labelled, out_dir / "learned_candidates.jsonl", params,
-                                batch_size=cfg.gen_batch_size, seed=cfg.seed + 17, desc="learned reward: sample")
+                                seed=cfg.seed + 17, desc="learned reward: sample")
     rm = LearnedRewardModel(schema=schema, teacher=teacher_fn, seed=cfg.seed)
     stats = rm.fit(labelled, cands)            # the same fit on every process (seeded); the main one saves it
     if dist.is_main():
@@ -297,11 +253,11 @@ def kept_by_source(utterances, scored_lists, examples) -> dict:
 # The loop
 # ------------------------------------------------------------------------------------------------
 
-def _load_split(path: str, limit: int):
+def _load_split(path: str, limit: int | None):
     from assistant.data.manifest import read_manifest
 
     utts = read_manifest(path)
-    return utts[:limit] if limit else utts
+    return utts if limit is None else utts[:limit]
 
 
 def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelled, dev, schema, rewards, out: Path,
@@ -309,7 +265,7 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     """Round ``k`` from the model saved in ``model_dir``: generate -> score -> accept -> fine-tune."""
     from assistant.model.slu import SLUModel
     from assistant.rsft.accept import accept_all, acceptance_report
-    from assistant.rsft.generate import SamplingParams, generate_candidates
+    from assistant.rsft.generate import generate_candidates
     from assistant.rsft.types import write_records
     from assistant.train import examples_from_utterances, fine_tune
 
@@ -317,23 +273,21 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     rdir.mkdir(parents=True, exist_ok=True)
     model = SLUModel.from_pretrained(model_dir, nlu=False).eval()
     t0 = time.perf_counter()
-    params = SamplingParams(cfg.num_samples, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
-    candidates = generate_candidates(model, pool, rdir / "candidates.jsonl", params, ref_model=ref_model,
-                                     batch_size=cfg.gen_batch_size, seed=cfg.seed * 100 + k, desc=f"round {k}: generate",
-                                     reader=reader)
+    candidates = generate_candidates(model, pool, rdir / "candidates.jsonl", cfg.generate, ref_model=ref_model,
+                                     seed=cfg.seed * 100 + k, desc=f"round {k}: generate", reader=reader)
     t_gen = time.perf_counter() - t0
     pool_ok = [u for u, c in zip(pool, candidates) if c]
     candidates = [c for c in candidates if c]
 
     t0 = time.perf_counter()
-    scored = score_shared(pool_ok, candidates, rewards, cfg.gen_batch_size)
+    scored = score_shared(pool_ok, candidates, rewards, cfg.generate.batch_size)
     if dist.is_main():
         write_records([s for ss in scored for s in ss], rdir / "scored.jsonl")
     t_score = time.perf_counter() - t0
 
     # a pure function of the scores and the seed: every process decides the same, none needs to wait
-    decisions = accept_all(scored, cfg.rule, cfg.accept_params(), seed=cfg.seed * 1000 + k, min_vote=cfg.min_vote,
-                           min_text=cfg.min_text_confidence)
+    decisions = accept_all(scored, cfg.accept.rule, cfg.accept.rule_params(), seed=cfg.seed * 1000 + k,
+                           min_vote=cfg.accept.min_vote, min_text=cfg.accept.min_text_confidence)
     if dist.is_main():
         write_records([d for ds in decisions for d in ds], rdir / "decisions.jsonl")
     acc = acceptance_report(scored, decisions)
@@ -352,7 +306,7 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
         (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
 
     start = SLUModel.from_pretrained(base_dir if cfg.from_base else model_dir, nlu=False)
-    tcfg = replace(cfg.train, seed=cfg.seed + k, context_seconds=start.context_seconds,
+    tcfg = replace(cfg.finetune, seed=cfg.seed + k, context_seconds=start.context_seconds,
                    output_dir=str(rdir / "train"))
     result = fine_tune(start, train_examples, dev, tcfg, rdir / "train", desc=f"round {k}: fine-tune", schema=schema)
     n_cand = sum(len(c) for c in candidates)
@@ -420,14 +374,14 @@ def run_rsft(cfg: RSFTConfig) -> dict:
     for name in ("pool_manifest", "dev_manifest"):
         if not getattr(cfg, name):
             raise ConfigError(f"{name} is required (a manifest path)")
-    out = Path(cfg.output_dir or runs_dir() / "rsft")
+    out = Path(cfg.output_dir) if cfg.output_dir else runs_dir() / "rsft"
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         save_yaml(cfg, out / "config.yaml")
     set_seed(cfg.seed)
     schema = load_schema()
     pool = _load_split(cfg.pool_manifest, cfg.pool_limit)
-    dev = _load_split(cfg.dev_manifest, cfg.train.dev_limit)
+    dev = _load_split(cfg.dev_manifest, cfg.finetune.dev_limit or None)
     labelled = _load_split(cfg.labelled_manifest, cfg.labelled_limit) if cfg.labelled_manifest else []
     base_dir = Path(cfg.init_model)
     with dist.main_process_first():            # a model name converts into the cache once
@@ -444,10 +398,10 @@ def run_rsft(cfg: RSFTConfig) -> dict:
     reports, current = [], base_dir
     rewards = None
     teacher, reader = load_teacher(cfg, schema), None
-    if cfg.readings:
+    if cfg.generate.readings:
         from assistant.rsft.readings import Reader
 
-        reader = Reader(teacher, cfg.readings)
+        reader = Reader(teacher, cfg.generate.readings)
     for k in range(1, cfg.rounds + 1):
         rdir = out / f"round_{k}"
         if dist.main_first((rdir / "done.json").is_file() and (rdir / "report.json").is_file()):

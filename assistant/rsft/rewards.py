@@ -613,16 +613,20 @@ def _teacher(*, teacher: Any = None) -> RewardFn:
     return make_teacher_reward(teacher)
 
 
-def _agreement(*, teacher: Any = None, agreement_weight: float = 1.0, agreement_stock_bonus: float = 0.0) -> RewardFn:
-    return make_agreement_reward(teacher, agreement_weight, agreement_stock_bonus)
+def _agreement(*, teacher: Any = None, text_weight: float = 1.0, stock_bonus: float = 0.0) -> RewardFn:
+    return make_agreement_reward(teacher, text_weight, stock_bonus)
 
 
-def _target_likelihood(*, target_model: Any = None) -> RewardFn:
-    from assistant.rsft.target_likelihood import TargetLikelihood
+def _target_likelihood(*, target_model: Any = None, model: str = "base") -> RewardFn:
+    """``model``: the stock Whisper that scores transcripts (a name: base / tiny.en, a folder or a hub id),
+    loaded here unless ``target_model`` (already loaded) is given."""
+    from assistant.rsft.target_likelihood import TargetLikelihood, load_target_model
 
     if target_model is None:
-        raise RewardError("the 'target_likelihood' reward needs target_model= (a stock Whisper SLUModel, e.g. "
-                          "SLUModel.from_pretrained('base'); `assistant rsft --target-model base`)")
+        from assistant import distributed as dist
+
+        with dist.main_process_first():        # a model name converts into the cache once
+            target_model = load_target_model(model)
     return target_model if isinstance(target_model, TargetLikelihood) else TargetLikelihood(target_model)
 
 
@@ -649,20 +653,53 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
 }
 
 
-def build_reward_fns(names_weights: Mapping[str, float], **resources: Any) -> CombinedReward:
-    """``{"verifier": 1.0, "acoustic": 0.1}`` -> CombinedReward. Each factory receives the resources
-    its signature names (schema, teacher, learned_model, encoder_features, reveal_labels,
-    label_weights, length_alpha, ...); a resource no registered reward accepts is an error (a typo)."""
-    if not names_weights:
+# What a reward is built from but a config never names: loaded objects the caller passes in.
+RESOURCES = ("schema", "teacher", "learned_model", "encoder_features", "target_model")
+
+
+def reward_specs(rewards: Mapping[str, Any]) -> dict[str, tuple[float, dict[str, Any]]]:
+    """A config's ``rewards:`` -> {name: (weight, options)}. Each entry is a weight, or a mapping with a
+    ``weight`` and the reward's own options (``agreement: {weight: 1.0, text_weight: 4.0}``)."""
+    if not rewards:
         raise RewardError(f"no rewards selected; choose from {sorted(REWARDS)}")
-    unknown = [n for n in names_weights if n not in REWARDS]
+    unknown = [n for n in rewards if n not in REWARDS]
     if unknown:
         raise RewardError(f"unknown reward(s) {unknown}; choose from {sorted(REWARDS)}")
+    specs = {}
+    for name, spec in rewards.items():
+        options = dict(spec) if isinstance(spec, Mapping) else {"weight": spec}
+        weight = options.pop("weight", None)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise RewardError(f"rewards.{name}: give a finite weight (a number, or a mapping with weight:), "
+                              f"got {spec!r}")
+        takes = sorted(set(inspect.signature(REWARDS[name]).parameters) - set(RESOURCES))
+        stray = sorted(set(options) - set(takes))
+        if stray:
+            raise RewardError(f"rewards.{name}: unknown option(s) {stray}; it takes weight" +
+                              (f" and {takes}" if takes else " only"))
+        specs[name] = (float(weight), options)
+    return specs
+
+
+def with_reward_options(rewards: Mapping[str, Any], name: str, **options: Any) -> dict[str, Any]:
+    """``rewards`` with these options set on reward ``name`` (unchanged when it is not selected)."""
+    if name not in rewards:
+        return dict(rewards)
+    weight, current = reward_specs({name: rewards[name]})[name]
+    return {**rewards, name: {"weight": weight, **current, **options}}
+
+
+def build_reward_fns(rewards: Mapping[str, Any], **resources: Any) -> CombinedReward:
+    """``{"verifier": 1.0, "acoustic": {"weight": 0.1, "length_alpha": 0.5}}`` -> CombinedReward. Each
+    factory receives the options its entry gives and the resources its signature names (schema, teacher,
+    learned_model, encoder_features, target_model, or an option's value for every reward that takes it);
+    a resource no registered reward accepts is an error (a typo)."""
+    specs = reward_specs(rewards)
     params = {name: set(inspect.signature(f).parameters) for name, f in REWARDS.items()}
     accepted = set().union(*params.values())
     stray = sorted(set(resources) - accepted)
     if stray:
         raise RewardError(f"unknown reward resource(s) {stray}; the rewards accept {sorted(accepted)}")
-    fns = {name: REWARDS[name](**{k: v for k, v in resources.items() if k in params[name]})
-           for name in names_weights}
-    return CombinedReward(fns, names_weights)
+    fns = {name: REWARDS[name](**{**{k: v for k, v in resources.items() if k in params[name]}, **options})
+           for name, (_, options) in specs.items()}
+    return CombinedReward(fns, {name: weight for name, (weight, _) in specs.items()})
