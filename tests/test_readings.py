@@ -83,6 +83,31 @@ def test_stock_readings_read_stock_whispers_transcript(model, teacher):
     assert Reader(teacher, ["stock"]).stock_transcripts(model, [None, None]) == ["", ""]
 
 
+def test_stock_transcripts_are_decoded_once_per_utterance(teacher):
+    """Every round's model has the same stock path (pretrained, adapters off): a round after the first
+    reads the stock transcripts it decoded before instead of decoding them again."""
+    class Counting(Reader):
+        def __init__(self):
+            super().__init__(teacher, ["stock"])
+            self.decoded = []
+
+        def stock_transcripts(self, model, waves):
+            self.decoded.append(list(waves))
+            return [HEARD[w] for w in waves]
+
+    class WithStockPath:
+        has_stock_path = True
+
+    reader, model = Counting(), WithStockPath()
+    first = reader(model, [0, 2], [decoded(), decoded()], ["u0", "u2"])
+    again = reader(model, [1, 2, 0], [decoded(), decoded(), decoded()], ["u1", "u2", "u0"])
+    assert reader.decoded == [[0, 2], [1]]                      # u0 and u2 were not decoded again
+    assert again[1:] == [first[1], first[0]] and again[0] == []  # u1 heard nothing: no reading
+    assert first[1] == [(format_frame(Frame(*teacher.predict([HEARD[2]])[0][:2], HEARD[2])), "stock")]
+    reader(model, [0], [decoded()])                             # no ids: decoded now, nothing kept
+    assert reader.decoded[-1] == [0] and set(reader.stock_by_id) == {"u0", "u1", "u2"}
+
+
 def test_reader_set_up_errors(teacher):
     with pytest.raises(ReadingError, match="unknown"):
         Reader(teacher, ["text", "oracle"])

@@ -73,7 +73,7 @@ def candidates_for_batch(model, ref_model, utt_ids, waves, params: GenerateConfi
         rows = [[(c.text, list(c.token_ids), float(c.logprob), bool(c.greedy), bool(getattr(c, "finished", True)),
                   int(getattr(c, "count", 1)), "sample") for c in cs] for cs in outs]
         if reader is not None:
-            extra = reader(model, waves, outs)
+            extra = reader(model, waves, outs, utt_ids)
             lines = [line for es in extra for line, _ in es]
             where = [i for i, es in enumerate(extra) for _ in es]
             if lines:

@@ -31,8 +31,11 @@ class ReadingError(ValueError):
 
 
 class Reader:
-    """``reader(model, waves, decoded) -> [[(frame line, source), ...] per utterance]``: the new readings
-    of each utterance (none that repeats a decoded text or an earlier reading)."""
+    """``reader(model, waves, decoded, ids) -> [[(frame line, source), ...] per utterance]``: the new
+    readings of each utterance (none that repeats a decoded text or an earlier reading).
+
+    Stock transcripts are kept per utterance id: the stock path is the pretrained model with the adapters
+    off, the same in every round, so rounds after the first skip its 30 s-window decode."""
 
     def __init__(self, teacher: Any, sources: Sequence[str] = READING_SOURCES):
         unknown = sorted(set(sources) - set(READING_SOURCES))
@@ -42,6 +45,7 @@ class Reader:
             raise ReadingError("readings need the text model (assistant.rsft.teacher.default_teacher)")
         self.teacher = teacher
         self.sources = tuple(s for s in READING_SOURCES if s in sources)
+        self.stock_by_id: dict[str, str] = {}
 
     def _frames(self, transcripts: list[str]) -> list[Frame]:
         return [Frame(intent=intent, slots=dict(slots), transcript=t)
@@ -52,9 +56,20 @@ class Reader:
             return [""] * len(waves)
         return [normalize_text(t) for t in model.stock_greedy(model.stock_encode(waves))]
 
-    def __call__(self, model, waves, decoded: Sequence[Sequence[Any]]) -> list[list[tuple[str, str]]]:
+    def stock_of(self, model, waves, ids: Sequence[str] | None) -> list[str]:
+        """Stock transcripts of a batch, decoded once per utterance id (without ids: decoded now)."""
+        if ids is None or not model.has_stock_path:
+            return self.stock_transcripts(model, waves)
+        missing = [i for i, u in enumerate(ids) if u not in self.stock_by_id]
+        if missing:
+            heard = self.stock_transcripts(model, [waves[i] for i in missing])
+            self.stock_by_id.update(zip([ids[i] for i in missing], heard))
+        return [self.stock_by_id[u] for u in ids]
+
+    def __call__(self, model, waves, decoded: Sequence[Sequence[Any]],
+                 ids: Sequence[str] | None = None) -> list[list[tuple[str, str]]]:
         """``decoded``: per utterance, the speech model's candidates (anything with ``.text`` and
-        ``.finished``)."""
+        ``.finished``); ``ids``: the utterances' ids (their stock transcripts are decoded once)."""
         wanted: list[tuple[int, str, str]] = []           # (utterance, transcript, source)
         if "text" in self.sources:
             for i, cands in enumerate(decoded):
@@ -65,7 +80,7 @@ class Reader:
                         seen.add(parsed.frame.transcript)
                         wanted.append((i, parsed.frame.transcript, "text"))
         if "stock" in self.sources:
-            wanted += [(i, t, "stock") for i, t in enumerate(self.stock_transcripts(model, waves)) if t]
+            wanted += [(i, t, "stock") for i, t in enumerate(self.stock_of(model, waves, ids)) if t]
         out: list[list[tuple[str, str]]] = [[] for _ in decoded]
         if not wanted:
             return out
