@@ -37,6 +37,13 @@ class TrainConfig:
                                                           "train/dev manifests from its official layout"})
     corpus_format: str = field(default="", metadata={"help": "layout of --corpus: fsc or slurp"})
     audio_root: str = field(default="", metadata={"help": "SLURP only: folder with the recordings"})
+    dataset: str | None = field(default=None, metadata={"help": "a Hugging Face dataset instead of manifests: a "
+                                                                "save_to_disk folder, an audiofolder or a hub id"})
+    train_split: str = field(default="train", metadata={"help": "--dataset: the split to train on"})
+    dev_split: str = field(default="validation", metadata={"help": "--dataset: the split to select on"})
+    columns: str | None = field(default=None, metadata={"help": "--dataset: FIELD=COLUMN pairs where its names "
+                                                                "differ from ours (audio, text, intent, slots, "
+                                                                "speaker, id), e.g. text=sentence,intent=label"})
     model: str = field(default="", metadata={"help": "pretrained start: '' or tiny.en = packaged Whisper tiny.en, base = "
                                                      "packaged multilingual Whisper base (converted once), a folder "
                                                      "or a hub id"})
@@ -87,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"lora_alpha must be >= 0, got {self.lora_alpha}")
         if self.augment_copies < 1:
             raise ValueError(f"augment_copies must be >= 1, got {self.augment_copies}")
+        if self.dataset and (self.train_manifest or self.dev_manifest or self.corpus):
+            raise ValueError("--dataset replaces --train-manifest / --dev-manifest / --corpus: pass one source")
         for name in ("spec_freq_mask", "spec_time_mask", "lora_rank", "asr_rows", "max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -517,9 +526,16 @@ def load_splits(cfg: TrainConfig) -> tuple[list, list]:
     """(train, dev) utterances, limits applied; hidden labels in train are an error."""
     from assistant.data.manifest import read_manifest
 
-    kw = {"audio_root": cfg.audio_root} if cfg.audio_root else {}
-    train_path, dev_path = manifest_paths(cfg)
-    train, dev = read_manifest(train_path, **kw), read_manifest(dev_path, **kw)
+    if cfg.dataset:
+        from assistant.data.hf import read_dataset
+
+        train_path = f"{cfg.dataset} [{cfg.train_split}]"
+        train = read_dataset(cfg.dataset, cfg.train_split, cfg.columns)
+        dev = read_dataset(cfg.dataset, cfg.dev_split, cfg.columns)
+    else:
+        kw = {"audio_root": cfg.audio_root} if cfg.audio_root else {}
+        train_path, dev_path = manifest_paths(cfg)
+        train, dev = read_manifest(train_path, **kw), read_manifest(dev_path, **kw)
     hidden = [u.id for u in train if u.meta.get("labels_hidden")]
     if hidden:
         raise ConfigError(f"{train_path}: {len(hidden)} utterances have hidden labels "

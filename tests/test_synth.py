@@ -253,6 +253,14 @@ def test_smoke_corpus_has_four_readable_manifests(smoke):
     assert len({u.id for us in manifests.values() for u in us}) == summary["utterances"] == 40
     first = json.loads((out / "train.jsonl").read_text().splitlines()[0])
     assert first["audio"].startswith("train/")              # relative to the manifest folder
+    # the corpus is also a Hugging Face audiofolder (train / validation / test); the field pool's carries no labels
+    from assistant.data.hf import read_dataset
+
+    again = read_dataset(str(out), "test")
+    assert [(u.id, u.text, u.intent, u.slots) for u in again] == \
+        [(u.id, u.text, u.intent, u.slots) for u in manifests["test"]]
+    pool_rows = [json.loads(line) for line in (out / "pool" / "metadata.jsonl").read_text().splitlines()]
+    assert len(pool_rows) == len(manifests["pool"]) and not any("intent" in r for r in pool_rows)
 
 
 def test_smoke_splits_disjoint_by_speaker_and_phrasing(smoke):

@@ -60,6 +60,7 @@ from ..config import ConfigError, add_dataclass_arguments, parse_config
 from ..paths import generated_dir
 from . import tts
 from .augment import SAMPLE_RATE, AugmentConfig, ClipTooLong, augment, check_range, condition_of, resample
+from .hf import write_audiofolder_metadata
 from .manifest import Utterance, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -691,6 +692,8 @@ def write_manifests(plan: Plan, records: dict[str, dict], out_dir: Path) -> dict
             speaker=item.voice.person, id=item.id, duration=round(record["duration"], 3), meta=meta))
     for split, utterances in manifests.items():
         write_jsonl(utterances, out_dir / f"{split}.jsonl")
+        # the same split for `datasets.load_dataset("audiofolder", data_dir=out_dir / split)`
+        write_audiofolder_metadata(utterances, out_dir / split, labelled=split != "pool")
     return manifests
 
 

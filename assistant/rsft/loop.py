@@ -48,8 +48,8 @@ def default_rewards() -> dict:
 TRANSCRIPT_TARGETS = ("majority", "sampled")
 
 # TrainConfig fields that RSFT sets itself for each round (from its own pool / labelled / dev / output).
-ROUND_OWNED = ("train_manifest", "dev_manifest", "corpus", "corpus_format", "audio_root", "output_dir", "model",
-               "tiny_random", "train_limit")
+ROUND_OWNED = ("train_manifest", "dev_manifest", "corpus", "corpus_format", "audio_root", "dataset", "train_split",
+               "dev_split", "columns", "output_dir", "model", "tiny_random", "train_limit")
 
 
 @dataclass
