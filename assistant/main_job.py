@@ -1,24 +1,41 @@
-"""`assistant run`: the main job on the embedded default.
+"""`assistant run`: the main job on the embedded default, as a list of stages.
 
-corpus (synth, if missing) -> supervised fine-tuning -> RSFT rounds on the unlabelled pool
--> the text NLU second pass (the speech model it joins and its weight are chosen on `dev`)
--> evaluation on the held-out `test` split (unseen voices and phrasings) -> a per-round table.
-Every stage skips what already exists, so re-running after a crash resumes.
+    corpus       synthesise the corpus (if missing; an existing one must have this run's profile and seed)
+    sft          supervised fine-tuning on `train`
+    rsft         RSFT rounds on the unlabelled field `pool` (the labelled `train` mixed in)
+    text_pass    the text NLU second pass: speech model, weight and stock bonus chosen on all of `dev`;
+                 the chosen pair is copied to <out>/final
+    evaluate     every speech model, supervised + text pass, the shipped pair and the stock peer on `test`
+    real_speech  stock-prompt WER on real human clips, before / after fine-tuning
+
+Each stage skips what it finds done (`done()`), so a re-run after a crash resumes; its result is a
+small typed record in <out>/stages/<name>.json. Expensive pieces inside a stage are kept too (stock
+transcripts, each model's text-pass choice, each system's test predictions), keyed by the model folder
+they came from. `--stage S` starts at S (the stages before it must be done; S runs again) and
+`--stop-stage S` stops after S.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant import distributed as dist
+from assistant.config import ConfigError, add_dataclass_arguments, load_config, parse_config
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
+
+STAGES = ("corpus", "sft", "rsft", "text_pass", "evaluate", "real_speech")
+CORPUS_FILES = ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json", "summary.json")
+PEER = "peer: stock Whisper tiny.en + our text NLU"
 
 
 @dataclass
@@ -30,207 +47,465 @@ class MainConfig:
     rsft_rounds: int = 1                      # 0 = supervised only (a round over the whole pool: ~25 min)
     nlu: bool = True                          # give the final model the text NLU second pass (assistant.nlu)
     real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
-    output_dir: str = ""                      # '' = runs/main
-    sft_from: str = ""                        # another run's folder (e.g. runs/main): reuse its supervised model
+    output_dir: str | None = None             # None: runs/main
+    sft_from: str | None = None               # another run's folder (e.g. runs/main): reuse its supervised model
                                               # instead of training one (RSFT with another seed on the same start)
     seed: int = 0
+    corpus_seed: int | None = field(default=None, metadata={
+        "help": "the corpus's seed (None: --seed); keep it at 0 to train other seeds on the same corpus"})
+    stage: str | None = field(default=None, metadata={"help": f"start at this stage, one of {STAGES}: the ones "
+                                                              "before it must be done, this one runs again"})
+    stop_stage: str | None = field(default=None, metadata={"help": "stop after this stage"})
+
+    def validate(self) -> None:
+        for name in ("stage", "stop_stage"):
+            if getattr(self, name) is not None and getattr(self, name) not in STAGES:
+                raise ValueError(f"{name} {getattr(self, name)!r}: choose one of {STAGES}")
+        if self.stage and self.stop_stage and STAGES.index(self.stop_stage) < STAGES.index(self.stage):
+            raise ValueError(f"stop_stage {self.stop_stage!r} comes before stage {self.stage!r}")
+        if self.rsft_rounds < 0:
+            raise ValueError("rsft_rounds must be >= 0 (0 = supervised only)")
 
 
-def _stage(name: str) -> float:
-    print(f"\n=== {name} ===", flush=True)
-    return time.perf_counter()
+# --------------------------------------------------------------------------- stage results
 
 
-def run_main(cfg: MainConfig) -> dict:
-    from assistant.data.manifest import read_manifest
-    from assistant.evaluate import (by_engine_condition, evaluate_model, evaluation_report, format_report,
-                                    plot_confusion, stock_cascade_predictions, write_predictions)
-    from assistant.model.slu import SLUModel
-    from assistant.schema import load_schema
-    from assistant.train import TrainConfig
-    from assistant.config import load_config
-    from assistant import distributed as dist
-    from assistant import train as sft
+@dataclass
+class SFTResult:
+    best_dir: str
+    dev: dict
 
-    out = Path(cfg.output_dir or runs_dir() / "main")
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    corpus = generated_dir() / cfg.profile
 
-    t = _stage(f"1. corpus ({corpus})")
-    # Under `accelerate launch` the main process builds the corpus, copies the model and writes reports;
-    # training, RSFT and test decoding are shared out; the rest (cheap) runs on every process alike.
-    if not dist.main_first(all((corpus / f).is_file() for f in ("train.jsonl", "pool.jsonl", "dev.jsonl",
-                                                                "test.jsonl", "holdout.json"))):
+@dataclass
+class RSFTResult:
+    best_dir: str
+    rounds: list[dict]                        # each round's report (assistant.rsft.loop.run_round)
+
+
+@dataclass
+class TextPassChoice:
+    """The text pass of one speech model, chosen on dev (``text_pass_on_dev``)."""
+    name: str
+    model_dir: str
+    fingerprint: str
+    dev_accuracy: float
+    weight: float
+    stock_bonus: float
+    by_choice: dict[str, float]               # "w=.. b=.." -> dev intent accuracy
+
+
+@dataclass
+class TextPassResult:
+    speech_model: str
+    model_dir: str
+    weight: float
+    stock_bonus: float
+    dev_intent_accuracy_by_model: dict[str, float]
+    dev_intent_accuracy_by_choice: dict[str, float]
+    dev_stock_cascade_accuracy: float
+    teacher_dev_gold_transcript_accuracy: float
+
+
+@dataclass
+class EvaluateResult:
+    test: dict[str, dict]                     # system -> evaluation report
+    test_by_engine_condition: dict
+    test_by_part: dict[str, dict]
+    stock_wer: dict
+
+
+def fingerprint(folder: str | Path) -> str:
+    """Which model a cached result came from: the folder's files, sizes and modification times."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    if dist.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value, indent=2, default=float))
+
+
+# --------------------------------------------------------------------------- the job
+
+
+class MainJob:
+    """The stages over one output folder; shared inputs (splits, the text model, stock transcripts) are
+    built on first use."""
+
+    def __init__(self, cfg: MainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir) if cfg.output_dir else runs_dir() / "main"
+        self.corpus = generated_dir() / cfg.profile
+        self.timings: dict[str, float] = {}
+
+    # ----- shared inputs
+    @cached_property
+    def schema(self):
+        from assistant.schema import load_schema
+
+        return load_schema()
+
+    @cached_property
+    def dev(self):
+        from assistant.data.manifest import read_manifest
+
+        return read_manifest(self.corpus / "dev.jsonl")
+
+    @cached_property
+    def test(self):
+        from assistant.data.manifest import read_manifest
+
+        return read_manifest(self.corpus / "test.jsonl")
+
+    @cached_property
+    def teacher(self):
+        from assistant.rsft import teacher as teacher_mod
+
+        with dist.main_process_first():           # trained once, cached; the others load it
+            return teacher_mod.default_teacher(self.schema, holdout_file=self.corpus / "holdout.json")
+
+    @cached_property
+    def stock_model(self):
+        """Stock Whisper's transcripts do not depend on the fine-tuning: the supervised model's stock path
+        (adapters off) decodes them once for every speech model's text pass and for the peer."""
+        from assistant.model.slu import SLUModel
+
+        return SLUModel.from_pretrained(self.sft.best_dir, nlu=False)
+
+    def stock_transcripts(self, split: str) -> list[str]:
+        from assistant.nlu import stock_transcripts
+
+        utts = getattr(self, split)
+        path = self.out / "cache" / f"{split}_stock_transcripts.json"
+        key = {"ids": [u.id for u in utts], "model": fingerprint(self.sft.best_dir)}
+        kept = _read_json(path) if dist.main_first(path.is_file()) else None
+        if kept and {k: kept[k] for k in key} == key:
+            return kept["transcripts"]
+        heard = stock_transcripts(self.stock_model, utts, desc=f"{split}: stock transcripts")
+        _write_json(path, {**key, "transcripts": heard})
+        return heard
+
+    @cached_property
+    def dev_stock(self) -> list[str]:
+        return self.stock_transcripts("dev")
+
+    # ----- stage results
+    def result_path(self, stage: str) -> Path:
+        return self.out / "stages" / f"{stage}.json"
+
+    def load_result(self, stage: str, cls):
+        value = _read_json(self.result_path(stage))
+        return cls(**value) if value is not None else None
+
+    @property
+    def sft(self) -> SFTResult:
+        return self.load_result("sft", SFTResult)
+
+    @property
+    def rsft(self) -> RSFTResult | None:
+        return self.load_result("rsft", RSFTResult)
+
+    def speech_models(self) -> list[tuple[str, Path]]:
+        """Every speech model this run trains; the text pass picks one, evaluation scores them all."""
+        rounds = self.rsft.rounds if self.rsft else []
+        return [("supervised", Path(self.sft.best_dir))] + \
+            [(f"rsft round {r['round']}", Path(r["model_dir"])) for r in rounds if r.get("model_dir")]
+
+    # ----- running
+    def run(self) -> dict:
+        cfg = self.cfg
+        first = STAGES.index(cfg.stage) if cfg.stage else 0
+        last = STAGES.index(cfg.stop_stage) if cfg.stop_stage else len(STAGES) - 1
+        self.out.mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(STAGES):
+            # done: the stage's own check, on the results of the stages before it as they are now (a
+            # stage that ran again, e.g. RSFT with one more round, makes the later ones run again)
+            done = dist.main_first(getattr(self, f"{name}_done")() and self._inputs_unchanged(name))
+            if i < first:
+                if not done:
+                    raise ConfigError(f"--stage {cfg.stage}: stage {name!r} before it is not done in {self.out}; "
+                                      f"run from --stage {name} (or without --stage)")
+                continue
+            if i > last:
+                break
+            print(f"\n=== {name} ===", flush=True)
+            if done and not (cfg.stage is not None and i == first):
+                print(f"{name}: done already ({self.result_path(name)})")
+                continue
+            t = time.perf_counter()
+            key = self._inputs_key(name)
+            result = getattr(self, f"{name}_run")()
+            _write_json(self.result_path(name), asdict(result) if hasattr(result, "__dataclass_fields__") else result)
+            if dist.is_main():
+                self._inputs_path(name).write_text(key)
+            self.timings[f"{name}_s"] = round(time.perf_counter() - t, 1)
+            dist.barrier()
+        return self.summary()
+
+    def _inputs_unchanged(self, stage: str) -> bool:
+        """The corpus lives outside the run folder and checks itself (profile, seed)."""
+        path = self._inputs_path(stage)
+        return stage == "corpus" or (path.is_file() and path.read_text() == self._inputs_key(stage))
+
+    def _inputs_path(self, stage: str) -> Path:
+        return self.out / "stages" / f"{stage}.inputs"
+
+    def _inputs_key(self, stage: str) -> str:
+        """What a stage's result was computed from: the results of the stages before it."""
+        h = hashlib.sha256()
+        for before in STAGES[:STAGES.index(stage)]:
+            path = self.result_path(before)
+            h.update(path.read_bytes() if path.is_file() else b"-")
+        return h.hexdigest()[:16]
+
+    # ----- 1. corpus
+    def corpus_done(self) -> bool:
+        if not all((self.corpus / f).is_file() for f in CORPUS_FILES):
+            return False
+        built = json.loads((self.corpus / "summary.json").read_text())
+        want = {"profile": self.cfg.profile, "seed": self.corpus_seed}
+        got = {k: built.get(k) for k in want}
+        if got != want:
+            raise ConfigError(f"{self.corpus} was built with {got}, this run asks for {want}: pass --corpus-seed "
+                              f"{got['seed']} (train another seed on that corpus) or move it away to rebuild")
+        return True
+
+    @property
+    def corpus_seed(self) -> int:
+        return self.cfg.seed if self.cfg.corpus_seed is None else self.cfg.corpus_seed
+
+    def corpus_run(self) -> dict:
         from assistant.data.synth import SynthConfig, run_synth
 
         if dist.is_main():
-            run_synth(load_config(SynthConfig, None, profile=cfg.profile, seed=cfg.seed, out_dir=str(corpus)))
+            run_synth(load_config(SynthConfig, None, profile=self.cfg.profile, seed=self.corpus_seed,
+                                  out_dir=str(self.corpus)))
         dist.barrier()
-    else:
-        print("corpus exists: skipping synthesis")
-    timings["corpus_s"] = time.perf_counter() - t
+        return {"corpus": str(self.corpus), "profile": self.cfg.profile, "seed": self.corpus_seed}
 
-    t = _stage("2. supervised fine-tuning on `train`")
-    sft_cfg = load_config(TrainConfig, REPO_ROOT / cfg.sft_config if not Path(cfg.sft_config).is_absolute() else cfg.sft_config,
-                          train_manifest=str(corpus / "train.jsonl"), dev_manifest=str(corpus / "dev.jsonl"),
-                          output_dir=str(out / "sft"), seed=cfg.seed)
-    sft_dir = Path(cfg.sft_from) / "sft" if cfg.sft_from else out / "sft"
-    if dist.main_first((sft_dir / "result.json").is_file() and (sft_dir / "best").is_dir()):
-        print(f"supervised model exists ({sft_dir}): skipping")
-        sft_result = json.loads((sft_dir / "result.json").read_text())
-        sft_result["best_dir"] = str(sft_dir / "best")
-    elif cfg.sft_from:
-        raise FileNotFoundError(f"--sft-from {cfg.sft_from}: no finished supervised model in {sft_dir} "
-                                "(result.json + best/); run `assistant run` there first or leave --sft-from out")
-    else:
-        sft_result = sft.recipe_main(sft_cfg)
-    timings["sft_s"] = time.perf_counter() - t
-    final_dir = Path(sft_result["best_dir"])
+    # ----- 2. supervised
+    def _sft_dir(self) -> Path:
+        return Path(self.cfg.sft_from) / "sft" if self.cfg.sft_from else self.out / "sft"
 
-    # Every speech model this run trains; the text pass picks one, evaluation scores them all.
-    speech_models = [("supervised", Path(sft_result["best_dir"]))]
-    schema = load_schema()
-    final = out / "final"
-    nlu_info = None
-    teacher = None
-    weight, stock_bonus = 0.0, -math.inf
-    dev, test = read_manifest(corpus / "dev.jsonl"), read_manifest(corpus / "test.jsonl")
-    # Stock Whisper's transcripts do not depend on the fine-tuning: decoded once per clip, shared by every
-    # speech model's text pass and by the peer (stock transcript + our text NLU).
-    stock_model = SLUModel.from_pretrained(speech_models[0][1], nlu=False)
-    scored = []
-    if cfg.nlu:
-        from assistant.nlu import stock_transcripts
-        from assistant.rsft.teacher import default_teacher
+    def sft_done(self) -> bool:
+        return self.sft is not None and Path(self.sft.best_dir).is_dir()
 
-        with dist.main_process_first():           # trained once, cached; the others load it
-            teacher = default_teacher(schema, holdout_file=corpus / "holdout.json")
-        dev_stock = stock_transcripts(stock_model, dev, desc="nlu: stock transcripts of dev")
+    def sft_run(self) -> SFTResult:
+        from assistant import train as sft
+        from assistant.train import TrainConfig
 
-        def score_on_dev(name: str, model_dir: Path) -> tuple:
-            return text_pass_on_dev(name, model_dir, dev, teacher, dev_stock)
+        sft_dir = self._sft_dir()
+        if dist.main_first((sft_dir / "result.json").is_file() and (sft_dir / "best").is_dir()):
+            print(f"supervised model exists ({sft_dir}): reusing it")
+            result = json.loads((sft_dir / "result.json").read_text())
+            return SFTResult(best_dir=str(sft_dir / "best"), dev=result.get("best_dev", {}))
+        if self.cfg.sft_from:
+            raise FileNotFoundError(f"--sft-from {self.cfg.sft_from}: no finished supervised model in {sft_dir} "
+                                    "(result.json + best/); run `assistant run` there first or leave --sft-from out")
+        path = REPO_ROOT / self.cfg.sft_config if not Path(self.cfg.sft_config).is_absolute() else self.cfg.sft_config
+        tcfg = load_config(TrainConfig, path, train_manifest=str(self.corpus / "train.jsonl"),
+                           dev_manifest=str(self.corpus / "dev.jsonl"), output_dir=str(sft_dir), seed=self.cfg.seed)
+        result = sft.recipe_main(tcfg)
+        return SFTResult(best_dir=result["best_dir"], dev=result["best_dev"])
 
-        # The supervised model's text-pass weight first: RSFT's agreement reward is that pass.
-        scored.append(score_on_dev(*speech_models[0]))
+    # ----- 3. RSFT
+    def rsft_done(self) -> bool:
+        return self.result_path("rsft").is_file() and len(self.rsft.rounds if self.rsft else []) == self.cfg.rsft_rounds
 
-    rounds_table = []
-    if cfg.rsft_rounds > 0:
-        t = _stage(f"3. RSFT: {cfg.rsft_rounds} round(s) on the unlabelled field `pool`, the labelled `train` mixed in")
+    def rsft_run(self) -> RSFTResult | None:
         from assistant.rsft.loop import RSFTConfig, run_rsft
 
-        rcfg_path = REPO_ROOT / cfg.rsft_config if not Path(cfg.rsft_config).is_absolute() else Path(cfg.rsft_config)
-        rcfg = load_config(RSFTConfig, rcfg_path, init_model=str(final_dir), rounds=cfg.rsft_rounds,
-                           pool_manifest=str(corpus / "pool.jsonl"), dev_manifest=str(corpus / "dev.jsonl"),
-                           labelled_manifest=str(corpus / "train.jsonl"), output_dir=str(out / "rsft"),
-                           holdout_file=str(corpus / "holdout.json"), seed=cfg.seed)
-        if scored:
-            rcfg = with_text_pass(rcfg, weight=scored[0][3], stock_bonus=scored[0][4])
-        rsft_result = run_rsft(rcfg)
-        final_dir = Path(rsft_result["best_dir"])      # without the text pass: RSFT's own dev choice
-        rounds_table = rsft_result.get("rounds", [])
-        timings["rsft_s"] = time.perf_counter() - t
-    speech_models += [(f"rsft round {r['round']}", Path(r["model_dir"])) for r in rounds_table if r.get("model_dir")]
+        if self.cfg.rsft_rounds == 0:
+            return None
+        path = REPO_ROOT / self.cfg.rsft_config if not Path(self.cfg.rsft_config).is_absolute() else Path(self.cfg.rsft_config)
+        rcfg = load_config(RSFTConfig, path, init_model=self.sft.best_dir, rounds=self.cfg.rsft_rounds,
+                           pool_manifest=str(self.corpus / "pool.jsonl"), dev_manifest=str(self.corpus / "dev.jsonl"),
+                           labelled_manifest=str(self.corpus / "train.jsonl"), output_dir=str(self.out / "rsft"),
+                           holdout_file=str(self.corpus / "holdout.json"), seed=self.cfg.seed)
+        if self.cfg.nlu:                          # the agreement reward is the supervised model's text pass
+            sup = self.text_pass_choice("supervised", Path(self.sft.best_dir))
+            rcfg = with_text_pass(rcfg, weight=sup.weight, stock_bonus=sup.stock_bonus)
+        summary = run_rsft(rcfg)
+        return RSFTResult(best_dir=summary["best_dir"], rounds=summary["rounds"])
 
-    if cfg.nlu:
-        t = _stage("4. text NLU second pass (MiniLM teacher) over our and stock Whisper's transcripts: "
-                   "speech model, weight and stock bonus chosen on all of `dev`")
-        # RSFT picks its round on dev with the speech model alone; what ships is speech model + text pass,
-        # so pick that pair on every dev clip.
-        scored += [score_on_dev(name, model_dir) for name, model_dir in speech_models[1:]]
-        best_acc = max(s[0] for s in scored)
-        _, chosen, final_dir, weight, stock_bonus, by_choice = next(s for s in scored if s[0] == best_acc)  # ties: earlier
-        # The text model on the *gold* dev transcripts: what the NLU alone does on unseen phrasings,
-        # the ceiling the speech side works under.
-        gold_text = sum(p[0] == u.intent for p, u in zip(teacher.predict([u.text for u in dev]), dev)) / len(dev)
-        dev_cascade = evaluation_report(dev, stock_cascade_predictions(teacher, dev, dev_stock))["intent_accuracy"]
-        nlu_info = {"speech_model": chosen, "weight": weight, "stock_bonus": str(stock_bonus),
-                    "dev_intent_accuracy_by_choice": {f"w={w:g} b={b:g}": a for (w, b), a in by_choice.items()},
-                    "dev_intent_accuracy_by_model": {s[1]: s[0] for s in scored},
-                    "dev_stock_cascade_accuracy": dev_cascade,
-                    "teacher_dev_gold_transcript_accuracy": gold_text}
-        print(f"-> {chosen} + text pass (weight {weight:g}, stock bonus {stock_bonus:g}); stock Whisper + text "
-              f"NLU on dev: {dev_cascade:.4f}; the text model alone on the gold dev transcripts: {gold_text:.4f}")
-        timings["nlu_s"] = time.perf_counter() - t
-    if dist.is_main():
-        shutil.rmtree(final, ignore_errors=True)
-        shutil.copytree(final_dir, final, ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
-        if teacher is not None:
-            from assistant.nlu import attach
+    # ----- 4. text pass
+    def text_pass_choice(self, name: str, model_dir: Path) -> TextPassChoice:
+        """The text pass of one speech model chosen on every dev clip; kept per model folder."""
+        path = self.out / "cache" / f"text_pass_{_slug(name)}.json"
+        mark = fingerprint(model_dir)
+        kept = _read_json(path) if dist.main_first(path.is_file()) else None
+        if kept and kept["model_dir"] == str(model_dir) and kept["fingerprint"] == mark:
+            return TextPassChoice(**kept)
+        acc, _, _, w, b, by_choice = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock)
+        choice = TextPassChoice(name=name, model_dir=str(model_dir), fingerprint=mark, dev_accuracy=acc, weight=w,
+                                stock_bonus=b, by_choice={f"w={w_:g} b={b_:g}": a for (w_, b_), a in by_choice.items()})
+        _write_json(path, asdict(choice))
+        return choice
 
-            attach(final, teacher, weight, stock_bonus)
-    dist.barrier()
+    def text_pass_done(self) -> bool:
+        return self.result_path("text_pass").is_file() and (self.out / "final").is_dir()
 
-    t = _stage("5. evaluation on `test` (unseen voices and phrasings)")
-    from assistant.nlu import stock_transcripts
+    def text_pass_run(self) -> TextPassResult | None:
+        """The speech model + text pass that wins on dev ships (ties: the earlier model); without the text
+        pass, RSFT's own choice on dev ships."""
+        from assistant.evaluate import evaluation_report, stock_cascade_predictions
 
-    test_stock = stock_transcripts(stock_model, test, desc="test: stock transcripts")
-    stock_wer = stock_wer_by_speaker(test, test_stock, dev if cfg.nlu else [], dev_stock if cfg.nlu else [])
-    rows = []
-    candidates = [(name, model_dir, None) for name, model_dir in speech_models]
-    if nlu_info is not None:
+        if not self.cfg.nlu:
+            self._ship(Path(self.rsft.best_dir if self.rsft else self.sft.best_dir))
+            return None
+        choices = [self.text_pass_choice(name, d) for name, d in self.speech_models()]
+        best = max(choices, key=lambda c: c.dev_accuracy)                 # max keeps the first of equals
+        # the text model on the *gold* dev transcripts: the ceiling the speech side works under
+        gold = sum(p[0] == u.intent for p, u in zip(self.teacher.predict([u.text for u in self.dev]), self.dev))
+        cascade = evaluation_report(self.dev, stock_cascade_predictions(self.teacher, self.dev, self.dev_stock))
+        result = TextPassResult(
+            speech_model=best.name, model_dir=best.model_dir, weight=best.weight, stock_bonus=best.stock_bonus,
+            dev_intent_accuracy_by_model={c.name: c.dev_accuracy for c in choices},
+            dev_intent_accuracy_by_choice=best.by_choice, dev_stock_cascade_accuracy=cascade["intent_accuracy"],
+            teacher_dev_gold_transcript_accuracy=gold / len(self.dev))
+        print(f"-> {best.name} + text pass (weight {best.weight:g}, stock bonus {best.stock_bonus:g}); stock Whisper "
+              f"+ text NLU on dev: {result.dev_stock_cascade_accuracy:.4f}; the text model alone on the gold dev "
+              f"transcripts: {result.teacher_dev_gold_transcript_accuracy:.4f}")
+        self._ship(Path(best.model_dir), best)
+        return result
+
+    def _ship(self, model_dir: Path, choice: TextPassChoice | None = None) -> None:
+        """<out>/final: the chosen speech model (+ its text pass)."""
+        final = self.out / "final"
+        if dist.is_main():
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.copytree(model_dir, final, ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
+            if choice is not None:
+                from assistant.nlu import attach
+
+                attach(final, self.teacher, choice.weight, choice.stock_bonus)
+        dist.barrier()
+
+    # ----- 5. evaluation on test
+    def evaluate_done(self) -> bool:
+        return self.result_path("evaluate").is_file()
+
+    def systems(self) -> list[tuple[str, Path, Any]]:
+        """(name, model folder, text pass: None / a TextPassChoice / "saved") of every system scored on test."""
+        out = [(name, d, None) for name, d in self.speech_models()]
+        shipped = self.load_result("text_pass", TextPassResult) if self.cfg.nlu else None
+        if shipped is not None:
+            if shipped.speech_model != "supervised":  # the baseline RSFT must beat: supervised + its text pass
+                out.append(("supervised + text pass", Path(self.sft.best_dir),
+                            self.text_pass_choice("supervised", Path(self.sft.best_dir))))
+            out.append((f"final = {shipped.speech_model} + text pass", self.out / "final", "saved"))
+        else:
+            out.append(("final", self.out / "final", None))
+        return out
+
+    def predictions(self, name: str, model_dir: Path, text_pass, stock: list[str]) -> list:
+        """One system's test predictions, kept per model folder (and text-pass choice)."""
+        from assistant.evaluate import evaluate_model
+        from assistant.inference import Prediction
+        from assistant.model.slu import SLUModel
         from assistant.nlu import NluPass
 
-        if nlu_info["speech_model"] != "supervised":   # the baseline RSFT must beat: supervised + its text pass
-            sup = next(s for s in scored if s[1] == "supervised")
-            candidates.append(("supervised + text pass", Path(sft_result["best_dir"]), NluPass(teacher, sup[3], sup[4])))
-        candidates.append((f"final = {nlu_info['speech_model']} + text pass", final, "saved"))
-    systems: dict[str, list] = {}
-    for name, model_dir, nlu_pass in candidates:
-        model = SLUModel.from_pretrained(model_dir, nlu=nlu_pass == "saved")
-        if nlu_pass not in (None, "saved"):
-            model.nlu = nlu_pass
-        model.eval()
-        report, preds = evaluate_model(model, test, schema, desc=f"test: {name}", use_nlu=nlu_pass is not None,
-                                       stock=test_stock)
-        rows.append((name, report))
-        if model_dir in (final_dir, final):     # the last match is the deployed model
-            if dist.is_main():
-                write_predictions(test, preds, out / "test_predictions.jsonl")
-                plot_confusion(test, preds, out / "test_confusion.png")
-            final_report, final_preds = report, preds
-    if teacher is not None:
-        cascade = stock_cascade_predictions(teacher, test, test_stock)
-        rows.append(("peer: stock Whisper tiny.en + our text NLU", evaluation_report(test, cascade)))
-        by_cell = by_engine_condition(test, {"shipped": final_preds, "stock_cascade": cascade})
-    else:
-        by_cell = by_engine_condition(test, {"shipped": final_preds})
-    timings["evaluate_s"] = time.perf_counter() - t
-    if not dist.is_main():
-        return {}
+        key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}"
+                                        if isinstance(text_pass, TextPassChoice) else f"|{text_pass}")
+        path = self.out / "cache" / f"test_{_slug(name)}.json"
+        kept = _read_json(path) if dist.main_first(path.is_file()) else None
+        if kept and kept["key"] == key and kept["ids"] == [u.id for u in self.test]:
+            return [Prediction(**p) for p in kept["predictions"]]
+        model = SLUModel.from_pretrained(model_dir, nlu=text_pass == "saved")
+        if isinstance(text_pass, TextPassChoice):
+            model.nlu = NluPass(self.teacher, text_pass.weight, text_pass.stock_bonus)
+        _, preds = evaluate_model(model.eval(), self.test, self.schema, desc=f"test: {name}",
+                                  use_nlu=text_pass is not None, stock=stock)
+        _write_json(path, {"key": key, "ids": [u.id for u in self.test], "predictions": [p.to_dict() for p in preds]})
+        return preds
 
-    print("\n=== results on test ===")
-    width = max(len(name) for name, _ in rows)
-    print(f"{'model':<{width}} {'intent acc':>10} {'slot F1':>8} {'SLU-F1':>7} {'WER':>7} {'invalid':>8}")
-    for name, r in rows:
-        print(f"{name:<{width}} {r['intent_accuracy']:>10.4f} {r['slot_f1']:>8.4f} {r['slu_f1']:>7.4f} "
-              f"{r['wer']:>7.4f} {r['invalid_rate']:>8.4f}")
-    print("\nfinal model:", final, "\n" + format_report(final_report))
-    print("\n" + format_cells(by_cell))
-    print("stock Whisper WER per engine (dev + test): " + ", ".join(f"{e} {w:.3f}" for e, w in stock_wer["by_engine"].items())
-          + "; worst Kokoro speakers: " + ", ".join(f"{k} {w:.3f}" for k, w in sorted(
-              stock_wer["kokoro_speakers"].items(), key=lambda kv: -kv[1])[:3]))
+    def evaluate_run(self) -> EvaluateResult:
+        from assistant.evaluate import (by_engine_condition, evaluation_report, format_report, plot_confusion,
+                                        stock_cascade_predictions, write_predictions)
 
-    real = None
-    if cfg.real_speech:
-        t = _stage("6. real human speech (pocketsphinx test audio): stock ASR WER before / after fine-tuning")
+        test_stock = self.stock_transcripts("test")
+        stock_wer = stock_wer_by_speaker(self.test, test_stock, self.dev if self.cfg.nlu else [],
+                                         self.dev_stock if self.cfg.nlu else [])
+        scored = self.systems()
+        systems = {name: self.predictions(name, d, tp, test_stock) for name, d, tp in scored}
+        shipped = systems[scored[-1][0]]          # the last system is the deployed one
+        if dist.is_main():
+            write_predictions(self.test, shipped, self.out / "test_predictions.jsonl")
+            plot_confusion(self.test, shipped, self.out / "test_confusion.png")
+        cells = {"shipped": shipped}
+        if self.cfg.nlu:
+            systems[PEER] = cells["stock_cascade"] = stock_cascade_predictions(self.teacher, self.test, test_stock)
+        reports = {name: evaluation_report(self.test, preds) for name, preds in systems.items()}
+        by_cell = by_engine_condition(self.test, cells)
+        self._print_results(reports, by_cell, stock_wer, format_report)
+        return EvaluateResult(test=reports, test_by_engine_condition=by_cell, stock_wer=stock_wer,
+                              # seen / field / novel phrasings (assistant.data.synth): where adaptation shows
+                              test_by_part={n: {p: v["accuracy"] for p, v in r["per_part"].items()}
+                                            for n, r in reports.items()})
+
+    def _print_results(self, reports: dict, by_cell: dict, stock_wer: dict, format_report) -> None:
+        if not dist.is_main():
+            return
+        width = max(len(name) for name in reports)
+        print(f"\n{'model':<{width}} {'intent acc':>10} {'slot F1':>8} {'SLU-F1':>7} {'WER':>7} {'invalid':>8}")
+        for name, r in reports.items():
+            print(f"{name:<{width}} {r['intent_accuracy']:>10.4f} {r['slot_f1']:>8.4f} {r['slu_f1']:>7.4f} "
+                  f"{r['wer']:>7.4f} {r['invalid_rate']:>8.4f}")
+        print("\nfinal model:", self.out / "final", "\n" + format_report(list(reports.values())[-2 if self.cfg.nlu else -1]))
+        print("\n" + format_cells(by_cell))
+        print("stock Whisper WER per engine (dev + test): " + ", ".join(
+            f"{e} {w:.3f}" for e, w in stock_wer["by_engine"].items()) + "; worst Kokoro speakers: " + ", ".join(
+            f"{k} {w:.3f}" for k, w in sorted(stock_wer["kokoro_speakers"].items(), key=lambda kv: -kv[1])[:3]))
+
+    # ----- 6. real human speech
+    def real_speech_done(self) -> bool:
+        return self.result_path("real_speech").is_file()
+
+    def real_speech_run(self) -> dict | None:
         from assistant.realspeech import compare      # clips ship with the package: nothing to fetch
 
-        real = compare({"stock tiny.en": None, "fine-tuned": str(final)})
+        if not self.cfg.real_speech:
+            return None
+        real = compare({"stock tiny.en": None, "fine-tuned": str(self.out / "final")})
         for name, r in real.items():
             print(f"{name:<14} stock-prompt ASR WER {r['wer']:.4f} on {r['n_clips']} clips"
                   + (f"; SLU-output transcript WER {r['slu_wer']:.4f} on the {r['slu_n_clips']} clips that "
                      "fit its context" if "slu_wer" in r else ""))
-        timings["real_speech_s"] = time.perf_counter() - t
-    print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    summary = {"final_model": str(final), "test": {n: r for n, r in rows}, "test_by_engine_condition": by_cell,
-               # seen / field / novel phrasings (assistant.data.synth): where adaptation to the field shows
-               "test_by_part": {n: {p: v["accuracy"] for p, v in r["per_part"].items()} for n, r in rows},
-               "stock_wer": stock_wer,
-               "timings_s": timings,
-               "rsft_rounds": rounds_table, "nlu": nlu_info, "real_speech": real}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        return real
+
+    # ----- the summary README's tables are made from
+    def summary(self) -> dict:
+        if not dist.is_main():
+            return {}
+        timings = _read_json(self.out / "stages" / "timings.json") or {}
+        timings.update(self.timings)
+        _write_json(self.out / "stages" / "timings.json", timings)
+        print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+        evaluated = self.load_result("evaluate", EvaluateResult)
+        text_pass = self.load_result("text_pass", TextPassResult) if self.cfg.nlu else None
+        summary = {"final_model": str(self.out / "final"), **(asdict(evaluated) if evaluated else {}),
+                   "timings_s": timings, "rsft_rounds": self.rsft.rounds if self.rsft else [],
+                   "nlu": ({**asdict(text_pass), "stock_bonus": str(text_pass.stock_bonus)} if text_pass else None),
+                   "real_speech": _read_json(self.result_path("real_speech"))}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        return summary
+
+
+def run_main(cfg: MainConfig) -> dict:
+    return MainJob(cfg).run()
 
 
 def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock) -> tuple:

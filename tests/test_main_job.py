@@ -7,8 +7,10 @@ import json
 
 import torch
 
-from assistant.config import load_config
-from assistant.main_job import MainConfig, run_main
+import pytest
+
+from assistant.config import ConfigError, load_config
+from assistant.main_job import STAGES, MainConfig, run_main
 
 
 def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, monkeypatch):
@@ -54,3 +56,25 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
     assert sum(summary["test"][final_row]["per_part"][p]["n"] for p in parts) == 8
     assert json.loads((out / "summary.json").read_text())["nlu"]["speech_model"] == nlu["speech_model"]
     assert len((out / "test_predictions.jsonl").read_text().splitlines()) == 8
+
+    # a re-run finds every stage done and runs nothing; the summary is the same
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json") if p.name != "timings.json"}
+    again = run_main(cfg)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and set(stamps) == {
+        out / "stages" / f"{name}.json" for name in STAGES}
+    assert again["test"] == summary["test"] and again["nlu"] == summary["nlu"]
+    # --stage evaluate runs evaluation again (from the kept predictions: same numbers), nothing before it
+    before = {n: (out / "stages" / f"{n}.json").stat().st_mtime_ns for n in STAGES[:4]}
+    redo = run_main(load_config(MainConfig, None, **{**cfg.__dict__, "stage": "evaluate"}))
+    assert redo["test"] == summary["test"]
+    assert {n: (out / "stages" / f"{n}.json").stat().st_mtime_ns for n in STAGES[:4]} == before
+    # one more RSFT round: RSFT resumes (round 1 kept) and every later stage runs again on the new results
+    two = run_main(load_config(MainConfig, None, **{**cfg.__dict__, "rsft_rounds": 2}))
+    assert [r["round"] for r in two["rsft_rounds"]] == [1, 2] and "rsft round 2" in two["nlu"]["dev_intent_accuracy_by_model"]
+    assert "rsft round 2" in two["test"]
+    # a corpus built with another seed is not silently reused; --stage needs the stages before it done
+    with pytest.raises(ConfigError, match="corpus-seed 0"):
+        run_main(load_config(MainConfig, None, **{**cfg.__dict__, "seed": 1}))
+    with pytest.raises(ConfigError, match="stage 'sft' before it is not done"):
+        run_main(load_config(MainConfig, None, **{**cfg.__dict__, "output_dir": str(tmp_path / "new"),
+                                                  "stage": "rsft"}))
