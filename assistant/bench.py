@@ -64,7 +64,8 @@ class BenchConfig:
     model: str = field(default="", metadata={"help": "model folder ('' = the newest best model under runs/; "
                                                       "--quick: a tiny random model)"})
     json: str = field(default="", metadata={"help": "JSON output ('' = runs/bench/bench.json)"})
-    quick: bool = False
+    quick: bool = field(default=False, metadata={"help": "tiny version: a tiny random model unless --model, few "
+                                                         "clips, short runs"})
     test_manifest: str = field(default="", metadata={"help": "clips + accuracy subset ('' = default corpus test split)"})
     train_manifest: str = field(default="", metadata={"help": "for the training benchmark ('' = default corpus)"})
     pool_manifest: str = field(default="", metadata={"help": "for the RSFT benchmarks ('' = default corpus pool)"})
@@ -1071,11 +1072,9 @@ def cli(argv: list[str]) -> int:
         from assistant.bench_serving import cli as serving_cli
 
         return serving_cli([a for a in argv if a != "--serving"])
-    ap = argparse.ArgumentParser(prog="assistant bench", description=__doc__, conflict_handler="resolve",
+    ap = argparse.ArgumentParser(prog="assistant bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(ap, BenchConfig)
-    ap.add_argument("--quick", dest="quick", action="store_true", default=argparse.SUPPRESS,
-                    help="tiny version: a tiny random model unless --model, few clips, short runs")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")      # torch.profiler: no GPU-probe error lines on CPU hosts

@@ -34,7 +34,10 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from assistant.config import add_dataclass_arguments, parse_config
 
 COMMANDS = [
     "turn on the kitchen lights", "set an alarm for seven thirty", "play some jazz music",
@@ -163,8 +166,8 @@ def stage_profile(model, mels, n: int, max_new_tokens: int, seed: int = 0) -> di
             "top_ops": _top_ops(prof)}
 
 
-def run_sampler_bench(model_path: str = "", clips: int = 8, ns=(8, 16, 32), max_new_tokens: int = 96,
-                      reps: int = 2, threads: int = 0, generate: bool = True, reference: bool = True) -> dict:
+def run_sampler_bench(model_path: str | None = None, clips: int = 8, ns=(8, 16, 32), max_new_tokens: int = 96,
+                      reps: int = 2, threads: int | None = None, generate: bool = True, reference: bool = True) -> dict:
     import torch
 
     from assistant.bench import _load_average, _round
@@ -241,49 +244,63 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def report_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """The arguments every focused benchmark (``bench --sampler``, ``--serving``) shares: --json, --out."""
+@dataclass
+class BenchReportConfig:
+    """The options every focused benchmark (``bench --sampler``, ``--serving``) shares."""
+    json: bool = field(default=False, metadata={"help": "print one JSON object (and nothing else) on stdout"})
+    out: str | None = field(default=None, metadata={"help": "also write the JSON here"})
+
+
+@dataclass
+class BenchSamplerConfig(BenchReportConfig):
+    model: str | None = field(default=None, metadata={"help": "SLU model folder (none = the packaged tiny.en)"})
+    clips: int = field(default=8, metadata={"help": "espeak-ng clips"})
+    n: list[int] = field(default_factory=lambda: [8, 16, 32], metadata={
+        "help": "samples per clip for ours (comma-separated; 16 is always run: it is the one reported)"})
+    max_new_tokens: int = field(default=96, metadata={"help": "decoding bound of every sample"})
+    reps: int = field(default=2, metadata={"help": "runs per measurement, the best is reported"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads (none = all cores)"})
+    generate: bool = field(default=True, metadata={"help": "time transformers generate (false: skip it)"})
+    reference: bool = field(default=True, metadata={"help": "time the reference decoder (false: skip it)"})
+
+    def validate(self) -> None:
+        for name in ("clips", "reps", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.n or min(self.n) < 1:
+            raise ValueError(f"--n: every samples-per-clip count must be >= 1, got {self.n}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads} (none = all cores)")
+
+
+def parse_bench_config(cls: type, prog: str, doc: str, argv: list[str]):
     ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
-    ap.add_argument("--out", default="", help="also write the JSON here")
-    return ap
+    add_dataclass_arguments(ap, cls)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    return parse_config(cls, ap.parse_args(argv))
 
 
-def emit(results: dict, args, table) -> None:
+def emit(results: dict, cfg: BenchReportConfig, table) -> None:
     """Write the JSON to --out (if given) and print it, or the human table ``table(results)``."""
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results) if args.json else table(results))
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results) if cfg.json else table(results))
 
 
 def cli(argv: list[str]) -> int:
-    ap = report_parser("assistant bench --sampler", __doc__)
-    ap.add_argument("--model", default="", help="SLU model folder ('' = the packaged tiny.en)")
-    ap.add_argument("--clips", type=int, default=8, help="espeak-ng clips (default 8)")
-    ap.add_argument("--n", default="8,16,32", help="samples per clip for ours (comma-separated; 16 is reported)")
-    ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--reps", type=int, default=2, help="runs per measurement, the best is reported")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    ap.add_argument("--no-generate", dest="generate", action="store_false", help="skip transformers generate")
-    ap.add_argument("--no-reference", dest="reference", action="store_false", help="skip the reference decoder")
-    args = ap.parse_args(argv)
-    ns = tuple(int(x) for x in args.n.split(",") if x.strip())
-    if args.clips < 1 or args.reps < 1 or not ns or min(ns) < 1:
-        ap.error("--clips, --reps and every --n must be >= 1")
-    if 16 not in ns:
-        ns = (*ns, 16)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    cfg = parse_bench_config(BenchSamplerConfig, "assistant bench --sampler", __doc__, argv)
+    ns = tuple(dict.fromkeys([*cfg.n, 16]))
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     import warnings
 
     warnings.filterwarnings("ignore", module="transformers")
     try:
-        results = run_sampler_bench(args.model, args.clips, ns, args.max_new_tokens, args.reps, args.threads,
-                                    args.generate, args.reference)
+        results = run_sampler_bench(cfg.model, cfg.clips, ns, cfg.max_new_tokens, cfg.reps, cfg.threads,
+                                    cfg.generate, cfg.reference)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"assistant bench --sampler: {e}", file=sys.stderr)
         return 2
-    emit(results, args, format_table)
+    emit(results, cfg, format_table)
     return 0

@@ -26,6 +26,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
+
+from assistant.bench_sampler import BenchReportConfig, emit, parse_bench_config
 
 
 def _say(msg: str) -> None:
@@ -104,8 +107,8 @@ def concurrent(url: str, clips: list[bytes], clients: int, requests: int, max_se
     return {**_summary(lat, counter["errors"], time.perf_counter() - start), "clients": clients}
 
 
-def run_serving_bench(model_path: str = "", clients: int = 16, requests: int = 96, max_seconds: float = 120.0,
-                      n_sequential: int = 16, threads: int = 0) -> dict:
+def run_serving_bench(model_path: str | None = None, clients: int = 16, requests: int = 96, max_seconds: float = 120.0,
+                      n_sequential: int = 16, threads: int | None = None) -> dict:
     import torch
 
     from assistant.bench_sampler import synth_clips
@@ -167,26 +170,30 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def cli(argv: list[str]) -> int:
-    from assistant.bench_sampler import emit, report_parser
+@dataclass
+class BenchServingConfig(BenchReportConfig):
+    model: str | None = field(default=None, metadata={
+        "help": "SLU model folder (none = what `assistant run` built, else tiny.en)"})
+    clients: int = field(default=16, metadata={"help": "concurrent clients of the load runs"})
+    requests: int = field(default=96, metadata={"help": "answers per load run (bounded)"})
+    max_seconds: float = field(default=120.0, metadata={"help": "time bound of each load run"})
+    sequential: int = field(default=16, metadata={"help": "requests of the one-client run"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads (none = all cores)"})
 
-    ap = report_parser("assistant bench --serving", __doc__)
-    ap.add_argument("--model", default="", help="SLU model folder ('' = what `assistant run` built, else tiny.en)")
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=96, help="answers per load run (bounded)")
-    ap.add_argument("--max-seconds", type=float, default=120.0, help="time bound of each load run")
-    ap.add_argument("--sequential", type=int, default=16, help="requests of the one-client run")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    args = ap.parse_args(argv)
-    if min(args.clients, args.requests, args.sequential) < 1 or args.max_seconds <= 0:
-        ap.error("--clients, --requests, --sequential and --max-seconds must be positive")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    def validate(self) -> None:
+        for name in ("clients", "requests", "sequential", "max_seconds", "threads"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def cli(argv: list[str]) -> int:
+    cfg = parse_bench_config(BenchServingConfig, "assistant bench --serving", __doc__, argv)
     try:
-        results = run_serving_bench(args.model, args.clients, args.requests, args.max_seconds, args.sequential,
-                                    args.threads)
+        results = run_serving_bench(cfg.model, cfg.clients, cfg.requests, cfg.max_seconds, cfg.sequential,
+                                    cfg.threads)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"assistant bench --serving: {e}", file=sys.stderr)
         return 2
-    emit(results, args, format_table)
+    emit(results, cfg, format_table)
     return 0

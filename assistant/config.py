@@ -17,6 +17,10 @@ import yaml
 
 T = TypeVar("T")
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+POSITIONAL = "positional:"      # argparse dest prefix of a field given as positional arguments
+
 
 class ConfigError(ValueError):
     """A bad config file or value; the message names the file/key and the fix."""
@@ -45,9 +49,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if isinstance(value, bool):
                 return value
             s = str(value).strip().lower()
-            if s in ("1", "true", "yes", "on"):
+            if s in TRUE_WORDS:
                 return True
-            if s in ("0", "false", "no", "off"):
+            if s in FALSE_WORDS:
                 return False
             raise ValueError(f"not a boolean: {value!r}")
         if base in (int, float, str):
@@ -165,22 +169,69 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+class _BoolFlag(argparse.Action):
+    """A bool field's flag: ``--json`` alone is true, ``--json false`` sets it. Where the command has list
+    positionals (``spill``: their dest), a word after the flag that is not a boolean (``--json clip.wav``) is
+    one of them, as it was after a ``store_true`` switch."""
+
+    def __init__(self, *args: Any, spill: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spill = spill
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if self.spill and str(values).strip().lower() not in TRUE_WORDS + FALSE_WORDS:
+            setattr(namespace, self.spill, [*getattr(namespace, self.spill, []), values])
+            values = "true"
+        setattr(namespace, self.dest, values)
+
+
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(_base_type(tp)) in (list, tuple)
+
+
+def _help(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    return f"{f.metadata.get('help', '')} (default: {default!r})".strip()
+
+
+def _add_positionals(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...]) -> str | None:
+    """Fields ``names`` as positional arguments (a list field takes all that are left, any other one);
+    returns the dest of the list one, if any."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    types_ = _field_types(cls)
+    spill = None
+    for name in names:
+        many = _is_list(types_[name])
+        spill = spill or (POSITIONAL + name if many else None)
+        parser.add_argument(POSITIONAL + name, metavar=name.upper(), nargs="*" if many else "?",
+                            action="extend" if many else "store", default=argparse.SUPPRESS,
+                            help=_help(by_name[name]))
+    return spill
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                            positional: tuple[str, ...] = ()) -> None:
     """Every dataclass field becomes ``--field-name VALUE`` (defaults stay in the dataclass); the fields of a
-    nested config become ``--outer.inner-name VALUE`` (e.g. ``--train.lr 3e-4``)."""
+    nested config become ``--outer.inner-name VALUE`` (e.g. ``--train.lr 3e-4``). A bool flag alone means
+    true (``--json`` = ``--json true``), a list flag alone the empty list. The fields named in ``positional``
+    are also taken from positional arguments (``assistant transcribe-and-classify a.wav b.wav``)."""
     if not prefix:
         parser.add_argument("--config", default=None, help="YAML file of plain values (keys = flags below)")
+    spill = _add_positionals(parser, cls, positional)
     types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
         inner = _base_type(types_[f.name])
         if dataclasses.is_dataclass(inner) and isinstance(inner, type):
             add_dataclass_arguments(parser, inner, prefix=f"{prefix}{f.name}.")
             continue
-        flag = "--" + prefix + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(flag, dest=prefix + f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                            help=f"{help_} (default: {default!r})".strip())
+        kwargs: dict[str, Any] = {}
+        if inner is bool:
+            kwargs = {"nargs": "?", "const": "true", "action": _BoolFlag, "spill": spill}
+        elif _is_list(inner):
+            kwargs = {"nargs": "?", "const": ""}
+        parser.add_argument("--" + prefix + f.name.replace("_", "-"), dest=prefix + f.name,
+                            default=argparse.SUPPRESS, metavar=f.name.upper(), help=_help(f), **kwargs)
 
 
 def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
@@ -199,9 +250,17 @@ def parse_config(cls: type[T], args: argparse.Namespace) -> T:
         values.update(load_yaml(args.config))
         source = f"{args.config} + command line"
     names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in vars(args).items():
+    given = vars(args)
+    for key, value in given.items():
         if key.split(".")[0] in names and key != "config":
             _set_dotted(values, key, value)
+    for key, value in given.items():
+        if key.startswith(POSITIONAL):
+            name = key[len(POSITIONAL):]
+            if name in given:
+                raise ConfigError(f"{name}: give it as positional argument(s) or as --{name.replace('_', '-')}, "
+                                  "not both")
+            values[name] = value
     return from_dict(cls, values, source)
 
 

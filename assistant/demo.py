@@ -1,4 +1,4 @@
-"""`assistant demo [--model DIR] [--host 127.0.0.1] [--port 7860]`: a web page to try the model.
+"""`assistant demo [--model DIR] [--host 127.0.0.1] [--port 7860] [--max-connections 64]`: a web page to try the model.
 
 Upload an audio file or record a clip in the browser and see the transcript, intent, slots, the
 assistant's response, the confidence and the latency. No web framework: the standard library's
@@ -30,12 +30,15 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from assistant.config import add_dataclass_arguments, parse_config
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 PAGE_FILE = Path(__file__).with_name("demo_page.html")
@@ -354,31 +357,42 @@ def make_server(classifier: Classifier, host: str = "127.0.0.1", port: int = 786
                       read_timeout=read_timeout)
 
 
+@dataclass
+class DemoConfig:
+    model: str | None = field(default=None, metadata={"help": "model folder (default: what `assistant run` built)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 = every interface)"})
+    port: int = field(default=7860, metadata={"help": "port to listen on (0 = any free port)"})
+    quiet: bool = field(default=False, metadata={"help": "do not log each request"})
+    max_connections: int = field(default=64, metadata={
+        "help": "open connections served at once; more get 503 (each holds a thread)"})
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in 0..65535, got {self.port}")
+        if self.max_connections < 1:
+            raise ValueError(f"--max-connections must be >= 1, got {self.max_connections}")
+
+
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="assistant demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="model folder (default: what `assistant run` built)")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = every interface)")
-    ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--quiet", action="store_true", help="do not log each request")
-    ap.add_argument("--max-connections", type=int, default=64,
-                    help="open connections served at once; more get 503 (each holds a thread)")
-    args = ap.parse_args(argv)
+    add_dataclass_arguments(ap, DemoConfig)
+    cfg = parse_config(DemoConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from assistant.paths import resolve_model_dir
 
-    model_dir, problem = resolve_model_dir(args.model)
+    model_dir, problem = resolve_model_dir(cfg.model)
     if problem:
         print(f"assistant demo: {problem}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     classifier = Classifier.from_dir(model_dir)
     try:
-        server = make_server(classifier, args.host, args.port, verbose=not args.quiet,
-                             max_connections=args.max_connections)
+        server = make_server(classifier, cfg.host, cfg.port, verbose=not cfg.quiet,
+                             max_connections=cfg.max_connections)
     except OSError as e:
-        print(f"assistant demo: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+        print(f"assistant demo: cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e}); "
               "pass a free --port", file=sys.stderr)
         return 2
     print(f"assistant demo: model {model_dir} loaded in {time.perf_counter() - start:.1f} s; "

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from assistant.config import add_dataclass_arguments, parse_config
 from assistant.data.manifest import Utterance, read_manifest
 from assistant.inference import Prediction, predict_files
 from assistant.metrics import grouped_accuracy, score_frames
@@ -201,38 +202,53 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class EvaluateConfig:
+    model: str | None = field(default=None, metadata={"help": "a folder saved by `assistant train` / `assistant rsft` "
+                                                              "(required)"})
+    manifest: str | None = field(default=None, metadata={"help": "JSONL manifest, FSC CSV or SLURP JSONL (required)"})
+    audio_root: str | None = field(default=None, metadata={"help": "SLURP only: folder holding the recordings"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
+    out: str | None = field(default=None, metadata={"help": "folder for predictions.jsonl + confusion.png"})
+    batch_size: int = field(default=16, metadata={"help": "utterances decoded together"})
+    limit: int | None = field(default=None, metadata={"help": "score only the first N utterances (none: all)"})
+    nlu: bool = field(default=True, metadata={"help": "the folder's text second pass (nlu/); false: the speech "
+                                                      "model alone"})
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ValueError("--model is required: pass --model DIR, a folder saved by `assistant train` / `rsft`")
+        if not self.manifest:
+            raise ValueError("--manifest is required: pass --manifest FILE (JSONL manifest, FSC CSV or SLURP JSONL)")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit} (leave it out to score every utterance)")
+
+
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="assistant evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a folder saved by `assistant train` / `assistant rsft`")
-    ap.add_argument("--manifest", required=True, help="JSONL manifest, FSC CSV or SLURP JSONL")
-    ap.add_argument("--audio-root", default=None, help="SLURP only: folder holding the recordings")
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    ap.add_argument("--out", default=None, help="folder for predictions.jsonl + confusion.png")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--limit", type=int, default=0, help="score only the first N utterances")
-    ap.add_argument("--no-nlu", action="store_true",
-                    help="score the speech model alone, without the folder's text second pass (nlu/)")
-    args = ap.parse_args(argv)
+    add_dataclass_arguments(ap, EvaluateConfig)
+    cfg = parse_config(EvaluateConfig, ap.parse_args(argv))
 
     from assistant.data.manifest import ManifestError
     from assistant.model.slu import SLUModel
     from assistant.schema import load_schema
 
     try:
-        utts = read_manifest(args.manifest, audio_root=args.audio_root) if args.audio_root else read_manifest(args.manifest)
+        utts = read_manifest(cfg.manifest, audio_root=cfg.audio_root) if cfg.audio_root else read_manifest(cfg.manifest)
     except ManifestError as e:
         print(f"assistant evaluate: {e}", file=sys.stderr)
         return 2
-    if args.limit:
-        utts = utts[: args.limit]
-    model_dir = Path(args.model)
+    utts = utts[: cfg.limit]
+    model_dir = Path(cfg.model)
     if not model_dir.is_dir():
         print(f"assistant evaluate: model folder not found: {model_dir} "
               "(train one with `assistant train` or `assistant run`)", file=sys.stderr)
         return 2
-    model = SLUModel.from_pretrained(model_dir, nlu=not args.no_nlu)
-    report, preds = evaluate_model(model, utts, load_schema(), args.batch_size)
+    model = SLUModel.from_pretrained(model_dir, nlu=cfg.nlu)
+    report, preds = evaluate_model(model, utts, load_schema(), cfg.batch_size)
     from assistant import distributed as dist
 
     if not dist.is_main():                 # under accelerate launch: the others decoded their share
@@ -240,15 +256,18 @@ def cli(argv: list[str]) -> int:
     for p in preds:
         if p.error:
             print(f"skipped: {p.error}", file=sys.stderr)
-    if args.out:
-        out = Path(args.out)
-        write_predictions(utts, preds, out / "predictions.jsonl")
-        plot_confusion(utts, preds, out / "confusion.png")
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-    if args.json:
+    if cfg.out:
+        write_outputs(utts, preds, report, Path(cfg.out))
+    if cfg.json:
         print(json.dumps(report))
     else:
         print(format_report(report))
-        if args.out:
-            print(f"wrote {args.out}/predictions.jsonl, confusion.png, report.json")
+        if cfg.out:
+            print(f"wrote {cfg.out}/predictions.jsonl, confusion.png, report.json")
     return 0
+
+
+def write_outputs(utts: list[Utterance], preds: list[Prediction], report: dict, out: Path) -> None:
+    write_predictions(utts, preds, out / "predictions.jsonl")
+    plot_confusion(utts, preds, out / "confusion.png")
+    (out / "report.json").write_text(json.dumps(report, indent=2))

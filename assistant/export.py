@@ -32,7 +32,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from assistant.config import add_dataclass_arguments, parse_config
 
 EXPORT_FORMAT = "assistant-onnx-slu"
 EXPORT_VERSION = 1
@@ -534,31 +536,44 @@ def verify_export(model, folder: Path, precision: str = "fp32", seed: int = 0) -
 # CLI
 # ==================================================================================================
 
+@dataclass
+class ExportConfig:
+    model: str | None = field(default=None, metadata={
+        "help": "model folder (saved by `assistant train`/`rsft`); none or tiny.en = the packaged Whisper tiny.en, "
+                "base = packaged base"})
+    format: str = field(default="onnx", metadata={"help": "export format: onnx"})
+    quantize: str | None = field(default=None, metadata={
+        "help": "int8: also write int8 dynamic-quantised graphs (*.int8.onnx); none: fp32 only"})
+    out: str | None = field(default=None, metadata={"help": "output folder (required)"})
+    verify: bool = field(default=True, metadata={"help": "the exported-vs-eager self-check; false skips it"})
+
+    def validate(self) -> None:
+        if self.format != "onnx":
+            raise ValueError(f"--format {self.format!r}: only 'onnx' is supported")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"--quantize {self.quantize!r}: pass int8, or none for fp32 only")
+        if not self.out:
+            raise ValueError("--out is required: pass --out DIR, the folder to write the export to")
+
+
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="assistant export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="", help="model folder (saved by `assistant train`/`rsft`); "
-                                                "'' or tiny.en = the packaged Whisper tiny.en, base = packaged base")
-    ap.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    ap.add_argument("--quantize", default="none", choices=["none", "int8"],
-                    help="also write int8 dynamic-quantised graphs (*.int8.onnx)")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--no-verify", action="store_true", help="skip the exported-vs-eager self-check")
-    args = ap.parse_args(argv)
+    add_dataclass_arguments(ap, ExportConfig)
+    cfg = parse_config(ExportConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from assistant.model.packaged import is_packaged_name
     from assistant.model.slu import SLUModel
 
-    if args.model and not is_packaged_name(args.model) and not Path(args.model).is_dir():
-        print(f"assistant export: model folder not found: {args.model} "
+    if cfg.model and not is_packaged_name(cfg.model) and not Path(cfg.model).is_dir():
+        print(f"assistant export: model folder not found: {cfg.model} "
               "(train one with `assistant train`, or omit --model for the packaged Whisper tiny.en)", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    model = SLUModel.from_pretrained(args.model or None)
+    model = SLUModel.from_pretrained(cfg.model or None)
     try:
-        out = export_onnx(model, args.out, quantize=None if args.quantize == "none" else args.quantize,
-                          verify=not args.no_verify)
+        out = export_onnx(model, cfg.out, quantize=cfg.quantize, verify=cfg.verify)
     except ExportError as e:
         print(f"assistant export: {e}", file=sys.stderr)
         return 1

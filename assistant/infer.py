@@ -1,4 +1,4 @@
-"""`assistant transcribe-and-classify PATH... [--model DIR] [--json]`
+"""`assistant transcribe-and-classify PATH... [--model DIR | --onnx DIR [--int8]] [--json]`
 
 Files or folders; prints for each clip: transcript, intent, slots, confidence, the assistant's response
 and the latency. A bad file gets its error line and the rest go on.
@@ -10,7 +10,10 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from assistant.config import add_dataclass_arguments, parse_config
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
 # Recordings libsndfile cannot decode still get their line (an error with the ffmpeg fix), not silence.
@@ -40,55 +43,70 @@ def format_prediction(p) -> str:
             f"  latency     {p.latency_s * 1000:.0f} ms")
 
 
-def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant transcribe-and-classify", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("paths", nargs="+", help="audio files or folders")
-    ap.add_argument("--model", default=None, help="model folder (default: what `assistant run` built)")
-    ap.add_argument("--json", action="store_true", help="one JSON object per line")
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--onnx", default=None, metavar="DIR",
-                    help="run an `assistant export` folder on onnxruntime instead of PyTorch (about 2x faster "
-                         "on CPU). The text second pass runs too when the export carries it (DIR/nlu), "
-                         "without the stock-Whisper reading: the export folds the adapters in, so it has "
-                         "no stock path")
-    ap.add_argument("--int8", action="store_true", help="with --onnx: the int8-quantized graphs")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.int8 and not args.onnx:
-        print("assistant transcribe-and-classify: --int8 needs --onnx DIR (an `assistant export` folder)",
-              file=sys.stderr)
-        return 2
+@dataclass
+class InferConfig:
+    paths: list[str] = field(default_factory=list, metadata={"help": "audio files or folders: positional "
+                                                                      "arguments, or --paths a.wav,b.wav"})
+    model: str | None = field(default=None, metadata={"help": "model folder (default: what `assistant run` built)"})
+    json: bool = field(default=False, metadata={"help": "one JSON object per line"})
+    batch_size: int = field(default=1, metadata={"help": "clips decoded together"})
+    onnx: str | None = field(default=None, metadata={
+        "help": "an `assistant export` folder, run on onnxruntime instead of PyTorch (about 2x faster on CPU). The "
+                "text second pass runs too when the export carries it (DIR/nlu), without the stock-Whisper "
+                "reading: the export folds the adapters in, so it has no stock path"})
+    int8: bool = field(default=False, metadata={"help": "with --onnx: the int8-quantized graphs"})
 
-    from assistant.inference import predict_files
-    from assistant.model.slu import SLUModel
-    from assistant.paths import resolve_model_dir
-    from assistant.schema import load_schema
+    def validate(self) -> None:
+        if not self.paths:
+            raise ValueError("no audio given: pass files or folders, e.g. "
+                             "`assistant transcribe-and-classify clip.wav recordings/`")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.int8 and not self.onnx:
+            raise ValueError("--int8 needs --onnx DIR (an `assistant export` folder)")
 
-    if args.onnx:
+
+def load_model(cfg: InferConfig):
+    """The PyTorch model or the ONNX export ``cfg`` names, or (None, why not)."""
+    if cfg.onnx:
         from assistant.export import ExportError, OnnxSLU
 
         try:
-            model = OnnxSLU(args.onnx, precision="int8" if args.int8 else "fp32")
+            return OnnxSLU(cfg.onnx, precision="int8" if cfg.int8 else "fp32"), None
         except ExportError as e:
-            print(f"assistant transcribe-and-classify: {e}", file=sys.stderr)
-            return 2
-    else:
-        model_dir, problem = resolve_model_dir(args.model)
-        if problem:
-            print(f"assistant transcribe-and-classify: {problem}", file=sys.stderr)
-            return 2
-        model = SLUModel.from_pretrained(model_dir)
-        model.eval()
-    empty = [p for p in args.paths if Path(p).is_dir() and not expand_paths([p])]
+            return None, str(e)
+    from assistant.model.slu import SLUModel
+    from assistant.paths import resolve_model_dir
+
+    model_dir, problem = resolve_model_dir(cfg.model)
+    if problem:
+        return None, problem
+    return SLUModel.from_pretrained(model_dir).eval(), None
+
+
+def cli(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="assistant transcribe-and-classify", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(ap, InferConfig, positional=("paths",))
+    cfg = parse_config(InferConfig, ap.parse_args(argv))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from assistant.inference import predict_files
+    from assistant.schema import load_schema
+
+    model, problem = load_model(cfg)
+    if problem:
+        print(f"assistant transcribe-and-classify: {problem}", file=sys.stderr)
+        return 2
+    empty = [p for p in cfg.paths if Path(p).is_dir() and not expand_paths([p])]
     for folder in empty:
         print(f"assistant transcribe-and-classify: {folder}: no audio files in this folder "
               f"(looked for {', '.join(sorted(AUDIO_SUFFIXES))})", file=sys.stderr)
     schema = load_schema()
     failures = len(empty)
-    for pred in predict_files(model, expand_paths(args.paths), schema, batch_size=args.batch_size):
+    for pred in predict_files(model, expand_paths(cfg.paths), schema, batch_size=cfg.batch_size):
         failures += bool(pred.error)
-        if args.json:
+        if cfg.json:
             print(json.dumps(pred.to_dict(), ensure_ascii=False), flush=True)
         else:
             print(format_prediction(pred), flush=True)

@@ -83,3 +83,131 @@ def test_transcribe_without_a_model_says_what_to_run(tmp_path, capsys, monkeypat
 def test_train_cli_rejects_bad_values(capsys):
     assert main(["train", "--batch-size", "-3"]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ every command's options are a dataclass
+
+def _parse(cls, argv, positional=()):
+    import argparse
+
+    from assistant.config import add_dataclass_arguments, parse_config
+
+    ap = argparse.ArgumentParser()
+    add_dataclass_arguments(ap, cls, positional=positional)
+    return parse_config(cls, ap.parse_args(argv))
+
+
+def test_evaluate_flags_fill_its_config():
+    from assistant.evaluate import EvaluateConfig
+
+    base = ["--model", "m", "--manifest", "x.jsonl"]
+    cfg = _parse(EvaluateConfig, base)
+    assert (cfg.limit, cfg.json, cfg.nlu, cfg.out, cfg.batch_size) == (None, False, True, None, 16)
+    cfg = _parse(EvaluateConfig, [*base, "--limit", "5", "--json", "--nlu", "false", "--batch-size", "3"])
+    assert (cfg.limit, cfg.json, cfg.nlu, cfg.batch_size) == (5, True, False, 3)
+    assert _parse(EvaluateConfig, [*base, "--json", "false", "--limit", "none"]).json is False
+
+
+def test_transcribe_paths_are_positional_or_a_flag():
+    from assistant.config import ConfigError
+    from assistant.infer import InferConfig
+
+    cfg = _parse(InferConfig, ["a.wav", "b.wav", "--json"], ("paths",))
+    assert (cfg.paths, cfg.json, cfg.int8, cfg.onnx, cfg.model) == (["a.wav", "b.wav"], True, False, None, None)
+    # a switch before the paths does not swallow the first one, as with the old store_true switch
+    assert _parse(InferConfig, ["--json", "a.wav", "b.wav"], ("paths",)).paths == ["a.wav", "b.wav"]
+    cfg = _parse(InferConfig, ["--paths", "a.wav,b.wav", "--onnx", "E", "--int8"], ("paths",))
+    assert (cfg.paths, cfg.onnx, cfg.int8) == (["a.wav", "b.wav"], "E", True)
+    with pytest.raises(ConfigError, match="not both"):
+        _parse(InferConfig, ["a.wav", "--paths", "b.wav"], ("paths",))
+    with pytest.raises(ConfigError, match="--int8 needs --onnx"):
+        _parse(InferConfig, ["a.wav", "--int8"], ("paths",))
+
+
+def test_export_demo_convert_flags_fill_their_configs():
+    from assistant.config import ConfigError
+    from assistant.demo import DemoConfig
+    from assistant.export import ExportConfig
+    from assistant.model import packaged
+    from assistant.model.convert import ConvertConfig
+
+    cfg = _parse(ExportConfig, ["--out", "o"])
+    assert (cfg.model, cfg.format, cfg.quantize, cfg.verify) == (None, "onnx", None, True)
+    cfg = _parse(ExportConfig, ["--out", "o", "--quantize", "int8", "--verify", "false"])
+    assert (cfg.quantize, cfg.verify) == ("int8", False)
+    assert _parse(ExportConfig, ["--out", "o", "--quantize", "none"]).quantize is None
+    for argv, flag in ((["--out", "o", "--quantize", "int4"], "--quantize"), (["--out", "o", "--format", "tflite"],
+                                                                                "--format"), ([], "--out")):
+        with pytest.raises(ConfigError, match=flag):
+            _parse(ExportConfig, argv)
+    cfg = _parse(DemoConfig, ["--quiet", "--port", "0", "--max-connections", "4"])
+    assert (cfg.quiet, cfg.port, cfg.max_connections, cfg.model, cfg.host) == (True, 0, 4, None, "127.0.0.1")
+    with pytest.raises(ConfigError, match="--max-connections"):
+        _parse(DemoConfig, ["--max-connections", "0"])
+    assert ConvertConfig().model == packaged.DEFAULT_NAME
+    cfg = _parse(ConvertConfig, ["--model", "base", "--force"])
+    assert (cfg.model, cfg.force, cfg.ct2_dir, cfg.out_dir) == ("base", True, None, None)
+    with pytest.raises(ConfigError, match="--model 'large'"):
+        _parse(ConvertConfig, ["--model", "large"])
+
+
+def test_bench_and_diagnostics_flags_fill_their_configs():
+    from assistant.bench_sampler import BenchSamplerConfig
+    from assistant.bench_serving import BenchServingConfig
+    from assistant.config import ConfigError
+    from assistant.rsft.diagnostics import DiagnosticsConfig
+
+    cfg = _parse(BenchSamplerConfig, ["--json", "--n", "2,4", "--generate", "false", "--out", "o.json"])
+    assert (cfg.json, cfg.n, cfg.generate, cfg.reference, cfg.threads, cfg.model, cfg.out) == (
+        True, [2, 4], False, True, None, None, "o.json")
+    with pytest.raises(ConfigError, match="--n"):
+        _parse(BenchSamplerConfig, ["--n", "0,16"])
+    cfg = _parse(BenchServingConfig, ["--json", "--clients", "2", "--max-seconds", "1.5"])
+    assert (cfg.json, cfg.clients, cfg.max_seconds, cfg.threads) == (True, 2, 1.5, None)
+    with pytest.raises(ConfigError, match="--threads"):
+        _parse(BenchServingConfig, ["--threads", "0"])
+    positional = ("round_dir", "pool_manifest")
+    cfg = _parse(DiagnosticsConfig, ["R", "P"], positional)
+    assert (cfg.round_dir, cfg.pool_manifest, cfg.compare, cfg.limit) == ("R", "P", None, None)
+    cfg = _parse(DiagnosticsConfig, ["R", "P", "--compare", "target_likelihood", "--limit", "5"], positional)
+    assert (cfg.compare, cfg.limit) == (["target_likelihood"], 5)
+    assert _parse(DiagnosticsConfig, ["R", "P", "--compare"], positional).compare == []
+    with pytest.raises(ConfigError, match="ROUND_DIR POOL_MANIFEST"):
+        _parse(DiagnosticsConfig, ["R"], positional)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["evaluate", "--model", "m", "--manifest", "x.jsonl", "--limit", "0"], "--limit"),
+    (["evaluate", "--model", "m", "--manifest", "x.jsonl", "--json", "maybe"], "json"),
+    (["evaluate", "--manifest", "x.jsonl"], "--model"),
+    (["transcribe-and-classify", "a.wav", "--batch-size", "-1"], "--batch-size"),
+    (["transcribe-and-classify"], "no audio given"),
+    (["export", "--out", "o", "--quantize", "int4"], "--quantize"),
+    (["demo", "--port", "70000"], "--port"),
+    (["convert", "--model", "large"], "--model"),
+    (["bench", "--sampler", "--clips", "0"], "--clips"),
+    (["bench", "--serving", "--requests", "0"], "--requests"),
+])
+def test_bad_option_values_are_exit_code_2_naming_the_flag(argv, flag, capsys):
+    assert main(argv) == 2
+    assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["evaluate"], "--limit"), (["evaluate"], "--nlu"), (["transcribe-and-classify"], "--int8"),
+    (["transcribe-and-classify"], "PATHS"), (["export"], "--verify"), (["export"], "--quantize"),
+    (["demo"], "--max-connections"), (["convert"], "--force"), (["bench", "--sampler"], "--reference"),
+    (["bench", "--serving"], "--max-seconds"), (["bench"], "--quick"),
+])
+def test_command_help_lists_its_config_fields(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    assert flag in capsys.readouterr().out
+
+
+def test_diagnostics_cli_names_a_bad_value(capsys):
+    from assistant.rsft.diagnostics import main as diagnostics
+
+    assert diagnostics(["R", "P", "--compare", "--limit", "0"]) == 2
+    assert "--limit" in capsys.readouterr().err

@@ -155,6 +155,7 @@ def test_real_whisper_tiny_export_matches_eager(tmp_path, waves):
 
 
 def test_transcribe_and_classify_runs_the_onnx_export(tiny, exported, tmp_path, capsys):
+    from assistant.cli import main
     from assistant.infer import cli as infer_cli
 
     model_dir = tiny.save_pretrained(tmp_path / "model")
@@ -171,8 +172,8 @@ def test_transcribe_and_classify_runs_the_onnx_export(tiny, exported, tmp_path, 
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert infer_cli(clips + ["--onnx", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
-    assert infer_cli(clips + ["--int8"]) == 2
-    assert "--onnx" in capsys.readouterr().err
+    assert main(["transcribe-and-classify", *clips, "--int8"]) == 2        # --int8 without --onnx: config error
+    assert "--int8 needs --onnx" in capsys.readouterr().err
 
 
 def test_text_second_pass_travels_with_the_export(tiny, waves, tmp_path):

