@@ -206,7 +206,12 @@ def format_report(report: dict) -> str:
 class EvaluateConfig:
     model: str | None = field(default=None, metadata={"help": "a folder saved by `assistant train` / `assistant rsft` "
                                                               "(required)"})
-    manifest: str | None = field(default=None, metadata={"help": "JSONL manifest, FSC CSV or SLURP JSONL (required)"})
+    manifest: str | None = field(default=None, metadata={"help": "JSONL manifest, FSC CSV or SLURP JSONL (or --dataset)"})
+    dataset: str | None = field(default=None, metadata={"help": "a Hugging Face dataset instead: a save_to_disk "
+                                                                "folder, an audiofolder or a hub id"})
+    split: str = field(default="test", metadata={"help": "--dataset: the split to score"})
+    columns: str | None = field(default=None, metadata={"help": "--dataset: FIELD=COLUMN pairs where its names "
+                                                                "differ from ours, e.g. text=sentence,intent=label"})
     audio_root: str | None = field(default=None, metadata={"help": "SLURP only: folder holding the recordings"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
     out: str | None = field(default=None, metadata={"help": "folder for predictions.jsonl + confusion.png"})
@@ -218,8 +223,9 @@ class EvaluateConfig:
     def validate(self) -> None:
         if not self.model:
             raise ValueError("--model is required: pass --model DIR, a folder saved by `assistant train` / `rsft`")
-        if not self.manifest:
-            raise ValueError("--manifest is required: pass --manifest FILE (JSONL manifest, FSC CSV or SLURP JSONL)")
+        if bool(self.manifest) == bool(self.dataset):
+            raise ValueError("pass one of --manifest FILE (JSONL manifest, FSC CSV or SLURP JSONL) or --dataset "
+                             "PATH_OR_ID (a Hugging Face dataset)")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -237,7 +243,12 @@ def cli(argv: list[str]) -> int:
     from assistant.schema import load_schema
 
     try:
-        utts = read_manifest(cfg.manifest, audio_root=cfg.audio_root) if cfg.audio_root else read_manifest(cfg.manifest)
+        if cfg.dataset:
+            from assistant.data.hf import read_dataset
+
+            utts = read_dataset(cfg.dataset, cfg.split, cfg.columns)
+        else:
+            utts = read_manifest(cfg.manifest, audio_root=cfg.audio_root) if cfg.audio_root else read_manifest(cfg.manifest)
     except ManifestError as e:
         print(f"assistant evaluate: {e}", file=sys.stderr)
         return 2

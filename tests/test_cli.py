@@ -50,6 +50,32 @@ def test_evaluate_json_on_fixture_manifests(tiny_model, manifest, tmp_path, caps
     assert len(rows) == report["n"] and {"gold_intent", "intent", "raw"} <= set(rows[0])
 
 
+def test_evaluate_reads_a_hugging_face_dataset_like_its_manifest(tiny_model, tmp_path, capsys):
+    """`assistant evaluate --dataset`: the same clips as an audiofolder score exactly as the manifest does."""
+    import shutil
+
+    from assistant.data.hf import write_audiofolder_metadata
+    from assistant.data.manifest import read_manifest, write_jsonl
+
+    folder = tmp_path / "data" / "test"
+    folder.mkdir(parents=True)
+    utts = read_manifest(FSC)
+    for i, u in enumerate(utts):
+        shutil.copy(u.audio, folder / f"{i}.wav")
+        u.audio, u.id = str(folder / f"{i}.wav"), f"t{i}"
+    write_audiofolder_metadata(utts, folder)
+    write_jsonl(utts, tmp_path / "test.jsonl")
+    assert main(["evaluate", "--model", str(tiny_model), "--dataset", str(tmp_path / "data"), "--json"]) == 0
+    from_dataset = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["evaluate", "--model", str(tiny_model), "--manifest", str(tmp_path / "test.jsonl"), "--json"]) == 0
+    from_manifest = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    del from_dataset["mean_latency_s"], from_manifest["mean_latency_s"]     # wall time, not a score
+    assert from_dataset == from_manifest and from_dataset["n"] == len(utts)
+    assert main(["evaluate", "--model", str(tiny_model), "--dataset", str(tmp_path / "data"), "--manifest",
+                 str(tmp_path / "test.jsonl")]) == 2                       # one source, not two
+    assert "one of --manifest" in capsys.readouterr().err
+
+
 def test_evaluate_missing_manifest_is_one_clear_error(tiny_model, capsys):
     assert main(["evaluate", "--model", str(tiny_model), "--manifest", "/nope/test.jsonl"]) == 2
     err = capsys.readouterr().err
