@@ -27,6 +27,11 @@ import time
 import urllib.error
 import urllib.request
 
+from assistant.bench_sampler import emit, report_parser, synth_clips
+from assistant.demo import Classifier, make_server
+from assistant.paths import resolve_model_dir
+from assistant.schema import load_schema
+
 
 def _say(msg: str) -> None:
     print(f"bench --serving: {msg}", file=sys.stderr, flush=True)
@@ -108,11 +113,7 @@ def run_serving_bench(model_path: str = "", clients: int = 16, requests: int = 9
                       n_sequential: int = 16, threads: int = 0) -> dict:
     import torch
 
-    from assistant.bench_sampler import synth_clips
-    from assistant.demo import Classifier, make_server
-    from assistant.model.slu import SLUModel
-    from assistant.paths import resolve_model_dir
-    from assistant.schema import load_schema
+    from assistant.nlu import load_pipeline       # torch and both models: only when the bench runs
 
     if threads:
         torch.set_num_threads(threads)
@@ -122,7 +123,7 @@ def run_serving_bench(model_path: str = "", clients: int = 16, requests: int = 9
             raise FileNotFoundError(problem)
         model_dir = None                      # no trained model yet: the packaged tiny.en
     _say(f"model {model_dir or 'packaged tiny.en'}; {clients} clients, up to {requests} requests / {max_seconds:g} s")
-    model = SLUModel.from_pretrained(model_dir).eval()
+    model = load_pipeline(model_dir).eval()
     waves, _ = synth_clips(8)
     clips = wav_bytes(waves)
     schema = load_schema()
@@ -168,8 +169,6 @@ def format_table(r: dict) -> str:
 
 
 def cli(argv: list[str]) -> int:
-    from assistant.bench_sampler import emit, report_parser
-
     ap = report_parser("assistant bench --serving", __doc__)
     ap.add_argument("--model", default="", help="SLU model folder ('' = what `assistant run` built, else tiny.en)")
     ap.add_argument("--clients", type=int, default=16)

@@ -37,6 +37,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from assistant.paths import resolve_model_dir
+from assistant.schema import load_schema
+
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 PAGE_FILE = Path(__file__).with_name("demo_page.html")
 # A body this much larger than the limit is not even read to the end: the connection is dropped.
@@ -112,16 +115,15 @@ class Classifier:
         self.batcher = Batcher(self._decode, max_batch=max_batch, wait_s=wait_s)
 
     def _decode(self, waves, names):
-        from assistant.inference import predict_waves
+        from assistant.inference import predict_waves   # torch: loaded with the model, not for --help
 
         return predict_waves(self.model, waves, self.schema, names)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Classifier":
-        from assistant.model.slu import SLUModel
-        from assistant.schema import load_schema
+        from assistant.nlu import load_pipeline         # torch and both models: only when serving
 
-        model = SLUModel.from_pretrained(model_dir)
+        model = load_pipeline(model_dir)
         model.eval()
         return cls(model, load_schema(), model_dir)
 
@@ -365,9 +367,6 @@ def cli(argv: list[str]) -> int:
                     help="open connections served at once; more get 503 (each holds a thread)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from assistant.paths import resolve_model_dir
-
     model_dir, problem = resolve_model_dir(args.model)
     if problem:
         print(f"assistant demo: {problem}", file=sys.stderr)

@@ -12,6 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+from assistant.paths import resolve_model_dir
+from assistant.schema import load_schema
+
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
 # Recordings libsndfile cannot decode still get their line (an error with the ffmpeg fix), not silence.
 AUDIO_SUFFIXES |= {".webm", ".m4a", ".mp4", ".aac", ".wma", ".amr", ".3gp"}
@@ -60,10 +63,9 @@ def cli(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
 
+    # torch and the models: after the argument checks and HF_HUB_OFFLINE
     from assistant.inference import predict_files
-    from assistant.model.slu import SLUModel
-    from assistant.paths import resolve_model_dir
-    from assistant.schema import load_schema
+    from assistant.nlu import load_pipeline
 
     if args.onnx:
         from assistant.export import ExportError, OnnxSLU
@@ -78,7 +80,7 @@ def cli(argv: list[str]) -> int:
         if problem:
             print(f"assistant transcribe-and-classify: {problem}", file=sys.stderr)
             return 2
-        model = SLUModel.from_pretrained(model_dir)
+        model = load_pipeline(model_dir)
         model.eval()
     empty = [p for p in args.paths if Path(p).is_dir() and not expand_paths([p])]
     for folder in empty:

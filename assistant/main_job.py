@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.config import add_dataclass_arguments, load_config, override, parse_config
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
+from assistant.schema import load_schema
 
 
 @dataclass
@@ -42,15 +43,15 @@ def _stage(name: str) -> float:
 
 
 def run_main(cfg: MainConfig) -> dict:
+    # torch, the speech and text models: imported when the job runs, not for `assistant run --help`
+    from assistant import distributed as dist
+    from assistant import train as sft
     from assistant.data.manifest import read_manifest
     from assistant.evaluate import (by_engine_condition, evaluate_model, evaluation_report, format_report,
                                     plot_confusion, stock_cascade_predictions, write_predictions)
     from assistant.model.slu import SLUModel
-    from assistant.schema import load_schema
+    from assistant.nlu import NluPass, attach, default_teacher, load_pipeline, stock_transcripts
     from assistant.train import TrainConfig
-    from assistant.config import load_config
-    from assistant import distributed as dist
-    from assistant import train as sft
 
     out = Path(cfg.output_dir or runs_dir() / "main")
     out.mkdir(parents=True, exist_ok=True)
@@ -98,12 +99,9 @@ def run_main(cfg: MainConfig) -> dict:
     dev, test = read_manifest(corpus / "dev.jsonl"), read_manifest(corpus / "test.jsonl")
     # Stock Whisper's transcripts do not depend on the fine-tuning: decoded once per clip, shared by every
     # speech model's text pass and by the peer (stock transcript + our text NLU).
-    stock_model = SLUModel.from_pretrained(speech_models[0][1], nlu=False)
+    stock_model = SLUModel.from_pretrained(speech_models[0][1])
     scored = []
     if cfg.nlu:
-        from assistant.nlu import stock_transcripts
-        from assistant.rsft.teacher import default_teacher
-
         with dist.main_process_first():           # trained once, cached; the others load it
             teacher = default_teacher(schema, holdout_file=corpus / "holdout.json")
         dev_stock = stock_transcripts(stock_model, dev, desc="nlu: stock transcripts of dev")
@@ -156,28 +154,22 @@ def run_main(cfg: MainConfig) -> dict:
         shutil.rmtree(final, ignore_errors=True)
         shutil.copytree(final_dir, final, ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
         if teacher is not None:
-            from assistant.nlu import attach
-
             attach(final, teacher, weight, stock_bonus)
     dist.barrier()
 
     t = _stage("5. evaluation on `test` (unseen voices and phrasings)")
-    from assistant.nlu import stock_transcripts
-
     test_stock = stock_transcripts(stock_model, test, desc="test: stock transcripts")
     stock_wer = stock_wer_by_speaker(test, test_stock, dev if cfg.nlu else [], dev_stock if cfg.nlu else [])
     rows = []
     candidates = [(name, model_dir, None) for name, model_dir in speech_models]
     if nlu_info is not None:
-        from assistant.nlu import NluPass
-
         if nlu_info["speech_model"] != "supervised":   # the baseline RSFT must beat: supervised + its text pass
             sup = next(s for s in scored if s[1] == "supervised")
             candidates.append(("supervised + text pass", Path(sft_result["best_dir"]), NluPass(teacher, sup[3], sup[4])))
         candidates.append((f"final = {nlu_info['speech_model']} + text pass", final, "saved"))
     systems: dict[str, list] = {}
     for name, model_dir, nlu_pass in candidates:
-        model = SLUModel.from_pretrained(model_dir, nlu=nlu_pass == "saved")
+        model = load_pipeline(model_dir) if nlu_pass == "saved" else SLUModel.from_pretrained(model_dir)
         if nlu_pass not in (None, "saved"):
             model.nlu = nlu_pass
         model.eval()
@@ -237,10 +229,10 @@ def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock) -> tup
     """(dev accuracy, name, folder, weight, stock bonus, accuracy per choice) of speech model + text pass:
     the text pass's weight and stock bonus (``assistant.nlu.choose_weight``) chosen on the ``dev``
     utterances, whose stock transcripts are ``dev_stock`` (used when the model has a stock path)."""
-    from assistant.model.slu import SLUModel
+    from assistant.model.slu import SLUModel      # torch and both models: only when it runs
     from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings
 
-    model = SLUModel.from_pretrained(model_dir, nlu=False)
+    model = SLUModel.from_pretrained(model_dir)
     readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}",
                             stock=dev_stock if model.has_stock_path else None)
     bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
@@ -255,7 +247,6 @@ def with_text_pass(rcfg, weight: float, stock_bonus: float):
     """RSFT's agreement reward and readings follow the supervised model's text pass as chosen on dev:
     its weight and stock bonus; a pass that never uses the stock reading (bonus -inf) gets no stock
     readings either."""
-    from assistant.config import override
     from assistant.rsft.rewards import with_reward_options
 
     if stock_bonus == -math.inf:
