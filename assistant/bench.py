@@ -31,6 +31,7 @@ to wall time. Audio is decoded before timing starts for every system.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -43,14 +44,24 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.config import ConfigError, add_dataclass_arguments, load_config, parse_config
+from assistant.data.manifest import ManifestError, read_manifest
+from assistant.frames import parse_frame
+from assistant.metrics import score_frames
+from assistant.model.convert import default_pretrained_dir
 from assistant.paths import generated_dir, runs_dir
+from assistant.rsft.rewards import build_reward_fns
+from assistant.schema import load_schema
+
+# torch, transformers, onnxruntime and the models are imported inside the functions that use them: the
+# command sets its environment (threads, HF_HUB_OFFLINE, KINETO_LOG_LEVEL) first, and a memory probe
+# imports them before its baseline.
 
 SAMPLE_RATE = 16000
 LENGTHS = {"1s": 1.0, "3s": 3.0, "8s": 8.0}
@@ -133,7 +144,8 @@ def _peak_rss_mb() -> float:
     return hwm if hwm is not None else _maxrss_mb()
 
 
-def _load_average() -> list[float]:
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS has none): a busy machine skews timings."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -150,14 +162,14 @@ def _timed(fn: Callable, *args):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _round(x, digits: int = 5):
+def round_significant(x, digits: int = 5):
     """Floats to ``digits`` significant digits (tiny export differences must not print as 0.0)."""
     if isinstance(x, float):
         return float(f"{x:.{digits}g}") if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _round(v, digits) for k, v in x.items()}
+        return {k: round_significant(v, digits) for k, v in x.items()}
     if isinstance(x, list):
-        return [_round(v, digits) for v in x]
+        return [round_significant(v, digits) for v in x]
     return x
 
 
@@ -288,8 +300,6 @@ class CascadeSystem:
     def __init__(self, teacher, schema, batch_size: int):
         from transformers import pipeline
 
-        from assistant.model.convert import default_pretrained_dir
-
         self.asr = pipeline("automatic-speech-recognition", model=str(default_pretrained_dir()), device="cpu")
         self.teacher, self.schema, self.batch_size = teacher, schema, batch_size
 
@@ -364,7 +374,6 @@ def latency_side_by_side(systems: dict, clips: dict[str, list[Clip]], reps: int,
 def accuracy(system, utts, batch_size: int) -> dict:
     """Intent / frame accuracy, slot F1 and WER on ``utts``; unreadable files are counted, not scored."""
     from assistant.audio import AudioError, load_audio
-    from assistant.metrics import score_frames
 
     gold, pred, unreadable, seconds = [], [], 0, 0.0
     for start in range(0, len(utts), batch_size):
@@ -400,7 +409,6 @@ def _probe_main(argv: list[str]) -> int:
     import transformers  # noqa: F401
 
     from assistant.model.slu import SLUModel  # noqa: F401  (imported before the baseline, like the rest)
-    from assistant.schema import load_schema
 
     torch.set_num_threads(threads)
     waves = [torch.from_numpy(sf.read(p, dtype="float32")[0]) for p in argv[5:]]
@@ -420,16 +428,16 @@ def _probe_main(argv: list[str]) -> int:
 
 
 def _build_system(name: str, model_dir: str, onnx_dir: str, threads: int, schema, batch: int):
-    from assistant.model.slu import SLUModel
-
     if name == "eager":
-        return OursSystem(name, SLUModel.from_pretrained(model_dir), schema)
+        from assistant.nlu import load_pipeline
+
+        return OursSystem(name, load_pipeline(model_dir), schema)
     if name in ("onnx", "onnx-int8"):
         from assistant.export import OnnxSLU
 
         return OursSystem(name, OnnxSLU(onnx_dir, "int8" if name == "onnx-int8" else "fp32", threads), schema)
     if name == "cascade":
-        from assistant.rsft.teacher import default_teacher
+        from assistant.nlu import default_teacher
 
         return CascadeSystem(default_teacher(schema, progress=False), schema, batch)
     raise ValueError(f"unknown system {name!r}")
@@ -461,10 +469,7 @@ def memory_probe(name: str, model_dir: Path, onnx_dir: Path | None, threads: int
 def bench_training(model_dir: Path, train_utts, dev_utts, steps: int, batch_size: int, threads: int) -> dict:
     """Step time = (time of a 1 + ``steps`` step run - time of a 1 step run) / steps: both runs pay the same
     fixed costs (final dev evaluation, checkpoint writes), so the difference is pure training steps."""
-    from dataclasses import replace
-
-    from assistant.config import ConfigError, load_config
-    from assistant.model.slu import SLUModel
+    from assistant.nlu import load_pipeline
     from assistant.train import TrainConfig, examples_from_utterances, fine_tune
 
     # The recipe that trained this model (runs/NAME/config.yaml next to best/), else the defaults.
@@ -477,7 +482,7 @@ def bench_training(model_dir: Path, train_utts, dev_utts, steps: int, batch_size
     examples = examples_from_utterances(train_utts[: max(batch_size * (steps + 1), batch_size)])
     runs = {}
     for n_steps in (1, 1 + steps):
-        model = SLUModel.from_pretrained(model_dir)
+        model = load_pipeline(model_dir)     # as deployed: fine_tune's dev score reads with the text pass
         cfg = replace(recipe, max_steps=n_steps, batch_size=batch_size, warmup_steps=1, resume=False,
                       save_every_steps=10**9, threads=threads, context_seconds=model.context_seconds,
                       tiny_random=False)
@@ -517,8 +522,6 @@ def bench_rsft(model, model_dir: Path, pool_utts, batch_size: int) -> tuple[dict
 
 
 def bench_scoring(utts, cands, teacher) -> dict:
-    from assistant.rsft.rewards import build_reward_fns
-
     n = sum(len(c) for c in cands)
     out = {"candidates": n}
     if not n:
@@ -563,7 +566,6 @@ def build_classifier_peer(intents: list[str], context_seconds: float, frozen_lay
     from transformers import WhisperForAudioClassification
 
     from assistant.features import frames_for_seconds
-    from assistant.model.convert import default_pretrained_dir
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -630,7 +632,8 @@ def bench_classifier_peer(schema, train_utts, test_utts, clips: dict[str, list[C
 # Profiles: where the time goes
 # ==================================================================================================
 
-def _top_ops(prof, k: int = 12) -> list[dict]:
+def top_ops(prof, k: int = 12) -> list[dict]:
+    """The ``k`` operators with the most self CPU time in a torch.profiler run, with their share of it."""
     rows = []
     for e in prof.key_averages():
         rows.append({"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1000.0})
@@ -644,8 +647,6 @@ def _top_ops(prof, k: int = 12) -> list[dict]:
 def profile_ours(model, runtime, clip: Clip, reps: int = 3) -> dict:
     """Phase breakdown of one 3 s command at batch 1 (eager and ONNX) + torch.profiler top ops (eager)."""
     import torch
-
-    from assistant.frames import parse_frame
 
     def phases(m) -> dict:
         times = {"features": [], "encoder": [], "decoder": [], "parse": []}
@@ -674,7 +675,7 @@ def profile_ours(model, runtime, clip: Clip, reps: int = 3) -> dict:
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], acc_events=True) as prof:
         enc = model.encode(model.features([clip.wave]))
         model.generate(enc, num_samples=0, greedy=True)
-    out["eager_top_ops"] = _top_ops(prof)
+    out["eager_top_ops"] = top_ops(prof)
     return out
 
 
@@ -700,7 +701,7 @@ def profile_rsft(model, ref_model, waves, batch_size: int) -> dict:
     lengths = [len(c.token_ids) + 1 for cs in outs for c in cs]
     return {"utterances": len(waves), "ms": ms, "share": {k: v / total for k, v in ms.items()},
             "mean_tokens_per_candidate": statistics.fmean(lengths) if lengths else 0,
-            "max_tokens": max(lengths) if lengths else 0, "generate_top_ops": _top_ops(prof)}
+            "max_tokens": max(lengths) if lengths else 0, "generate_top_ops": top_ops(prof)}
 
 
 # ==================================================================================================
@@ -863,8 +864,6 @@ def findings(results: dict) -> list[str]:
 
 def subset_fingerprint(utts) -> str:
     """Identifies the scored utterances: ids, labels and audio file sizes."""
-    import hashlib
-
     rows = []
     for u in utts:
         try:
@@ -878,8 +877,6 @@ def subset_fingerprint(utts) -> str:
 def cascade_key(teacher) -> dict:
     """What the cascade's outputs depend on: the ASR weights, the text classifier and transformers."""
     import transformers
-
-    from assistant.model.convert import default_pretrained_dir
 
     weights = default_pretrained_dir() / "model.safetensors"
     return {"asr": str(default_pretrained_dir()), "asr_bytes": weights.stat().st_size if weights.exists() else -1,
@@ -906,21 +903,14 @@ def reusable_cascade_accuracy(path: str, fingerprint: str, key: dict) -> tuple[d
 # ==================================================================================================
 
 def _manifest(path: str, split: str) -> list:
-    from assistant.data.manifest import read_manifest
-
     return read_manifest(path or generated_dir() / "default" / f"{split}.jsonl")
 
 
 def _teacher_if_available(schema, allow_training: bool):
     """The cached default text teacher; trains it (minutes) only when allowed (not in --quick)."""
-    from assistant.rsft.teacher import (CACHE_NAME, DEFAULT_EPOCHS, _load_if_current, default_sentences,
-                                        default_teacher, training_fingerprint)
-    from assistant.paths import cache_dir
+    from assistant.nlu import default_teacher
 
-    if allow_training:
-        return default_teacher(schema, progress=False)
-    fingerprint = training_fingerprint(default_sentences(schema), schema, DEFAULT_EPOCHS, 0)
-    return _load_if_current(cache_dir() / CACHE_NAME, fingerprint)
+    return default_teacher(schema, progress=False, train_if_missing=allow_training)
 
 
 def _quick_model_dir(work: Path, utterance_lists) -> Path:
@@ -935,7 +925,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     import torch
 
     from assistant.model.slu import SLUModel
-    from assistant.schema import load_schema
+    from assistant.nlu import NluPass, load_pipeline
 
     if cfg.quick:
         cfg = BenchConfig(**{**asdict(cfg), **{k: min(getattr(cfg, k), v) for k, v in QUICK.items()}})
@@ -943,7 +933,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     torch.set_num_threads(threads)
     schema = load_schema()
     work = Path(tempfile.mkdtemp(prefix="assistant-bench-"))
-    results: dict = {"meta": {"quick": cfg.quick, "threads": threads, "load_before": _load_average(),
+    results: dict = {"meta": {"quick": cfg.quick, "threads": threads, "load_before": load_average(),
                               "python": platform.python_version(), "torch": torch.__version__,
                               "cpu_count": os.cpu_count(), "config": asdict(cfg),
                               "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
@@ -957,7 +947,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                 raise FileNotFoundError(f"no trained model under {runs_dir()}; pass --model DIR (or --quick)")
             model_dir = _quick_model_dir(work, [test, train, pool])
         _say(f"model {model_dir}")
-        model = SLUModel.from_pretrained(model_dir)
+        model = load_pipeline(model_dir)
         results["meta"].update({"model": str(model_dir), "context_seconds": model.context_seconds,
                                 "batch_size": cfg.batch_size, "output_vocab": len(model.vocab)})
 
@@ -972,9 +962,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         systems: dict = {"eager": OursSystem("eager", model, schema)}
         if model.nlu is not None and model.nlu.uses_stock and model.has_stock_path:
             # What the stock reading costs: the same model and text pass without it (ONNX has no stock path).
-            from assistant.nlu import NluPass
-
-            plain = SLUModel.from_pretrained(model_dir, nlu=False)
+            plain = SLUModel.from_pretrained(model_dir)
             plain.nlu = NluPass(model.nlu.teacher, model.nlu.weight)
             systems["eager-no-stock"] = OursSystem("eager-no-stock", plain, schema)
         runtime = None
@@ -1055,10 +1043,10 @@ def run_bench(cfg: BenchConfig) -> dict:
             results["peer_classifier"] = {"skipped": "classifier_steps=0"}
         results["goals"] = evaluate_goals(results)
         results["findings"] = findings(results)
-        results["meta"]["load_after"] = _load_average()
+        results["meta"]["load_after"] = load_average()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _round(results)
+    return round_significant(results)
 
 
 def cli(argv: list[str]) -> int:
@@ -1079,8 +1067,6 @@ def cli(argv: list[str]) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")      # torch.profiler: no GPU-probe error lines on CPU hosts
     cfg = parse_config(BenchConfig, ap.parse_args(argv))
-    from assistant.data.manifest import ManifestError
-
     try:
         results = run_bench(cfg)
     except (FileNotFoundError, ManifestError) as e:

@@ -34,10 +34,13 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assistant.bench import load_average, round_significant, top_ops
 from assistant.config import add_dataclass_arguments, parse_config
+from assistant.data.grammar import domain_vocab_texts
 
 COMMANDS = [
     "turn on the kitchen lights", "set an alarm for seven thirty", "play some jazz music",
@@ -137,7 +140,6 @@ def stage_profile(model, mels, n: int, max_new_tokens: int, seed: int = 0) -> di
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from assistant.bench import _top_ops
     from assistant.model.sampler import FastDecoder
 
     generator = torch.Generator(device=mels.device.type).manual_seed(seed)
@@ -152,7 +154,7 @@ def stage_profile(model, mels, n: int, max_new_tokens: int, seed: int = 0) -> di
         tokens, logprob, finished, is_greedy = decoder.generate_group(enc, n, False, 1.0, 1.0, 0, max_new_tokens,
                                                                       generator, timings)
         mark = time.perf_counter()
-        model._collect(tokens, logprob, finished, is_greedy, enc.shape[0], n)
+        model.collect_candidates(tokens, logprob, finished, is_greedy, enc.shape[0], n)
         timings["collect"] = time.perf_counter() - mark
         total = time.perf_counter() - start
         with profile(activities=[ProfilerActivity.CPU], acc_events=True) as prof:
@@ -163,24 +165,23 @@ def stage_profile(model, mels, n: int, max_new_tokens: int, seed: int = 0) -> di
             "decoder_steps": steps, "row_steps": row_steps,
             "mean_rows_per_step": row_steps / steps if steps else 0.0,
             "us_per_row_step": 1e6 * timings.get("decoder", 0.0) / row_steps if row_steps else None,
-            "top_ops": _top_ops(prof)}
+            "top_ops": top_ops(prof)}
 
 
 def run_sampler_bench(model_path: str | None = None, clips: int = 8, ns=(8, 16, 32), max_new_tokens: int = 96,
                       reps: int = 2, threads: int | None = None, generate: bool = True, reference: bool = True) -> dict:
     import torch
 
-    from assistant.bench import _load_average, _round
     from assistant.model.slu import SLUModel
 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    results: dict = {"meta": {"threads": threads, "cpu_count": os.cpu_count(), "load_before": _load_average(),
+    results: dict = {"meta": {"threads": threads, "cpu_count": os.cpu_count(), "load_before": load_average(),
                               "python": platform.python_version(), "torch": torch.__version__,
                               "max_new_tokens": max_new_tokens, "reps": reps,
                               "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
     _say(f"model {model_path or 'packaged tiny.en'}")
-    model = SLUModel.from_pretrained(model_path or None, nlu=False).eval()
+    model = SLUModel.from_pretrained(model_path or None, default_vocab=domain_vocab_texts).eval()
     waves, names = synth_clips(clips)
     mels = model.features(waves)
     results["meta"].update({"model": model_path or "packaged tiny.en (stock weights behind the SLU prefix)",
@@ -220,8 +221,8 @@ def run_sampler_bench(model_path: str | None = None, clips: int = 8, ns=(8, 16, 
         {"goal": f">= {GOAL_SPEEDUP:g}x transformers generate at N=16", "value": results["speedup_vs_generate"],
          "met": bool(results["speedup_vs_generate"] and results["speedup_vs_generate"] >= GOAL_SPEEDUP)},
     ]
-    results["meta"]["load_after"] = _load_average()
-    return _round(results)
+    results["meta"]["load_after"] = load_average()
+    return round_significant(results)
 
 
 def format_table(r: dict) -> str:
@@ -293,8 +294,6 @@ def cli(argv: list[str]) -> int:
     cfg = parse_bench_config(BenchSamplerConfig, "assistant bench --sampler", __doc__, argv)
     ns = tuple(dict.fromkeys([*cfg.n, 16]))
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-    import warnings
-
     warnings.filterwarnings("ignore", module="transformers")
     try:
         results = run_sampler_bench(cfg.model, cfg.clips, ns, cfg.max_new_tokens, cfg.reps, cfg.threads,

@@ -28,7 +28,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from assistant.bench_sampler import BenchReportConfig, emit, parse_bench_config
+from assistant.bench_sampler import BenchReportConfig, emit, parse_bench_config, synth_clips
+from assistant.demo import Classifier, make_server
+from assistant.paths import resolve_model_dir
+from assistant.schema import load_schema
 
 
 def _say(msg: str) -> None:
@@ -111,11 +114,7 @@ def run_serving_bench(model_path: str | None = None, clients: int = 16, requests
                       n_sequential: int = 16, threads: int | None = None) -> dict:
     import torch
 
-    from assistant.bench_sampler import synth_clips
-    from assistant.demo import Classifier, make_server
-    from assistant.model.slu import SLUModel
-    from assistant.paths import resolve_model_dir
-    from assistant.schema import load_schema
+    from assistant.nlu import load_pipeline       # torch and both models: only when the bench runs
 
     if threads:
         torch.set_num_threads(threads)
@@ -125,7 +124,7 @@ def run_serving_bench(model_path: str | None = None, clients: int = 16, requests
             raise FileNotFoundError(problem)
         model_dir = None                      # no trained model yet: the packaged tiny.en
     _say(f"model {model_dir or 'packaged tiny.en'}; {clients} clients, up to {requests} requests / {max_seconds:g} s")
-    model = SLUModel.from_pretrained(model_dir).eval()
+    model = load_pipeline(model_dir).eval()
     waves, _ = synth_clips(8)
     clips = wav_bytes(waves)
     schema = load_schema()

@@ -39,6 +39,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from assistant.config import add_dataclass_arguments, parse_config
+from assistant.paths import resolve_model_dir
+from assistant.schema import load_schema
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 PAGE_FILE = Path(__file__).with_name("demo_page.html")
@@ -115,16 +117,15 @@ class Classifier:
         self.batcher = Batcher(self._decode, max_batch=max_batch, wait_s=wait_s)
 
     def _decode(self, waves, names):
-        from assistant.inference import predict_waves
+        from assistant.inference import predict_waves   # torch: loaded with the model, not for --help
 
         return predict_waves(self.model, waves, self.schema, names)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Classifier":
-        from assistant.model.slu import SLUModel
-        from assistant.schema import load_schema
+        from assistant.nlu import load_pipeline         # torch and both models: only when serving
 
-        model = SLUModel.from_pretrained(model_dir)
+        model = load_pipeline(model_dir)
         model.eval()
         return cls(model, load_schema(), model_dir)
 
@@ -379,9 +380,6 @@ def cli(argv: list[str]) -> int:
     add_dataclass_arguments(ap, DemoConfig)
     cfg = parse_config(DemoConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from assistant.paths import resolve_model_dir
-
     model_dir, problem = resolve_model_dir(cfg.model)
     if problem:
         print(f"assistant demo: {problem}", file=sys.stderr)

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from assistant import distributed as dist
 from assistant.config import add_dataclass_arguments, parse_config
-from assistant.data.manifest import Utterance, read_manifest
+from assistant.data.manifest import ManifestError, Utterance, read_manifest
 from assistant.inference import Prediction, predict_files
 from assistant.metrics import grouped_accuracy, score_frames
+from assistant.model.slu import SLUModel
+from assistant.schema import load_schema
 from assistant.text import normalize_text
 
 
@@ -25,8 +28,6 @@ def predict_manifest(model, utterances: list[Utterance], schema=None, batch_size
     """One Prediction per utterance, in order. Decoded in fixed slices of ``batch_size`` utterances;
     under ``accelerate launch`` each process takes every P-th slice and every process gets all the
     predictions back (so every process must call this together)."""
-    from assistant import distributed as dist
-
     starts = dist.batch_starts(len(utterances), batch_size)
     bar = tqdm(total=sum(len(utterances[s:s + batch_size]) for s in starts), desc=desc, unit="utt", leave=False,
                disable=None)
@@ -238,9 +239,8 @@ def cli(argv: list[str]) -> int:
     add_dataclass_arguments(ap, EvaluateConfig)
     cfg = parse_config(EvaluateConfig, ap.parse_args(argv))
 
-    from assistant.data.manifest import ManifestError
-    from assistant.model.slu import SLUModel
-    from assistant.schema import load_schema
+    # Only the command loads the text pass: evaluate_model (training's dev score) stays free of assistant.nlu.
+    from assistant.nlu import load_pipeline
 
     try:
         if cfg.dataset:
@@ -258,9 +258,8 @@ def cli(argv: list[str]) -> int:
         print(f"assistant evaluate: model folder not found: {model_dir} "
               "(train one with `assistant train` or `assistant run`)", file=sys.stderr)
         return 2
-    model = SLUModel.from_pretrained(model_dir, nlu=cfg.nlu)
+    model = load_pipeline(model_dir) if cfg.nlu else SLUModel.from_pretrained(model_dir)
     report, preds = evaluate_model(model, utts, load_schema(), cfg.batch_size)
-    from assistant import distributed as dist
 
     if not dist.is_main():                 # under accelerate launch: the others decoded their share
         return 0

@@ -326,7 +326,7 @@ class OnnxSLU:
         self.has_stock_path = False   # the export merges the adapters: the stock reading is not available
         self.nlu = None      # the text second pass, when the exported model had one (folder/nlu)
         if nlu and (self.folder / "nlu").is_dir():
-            from assistant.nlu import NluPass
+            from assistant.nlu import NluPass     # the MiniLM stack: only when the export carries a text pass
 
             self.nlu = NluPass.load(self.folder / "nlu")
 
@@ -563,15 +563,15 @@ def cli(argv: list[str]) -> int:
     cfg = parse_config(ExportConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from assistant.model.packaged import is_packaged_name
-    from assistant.model.slu import SLUModel
+    from assistant.model.packaged import is_packaged_name     # the eager model: only to export one
+    from assistant.nlu import load_pipeline
 
     if cfg.model and not is_packaged_name(cfg.model) and not Path(cfg.model).is_dir():
         print(f"assistant export: model folder not found: {cfg.model} "
               "(train one with `assistant train`, or omit --model for the packaged Whisper tiny.en)", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    model = SLUModel.from_pretrained(cfg.model or None)
+    model = load_pipeline(cfg.model or None)
     try:
         out = export_onnx(model, cfg.out, quantize=cfg.quantize, verify=cfg.verify)
     except ExportError as e:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from assistant.config import add_dataclass_arguments, parse_config
+from assistant.paths import resolve_model_dir
+from assistant.schema import load_schema
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
 # Recordings libsndfile cannot decode still get their line (an error with the ffmpeg fix), not silence.
@@ -75,13 +77,12 @@ def load_model(cfg: InferConfig):
             return OnnxSLU(cfg.onnx, precision="int8" if cfg.int8 else "fp32"), None
         except ExportError as e:
             return None, str(e)
-    from assistant.model.slu import SLUModel
-    from assistant.paths import resolve_model_dir
+    from assistant.nlu import load_pipeline       # torch and both models: after the argument checks
 
     model_dir, problem = resolve_model_dir(cfg.model)
     if problem:
         return None, problem
-    return SLUModel.from_pretrained(model_dir).eval(), None
+    return load_pipeline(model_dir).eval(), None
 
 
 def cli(argv: list[str]) -> int:
@@ -91,8 +92,7 @@ def cli(argv: list[str]) -> int:
     cfg = parse_config(InferConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from assistant.inference import predict_files
-    from assistant.schema import load_schema
+    from assistant.inference import predict_files   # torch: after the argument checks and HF_HUB_OFFLINE
 
     model, problem = load_model(cfg)
     if problem:

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from assistant import distributed as dist
-from assistant.config import ConfigError, add_dataclass_arguments, load_config, parse_config
+from assistant.config import ConfigError, add_dataclass_arguments, load_config, override, parse_config
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
+from assistant.schema import load_schema
 
 STAGES = ("corpus", "sft", "rsft", "text_pass", "evaluate", "real_speech")
 CORPUS_FILES = ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json", "summary.json")
@@ -172,10 +173,10 @@ class MainJob:
 
     @cached_property
     def teacher(self):
-        from assistant.rsft import teacher as teacher_mod
+        from assistant import nlu                 # MiniLM: loaded when a stage needs it
 
         with dist.main_process_first():           # trained once, cached; the others load it
-            return teacher_mod.default_teacher(self.schema, holdout_file=self.corpus / "holdout.json")
+            return nlu.default_teacher(self.schema, holdout_file=self.corpus / "holdout.json")
 
     @cached_property
     def stock_model(self):
@@ -183,7 +184,7 @@ class MainJob:
         (adapters off) decodes them once for every speech model's text pass and for the peer."""
         from assistant.model.slu import SLUModel
 
-        return SLUModel.from_pretrained(self.sft.best_dir, nlu=False)
+        return SLUModel.from_pretrained(self.sft.best_dir)
 
     def stock_transcripts(self, split: str) -> list[str]:
         from assistant.nlu import stock_transcripts
@@ -416,7 +417,7 @@ class MainJob:
         from assistant.evaluate import evaluate_model
         from assistant.inference import Prediction
         from assistant.model.slu import SLUModel
-        from assistant.nlu import NluPass
+        from assistant.nlu import NluPass, load_pipeline
 
         key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}"
                                         if isinstance(text_pass, TextPassChoice) else f"|{text_pass}")
@@ -424,7 +425,7 @@ class MainJob:
         kept = _read_json(path) if dist.main_first(path.is_file()) else None
         if kept and kept["key"] == key and kept["ids"] == [u.id for u in self.test]:
             return [Prediction(**p) for p in kept["predictions"]]
-        model = SLUModel.from_pretrained(model_dir, nlu=text_pass == "saved")
+        model = load_pipeline(model_dir) if text_pass == "saved" else SLUModel.from_pretrained(model_dir)
         if isinstance(text_pass, TextPassChoice):
             model.nlu = NluPass(self.teacher, text_pass.weight, text_pass.stock_bonus)
         _, preds = evaluate_model(model.eval(), self.test, self.schema, desc=f"test: {name}",
@@ -512,10 +513,10 @@ def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock) -> tup
     """(dev accuracy, name, folder, weight, stock bonus, accuracy per choice) of speech model + text pass:
     the text pass's weight and stock bonus (``assistant.nlu.choose_weight``) chosen on the ``dev``
     utterances, whose stock transcripts are ``dev_stock`` (used when the model has a stock path)."""
-    from assistant.model.slu import SLUModel
+    from assistant.model.slu import SLUModel      # torch and both models: only when it runs
     from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings
 
-    model = SLUModel.from_pretrained(model_dir, nlu=False)
+    model = SLUModel.from_pretrained(model_dir)
     readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}",
                             stock=dev_stock if model.has_stock_path else None)
     bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
@@ -530,7 +531,6 @@ def with_text_pass(rcfg, weight: float, stock_bonus: float):
     """RSFT's agreement reward and readings follow the supervised model's text pass as chosen on dev:
     its weight and stock bonus; a pass that never uses the stock reading (bonus -inf) gets no stock
     readings either."""
-    from assistant.config import override
     from assistant.rsft.rewards import with_reward_options
 
     if stock_bonus == -math.inf:

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from assistant.audio import load_audio
+from assistant.inference import predict_waves
 from assistant.metrics import wer
+from assistant.model.slu import SLU_CONFIG_FILE, SLUModel
 
 CLIPS_DIR = Path(__file__).parent / "resources" / "realspeech"
 
@@ -38,8 +40,6 @@ def slu_transcript_wer(model, clips) -> tuple[float, dict[str, str]]:
     """WER of the transcript inside the SLU output (the words `transcribe-and-classify` prints), on the
     clips that fit the model's context, and {clip name: transcript}. Not the stock path: this shows what
     the command model hears."""
-    from assistant.inference import predict_waves
-
     fit = [c for c in clips if c[1].numel() <= model.context_seconds * 16000]
     hyps = {name: predict_waves(model, [w], use_nlu=False)[0].transcript for name, w, _ in fit}
     if not fit:
@@ -49,9 +49,8 @@ def slu_transcript_wer(model, clips) -> tuple[float, dict[str, str]]:
 
 def compare(model_dirs: dict[str, str | None]) -> dict[str, dict]:
     """{name: model folder (None = packaged tiny.en)} -> {name: {"wer", "hypotheses", ...}}; SLU folders
-    also get ``slu_wer`` (see slu_transcript_wer)."""
-    from assistant.model.slu import SLU_CONFIG_FILE, SLUModel
-
+    also get ``slu_wer`` (see slu_transcript_wer); the ASR path reads the full vocabulary, so a stock
+    checkpoint loads without the domain's."""
     clips = load_clips()
     out = {}
     for name, path in model_dirs.items():

@@ -213,9 +213,9 @@ def test_systems_take_turns_on_the_same_clips():
 
 
 def test_json_rounding_keeps_small_differences_visible():
-    from assistant.bench import _round
+    from assistant.bench import round_significant
 
-    assert _round({"diff": 1.43e-05, "ms": 1466.123, "bad": float("nan"), "n": 3}) == \
+    assert round_significant({"diff": 1.43e-05, "ms": 1466.123, "bad": float("nan"), "n": 3}) == \
         {"diff": 1.43e-05, "ms": 1466.1, "bad": None, "n": 3}
 
 

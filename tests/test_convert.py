@@ -269,7 +269,7 @@ def test_base_stock_prompt_transcribes_like_transformers_generate(base_dir):
     from assistant.model.slu import SLUModel
 
     wave = load_audio(FIXTURE_CLIP)
-    model = SLUModel.from_pretrained("base", nlu=False)
+    model = SLUModel.from_pretrained("base")
     assert model.multilingual and model.tokenizer.convert_ids_to_tokens(model.asr_prefix) == [
         "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
     ours = model.stock_greedy(model.stock_encode([wave]), max_new_tokens=40)[0]

@@ -161,10 +161,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     what each condition is run with, the JSON's keys and names, fall-back rows, and resuming."""
     import math
 
-    import assistant.main_job as main_job
     import assistant.rsft.experiment as exp_mod
-    import assistant.rsft.loop as loop
-    import assistant.train as train_mod
 
     monkeypatch.setattr(exp_mod, "REPO_ROOT", tmp_path)
     calls = []
@@ -200,10 +197,10 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
         w, b = (2.0, 4.0) if "seed 0" in name else (3.0, -math.inf)    # seed 1's pass never uses the stock reading
         return 0.6, name, model_dir, w, b, {(0.0, -math.inf): 0.5, (w, b): 0.6}
 
-    monkeypatch.setattr(train_mod, "recipe_main", fake_train)
-    monkeypatch.setattr(loop, "run_rsft", fake_rsft)
+    monkeypatch.setattr(exp_mod, "recipe_main", fake_train)
+    monkeypatch.setattr(exp_mod, "run_rsft", fake_rsft)
     monkeypatch.setattr(exp_mod, "_test_scores", fake_test)
-    monkeypatch.setattr(main_job, "text_pass_on_dev", fake_text_pass)
+    monkeypatch.setattr(exp_mod, "text_pass_on_dev", fake_text_pass)
     monkeypatch.setattr(Experiment, "teacher", lambda self: None)
     monkeypatch.setattr(Experiment, "dev_stock", lambda self, model_dir, dev: None)
     cfg = _tiny_config(tiny_corpus, tmp_path)
@@ -283,16 +280,15 @@ def test_one_condition_end_to_end_on_a_tiny_model(tiny_corpus, tmp_path, monkeyp
     import torch
     import yaml
 
+    import assistant.nlu as nlu
     import assistant.rsft.experiment as exp_mod
-    from assistant.rsft import teacher as teacher_mod
     from assistant.schema import load_schema
 
     monkeypatch.setattr(exp_mod, "REPO_ROOT", tmp_path)
     schema = load_schema()
     torch.manual_seed(0)
-    fresh = teacher_mod.TextTeacher._fresh(list(schema.intents), sorted(schema.slots), implied_slots={},
-                                           intent_slots={})
-    monkeypatch.setattr(teacher_mod, "default_teacher", lambda *a, **k: fresh)   # no minutes of training here
+    fresh = nlu.TextTeacher.fresh(list(schema.intents), sorted(schema.slots), implied_slots={}, intent_slots={})
+    monkeypatch.setattr(nlu, "default_teacher", lambda *a, **k: fresh)   # no minutes of training here
     cfg = _tiny_config(tiny_corpus, tmp_path, seeds=[0], only=["c"])
     exp = Experiment(cfg)
     exp.setup()

@@ -142,9 +142,9 @@ def test_cli_missing_model_folder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_real_whisper_tiny_export_matches_eager(tmp_path, waves):
-    from assistant.model.slu import SLUModel
+    from assistant.nlu import load_pipeline
 
-    model = SLUModel.from_pretrained(None)
+    model = load_pipeline(None)          # as `assistant export` loads it: the domain grammar's vocabulary
     folder = export_onnx(model, tmp_path, verify=False, progress=False)
     report = compare_outputs(model, OnnxSLU(folder), model.features(waves), max_new_tokens=32)
     # Real weights: states reach ~10 and logits ~30 in magnitude; fp32 kernels differ in summation order.
@@ -177,15 +177,14 @@ def test_transcribe_and_classify_runs_the_onnx_export(tiny, exported, tmp_path, 
 
 
 def test_text_second_pass_travels_with_the_export(tiny, waves, tmp_path):
-    from assistant.nlu import NluPass
-    from assistant.rsft.teacher import TextTeacher
+    from assistant.nlu import NluPass, TextTeacher
     from assistant.schema import load_schema
     from assistant.train import frame_target
     from assistant.data.manifest import read_manifest
 
     schema = load_schema()
     torch.manual_seed(0)
-    teacher = TextTeacher._fresh(list(schema.intents), sorted(schema.slots), implied_slots={}, intent_slots={})
+    teacher = TextTeacher.fresh(list(schema.intents), sorted(schema.slots), implied_slots={}, intent_slots={})
     tiny.nlu = NluPass(teacher, weight=1.0)
     try:
         folder = export_onnx(tiny, tmp_path / "onnx", progress=False)

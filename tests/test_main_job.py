@@ -14,15 +14,14 @@ from assistant.main_job import STAGES, MainConfig, run_main
 
 
 def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, monkeypatch):
-    from assistant.rsft import teacher as teacher_mod
+    import assistant.nlu as nlu
     from assistant.schema import load_schema
 
     monkeypatch.setenv("ASSISTANT_DATA", str(tmp_path / "data"))
     schema = load_schema()
     torch.manual_seed(0)
-    fresh = teacher_mod.TextTeacher._fresh(list(schema.intents), sorted(schema.slots), implied_slots={},
-                                           intent_slots={})
-    monkeypatch.setattr(teacher_mod, "default_teacher", lambda *a, **k: fresh)   # no 6-minute training here
+    fresh = nlu.TextTeacher.fresh(list(schema.intents), sorted(schema.slots), implied_slots={}, intent_slots={})
+    monkeypatch.setattr(nlu, "default_teacher", lambda *a, **k: fresh)   # no 6-minute training here
     sft = tmp_path / "sft.yaml"
     sft.write_text("tiny_random: true\nmax_steps: 2\nbatch_size: 4\ndev_limit: 4\nlr: 0.001\nwarmup_steps: 1\n")
     rsft = tmp_path / "rsft.yaml"

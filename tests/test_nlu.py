@@ -15,8 +15,7 @@ import torch
 
 from assistant.frames import Frame, format_frame
 from assistant.model.slu import SLUModel
-from assistant.nlu import NluError, NluPass, Readings, attach, choose_weight
-from assistant.rsft.teacher import TextTeacher
+from assistant.nlu import NluError, NluPass, Readings, TextTeacher, attach, choose_weight, load_pipeline
 from assistant.schema import load_schema
 
 FRAMES = [
@@ -30,7 +29,7 @@ def teacher():
     schema = load_schema()
     torch.manual_seed(0)
     slots = sorted(schema.slots)
-    return TextTeacher._fresh(list(schema.intents), slots, implied_slots={}, intent_slots={})
+    return TextTeacher.fresh(list(schema.intents), slots, implied_slots={}, intent_slots={})
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +130,17 @@ def test_attach_save_load_and_inference(model, teacher, tmp_path):
 
     folder = tmp_path / "m"
     model.save_pretrained(folder)
+    assert load_pipeline(folder).nlu is None                      # no nlu/: the speech model alone
     attach(folder, teacher, weight=0.5)
     assert json.loads((folder / "nlu" / "nlu.json").read_text()) == {"weight": 0.5}
     attach(folder, teacher, weight=0.5, stock_bonus=4.0)
-    assert SLUModel.from_pretrained(folder).nlu.stock_bonus == 4.0
+    assert load_pipeline(folder).nlu.stock_bonus == 4.0
     attach(folder, teacher, weight=0.5, stock_bonus=math.inf)
-    assert SLUModel.from_pretrained(folder).nlu.stock_bonus == math.inf
+    assert load_pipeline(folder).nlu.stock_bonus == math.inf
     attach(folder, teacher, weight=0.5)
-    loaded = SLUModel.from_pretrained(folder)
+    loaded = load_pipeline(folder)
     assert loaded.nlu is not None and loaded.nlu.weight == 0.5
-    assert SLUModel.from_pretrained(folder, nlu=False).nlu is None
+    assert SLUModel.from_pretrained(folder).nlu is None           # the speech model alone
     g = torch.Generator().manual_seed(1)
     waves = [0.1 * torch.randn(24000, generator=g) for _ in range(3)]
     with_nlu = predict_waves(loaded, waves, load_schema())
@@ -159,7 +159,7 @@ def test_corrupt_nlu_folder_is_one_clear_error(model, tmp_path):
     (folder / "nlu").mkdir()
     (folder / "nlu" / "nlu.json").write_text("{oops")
     with pytest.raises(NluError, match="nlu.json"):
-        SLUModel.from_pretrained(folder)
+        load_pipeline(folder)
     (folder / "nlu" / "nlu.json").write_text('{"weight": 1.0}')
     with pytest.raises(NluError, match="teacher"):
-        SLUModel.from_pretrained(folder)
+        load_pipeline(folder)

@@ -16,9 +16,9 @@ import torch
 
 from assistant.frames import Frame, format_frame, parse_frame
 from assistant.model.slu import SLUModel
+from assistant.nlu import TextTeacher
 from assistant.rsft.generate import GenerateConfig, generate_candidates, read_done
 from assistant.rsft.readings import Reader, ReadingError
-from assistant.rsft.teacher import TextTeacher
 from assistant.schema import load_schema
 
 FSC = Path(__file__).parent / "fixtures" / "fsc" / "data" / "train_data.csv"
@@ -30,7 +30,7 @@ ALARM = Frame("alarm_set", {"time": "seven thirty a m"}, "set an alarm for seven
 def teacher():
     schema = load_schema()
     torch.manual_seed(0)
-    return TextTeacher._fresh(list(schema.intents), sorted(schema.slots), implied_slots={}, intent_slots={})
+    return TextTeacher.fresh(list(schema.intents), sorted(schema.slots), implied_slots={}, intent_slots={})
 
 
 HEARD = ["turn on the lights in the kitchen", "", "set an alarm for seven thirty a m"]

@@ -154,16 +154,16 @@ def test_reference_reuses_the_encoder_only_when_it_is_identical(init_model, tmp_
 def test_each_round_fine_tunes_with_the_nested_supervised_recipe(init_model, tmp_path, monkeypatch):
     """No hand-built copy: the round's TrainConfig is the config's own ``train`` with only data, output and
     seed filled in by the round (LoRA, caching, lr scale, SpecAugment all travel)."""
-    import assistant.train as train_mod
+    import assistant.rsft.loop as loop_mod
 
     seen = []
-    real = train_mod.fine_tune
+    real = loop_mod.fine_tune
 
     def spy(model, examples, dev, cfg, out_dir, **kw):
         seen.append(cfg)
         return real(model, examples, dev, cfg, out_dir, **kw)
 
-    monkeypatch.setattr(train_mod, "fine_tune", spy)
+    monkeypatch.setattr(loop_mod, "fine_tune", spy)
     cfg = _cfg(init_model, tmp_path / "r", finetune={"epochs": 1, "batch_size": 4, "dev_limit": 4, "lr": 2e-3,
                                                   "encoder_lr_scale": 0.5, "spec_augment": True, "warmup_steps": 1})
     run_rsft(cfg)

@@ -3,7 +3,7 @@
 On a tiny random model, with and without LoRA adapters, fixed seeds:
 
 * greedy output is identical to the reference decoder's (tokens, texts, finished flags);
-* teacher-forced per-token log-probs through the fast decoder equal ``SLUModel._token_logprobs`` (1e-5
+* teacher-forced per-token log-probs through the fast decoder equal ``SLUModel.token_logprobs`` (1e-5
   + float32 resolution);
 * every candidate's ``logprob`` equals ``sequence_logprobs`` of its token ids (1e-4), whatever the
   sampler settings;
@@ -125,7 +125,7 @@ def test_teacher_forced_logprobs_equal_reference(model):
     assert len(lengths) >= 4                # rows of several lengths
     with torch.no_grad():
         fast, mask = FastDecoder(model).token_logprobs(enc, seqs, rows)
-        ref, ref_mask = model._token_logprobs(enc.index_select(0, torch.tensor(rows)), seqs)
+        ref, ref_mask = model.token_logprobs(enc.index_select(0, torch.tensor(rows)), seqs)
     assert torch.equal(mask, ref_mask)
     # 1e-5, plus float32's own resolution (~1e-6 relative) for the sharpened model's log-probs below -10
     assert torch.allclose(fast, ref, atol=1e-5, rtol=1e-6), (fast - ref).abs().max()
@@ -149,7 +149,7 @@ def test_candidate_logprobs_equal_sequence_logprobs(model, settings):
     cut = [(i, c) for i, u in enumerate(cands) for c in u if not c.finished]
     if cut:
         with torch.no_grad():
-            per_token, _ = model._token_logprobs(enc.index_select(0, torch.tensor([i for i, _ in cut])),
+            per_token, _ = model.token_logprobs(enc.index_select(0, torch.tensor([i for i, _ in cut])),
                                                  [c.token_ids for _, c in cut])
         expected = [per_token[k, :len(c.token_ids)].sum().item() for k, (_, c) in enumerate(cut)]
         assert max(abs(e - c.logprob) for e, (_, c) in zip(expected, cut)) < 1e-4

@@ -10,6 +10,8 @@ import json
 import math
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -370,12 +372,33 @@ def test_freeze(tiny):
         tiny.freeze(5)
 
 
+def test_the_model_layer_imports_nothing_above_it():
+    """assistant.model is the bottom of the model stack: the text pass (assistant.nlu), the corpus
+    (assistant.data), training and RSFT sit above it and are never imported from it."""
+    code = ("import sys, assistant.model.slu, assistant.model.vocab, assistant.model.sampler, assistant.model.lora, "
+            "assistant.model.packaged, assistant.model.convert; print(sorted(m for m in sys.modules if m.startswith("
+            "('assistant.nlu', 'assistant.rsft', 'assistant.data', 'assistant.train', 'assistant.evaluate', "
+            "'assistant.inference'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------------------------ real weights
 
 
 @pytest.fixture(scope="module")
 def pretrained():
     return SLUModel.from_pretrained(None, context_seconds=6.0, output_vocab=TARGETS)
+
+
+@pytest.mark.slow
+def test_a_stock_checkpoint_reads_the_vocabulary_its_caller_gives(pretrained):
+    """Without output_vocab a stock checkpoint gets ``default_vocab()`` (the project passes the domain
+    grammar's frames, assistant.data.grammar.domain_vocab_texts), or else the full vocabulary."""
+    given = SLUModel.from_pretrained(None, default_vocab=lambda: TARGETS)
+    assert torch.equal(given.vocab.ids, pretrained.vocab.ids) and not given.vocab.is_full
+    assert SLUModel.from_pretrained(None).vocab.is_full
 
 
 @pytest.mark.slow

@@ -76,6 +76,6 @@ def test_real_whisper_prefers_the_spoken_transcript(tmp_path):
     path = tmp_path / "kitchen.wav"
     sf.write(str(path), wave, sr)
     u = Utterance(audio=str(path), text="", intent="", id="k")
-    model = SLUModel.from_pretrained(None, nlu=False)
+    model = SLUModel.from_pretrained(None)
     (row,) = TargetLikelihood(model)([u], [_cands("k", [RIGHT, WRONG])])
     assert row[0] > row[1] + 0.5

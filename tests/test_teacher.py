@@ -1,4 +1,5 @@
-"""Text teacher: real MiniLM weights, trained briefly on the real grammar, scored on held-out templates."""
+"""The text model (assistant.nlu.model / spans / training): real MiniLM weights, trained briefly on the real
+grammar, scored on held-out templates; its RSFT reward (assistant.rsft.rewards.TeacherReward)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import torch
 
 from assistant.data.grammar import load_grammar
 from assistant.frames import Frame
-from assistant.rsft import teacher as teacher_mod
-from assistant.rsft.teacher import (LOGP_FLOOR, MISSING_SLOT_LOGP, UNPARSEABLE_SCORE, TeacherError,
-                                    TeacherReward, TextTeacher, augment_words, bio_tags, default_sentences,
-                                    locate_slots, minilm_dir, spans_from_tags,
-                                    training_fingerprint)
+from assistant.nlu import training as training_mod
+from assistant.nlu.model import LOGP_FLOOR, MISSING_SLOT_LOGP, TeacherError, TextTeacher, minilm_dir
+from assistant.nlu.spans import bio_tags, locate_slots, spans_from_tags
+from assistant.nlu.training import augment_words, default_sentences, train_teacher, training_fingerprint
+from assistant.rsft.rewards import UNPARSEABLE_SCORE, TeacherReward
 from assistant.schema import load_schema
 
 # A quick recipe (~1200 sentences, top 3 layers trained): about a minute on two cores.
@@ -95,7 +96,7 @@ def split(schema):
 
 @pytest.fixture(scope="module")
 def trained(schema, split):
-    return TextTeacher.train(split[0], schema, seed=0, progress=False, **TRAIN)
+    return train_teacher(split[0], schema, seed=0, progress=False, **TRAIN)
 
 
 @pytest.mark.slow
@@ -204,19 +205,19 @@ def test_teacher_reward_scores_each_candidate(trained):
 @pytest.mark.slow
 def test_default_teacher_loads_a_current_cache_and_ignores_a_stale_one(trained, schema, tmp_path, monkeypatch):
     monkeypatch.setenv("ASSISTANT_CACHE", str(tmp_path))
-    assert teacher_mod.default_teacher(schema, train_if_missing=False) is None     # empty cache, no training
-    fingerprint = training_fingerprint(default_sentences(schema), schema, teacher_mod.DEFAULT_EPOCHS, 0)
+    assert training_mod.default_teacher(schema, train_if_missing=False) is None     # empty cache, no training
+    fingerprint = training_fingerprint(default_sentences(schema), schema, training_mod.DEFAULT_EPOCHS, 0)
     trained.info["fingerprint"] = fingerprint
     try:
-        teacher_mod._save_atomically(trained, tmp_path / teacher_mod.CACHE_NAME)
+        training_mod._save_atomically(trained, tmp_path / training_mod.CACHE_NAME)
     finally:
         trained.info.pop("fingerprint")
-    assert [p.name for p in tmp_path.iterdir()] == [teacher_mod.CACHE_NAME]    # no temp folders left
-    cached = teacher_mod.default_teacher(schema, progress=False)          # loads: no training here
+    assert [p.name for p in tmp_path.iterdir()] == [training_mod.CACHE_NAME]    # no temp folders left
+    cached = training_mod.default_teacher(schema, progress=False)          # loads: no training here
     text = ["turn on the kitchen lights"]
     assert cached.log_likelihood(text, ["activate_lights_kitchen"], [{}]) == \
         pytest.approx(trained.log_likelihood(text, ["activate_lights_kitchen"], [{}]))
-    assert teacher_mod._load_if_current(tmp_path / teacher_mod.CACHE_NAME, "stale") is None
+    assert training_mod._load_if_current(tmp_path / training_mod.CACHE_NAME, "stale") is None
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -225,8 +226,6 @@ def test_no_dev_or_test_sentence_reaches_the_teacher_whatever_the_corpus_seed(se
     and the teacher's training text follows them."""
     from assistant.config import load_config
     from assistant.data import synth
-    from assistant.rsft.teacher import default_sentences
-    from assistant.schema import load_schema
 
     cfg = load_config(synth.SynthConfig, None, seed=seed, out_dir=str(tmp_path), engines=["espeak"])
     plan = synth.make_plan(cfg)

@@ -28,8 +28,9 @@ from typing import Any, Union
 
 import yaml
 
+from ..frames import Frame, format_frame
 from ..paths import DATA_DIR
-from ..schema import FSC_COMBINATIONS, Schema, fsc_frame
+from ..schema import FSC_COMBINATIONS, Schema, fsc_frame, load_schema
 
 DEFAULT_GRAMMAR = DATA_DIR / "grammar.yaml"
 _WORD_RE = re.compile(r"^[a-z0-9 ]*$")
@@ -316,6 +317,22 @@ def load_grammar(path: str | Path | None = None) -> Grammar:
     if not isinstance(raw, dict):
         raise GrammarError(f"{path}: expected top-level mappings lists:, fragments:, fsc:, intents:")
     return Grammar(_Loader(path, raw).templates(), path)
+
+
+def domain_vocab_texts(limit_per_template: int = 50) -> list[str]:
+    """Frame strings of the whole domain grammar + every intent/slot name and enum value of the schema:
+    the texts whose tokens make a stock checkpoint's output vocabulary (``SLUModel.from_pretrained(...,
+    default_vocab=domain_vocab_texts)``, ``assistant.model.vocab.OutputVocab``)."""
+    schema = load_schema()
+    texts = []
+    for s in load_grammar().all_sentences(schema, limit_per_template=limit_per_template):
+        texts.append(format_frame(Frame(intent=s.intent, slots=dict(s.slots), transcript=s.text)))
+    for name, intent in schema.intents.items():
+        texts.append(f"| {name} |")
+        texts += [f"{slot}=" for slot in intent.slots]
+    for slot in schema.slots.values():
+        texts += list(slot.values or [])
+    return texts
 
 
 _RESOLVING = object()

@@ -80,8 +80,9 @@ class LoraAdapter(nn.Module):
         return (self.B @ self.A) * self.scale
 
 
-class _AdapterHook:
-    """Forward hook adding the adapter's output; a plain object (not a closure) so deepcopy remaps it."""
+class AdapterHook:
+    """Forward hook adding the adapter's output; a plain object (not a closure) so deepcopy remaps it.
+    The fast decoder (``assistant.model.sampler``) recognises these hooks and folds them into the weights."""
 
     def __init__(self, adapter: LoraAdapter, gate: Gate):
         self.adapter, self.gate = adapter, gate
@@ -124,7 +125,7 @@ def attach_adapters(whisper: nn.Module, cfg: LoraConfig, gate: Gate) -> nn.Modul
         weight = linear.weight
         adapter = LoraAdapter(linear.in_features, linear.out_features, cfg.rank, cfg.alpha).to(weight.device, weight.dtype)
         adapters[key] = adapter
-        linear.register_forward_hook(_AdapterHook(adapter, gate))
+        linear.register_forward_hook(AdapterHook(adapter, gate))
     return adapters
 
 
@@ -136,5 +137,5 @@ def merge_into_base(whisper: nn.Module, adapters: nn.ModuleDict, cfg: LoraConfig
         targets[key].weight += adapter.delta().to(targets[key].weight.dtype)
     for module in whisper.modules():       # by type, not by handle: handles do not survive deepcopy
         for hook_id, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, _AdapterHook):
+            if isinstance(hook, AdapterHook):
                 del module._forward_hooks[hook_id]

@@ -25,7 +25,7 @@ gate is on, their update ``scale * B A`` is folded into the weights (the same fu
 ``W x + scale * B (A x)``, up to float rounding). A decoder module carrying any other hook makes
 :func:`supported` false, and ``generate`` then falls back to the reference decoder.
 
-Sampling draws from the same distribution as the reference (``assistant.model.slu._sample``), and
+Sampling draws from the same distribution as the reference (``sample_tokens``), and
 ``Candidate.logprob`` is the model's own T=1 log-prob over the restricted vocabulary. The random stream
 differs from the reference's (other batch shapes): seeded samples are reproducible, not identical to it.
 ``tests/test_sampler.py`` checks greedy identity, teacher-forced log-probs and a chi-square test of the
@@ -34,6 +34,7 @@ sampled sequence frequencies against exact probabilities.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -42,11 +43,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assistant.model.lora import _AdapterHook
+from assistant.model.lora import AdapterHook
 
 COMPACT_FRACTION = 8          # drop finished rows once they are >= 1/COMPACT_FRACTION of the batch
 INITIAL_CAPACITY = 16         # self-attention cache positions after the prompt (doubled when full)
 MAX_UTTERANCES = 32           # utterances decoded together (their cross-attention K/V: ~3.7 MB each for tiny.en)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator) -> torch.Tensor:
+    """Indices drawn from softmax(logits / T) restricted to the top-k / nucleus top-p (both decoders draw
+    with it: ``SLUModel``'s reference decoder and the fast one here)."""
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
+        logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 class UnsupportedModel(ValueError):
@@ -55,7 +73,7 @@ class UnsupportedModel(ValueError):
 
 def _check_hooks(module: nn.Module, adapters_ok: bool = False) -> None:
     """Raise UnsupportedModel if ``module`` has hooks the fast decoder would skip (LoRA ones are folded)."""
-    if module._forward_pre_hooks or any(not (adapters_ok and isinstance(h, _AdapterHook))
+    if module._forward_pre_hooks or any(not (adapters_ok and isinstance(h, AdapterHook))
                                         for h in module._forward_hooks.values()):
         raise UnsupportedModel(f"{type(module).__name__} has a hook the fast decoder cannot fold")
 
@@ -288,7 +306,7 @@ class FastDecoder:
     def token_logprobs(self, enc: torch.Tensor, token_seqs: Sequence[Sequence[int]],
                        expand: Sequence[int] | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced per-token log-probs [N, L+1] (each sequence + <|endoftext|>, restricted
-        vocabulary) and their mask, through this decoder: what ``SLUModel._token_logprobs`` computes."""
+        vocabulary) and their mask, through this decoder: what ``SLUModel.token_logprobs`` computes."""
         device = enc.device
         eot, index_of = self.model.eot_id, self.model.vocab_index_of
         rows = (torch.arange(len(token_seqs)) if expand is None
@@ -317,12 +335,10 @@ class FastDecoder:
     def generate_group(self, enc, num_samples: int, greedy: bool, temperature: float, top_p: float, top_k: int,
                        max_new_tokens: int, generator, timings: dict | None = None) -> tuple:
         """Decode ``int(greedy) + num_samples`` rows per utterance of ``enc``; returns what
-        ``SLUModel._collect`` takes: tokens [rows, max_new_tokens], logprob, finished, is_greedy.
+        ``SLUModel.collect_candidates`` takes: tokens [rows, max_new_tokens], logprob, finished, is_greedy.
 
         ``timings``: a dict to add seconds per stage to ("prompt": cross-attention K/V + the prompt,
         "decoder", "sample", "compact") and the work done ("steps", "row_steps")."""
-        from assistant.model.slu import _sample
-
         clock = _Clock(timings)
 
         model = self.model
@@ -350,7 +366,7 @@ class FastDecoder:
                     probs = logp.exp() if temperature == 1.0 else torch.softmax(logits / temperature, dim=-1)
                     drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
                 else:
-                    drawn = _sample(logits, temperature, top_p, top_k, generator)
+                    drawn = sample_tokens(logits, temperature, top_p, top_k, generator)
                 choice = drawn if not greedy else torch.where(is_greedy[st.rows], choice, drawn)
             done = st.done
             choice = choice.masked_fill(done, eot_index)
@@ -411,5 +427,5 @@ def fast_generate_group(model, enc, num_samples, greedy, temperature, top_p, top
         part = enc[start:start + MAX_UTTERANCES]
         tokens, logprob, finished, is_greedy = decoder.generate_group(part, num_samples, greedy, temperature, top_p,
                                                                       top_k, max_new_tokens, generator, timings)
-        out += model._collect(tokens, logprob, finished, is_greedy, part.shape[0], int(greedy) + num_samples)
+        out += model.collect_candidates(tokens, logprob, finished, is_greedy, part.shape[0], int(greedy) + num_samples)
     return out

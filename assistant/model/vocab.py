@@ -155,24 +155,6 @@ class OutputVocab:
             raise ValueError(f"{path}: not a valid output vocabulary ({e}); re-save the model") from None
 
 
-def domain_vocab_texts(limit_per_template: int = 50) -> list[str]:
-    """Frame strings of the whole domain grammar + every intent/slot name and enum value of the schema."""
-    from assistant.data.grammar import load_grammar
-    from assistant.frames import Frame, format_frame
-    from assistant.schema import load_schema
-
-    schema = load_schema()
-    texts = []
-    for s in load_grammar().all_sentences(schema, limit_per_template=limit_per_template):
-        texts.append(format_frame(Frame(intent=s.intent, slots=dict(s.slots), transcript=s.text)))
-    for name, intent in schema.intents.items():
-        texts.append(f"| {name} |")
-        texts += [f"{slot}=" for slot in intent.slots]
-    for slot in schema.slots.values():
-        texts += list(slot.values or [])
-    return texts
-
-
 def _chunks(items: list, n: int):
     for i in range(0, len(items), n):
         yield items[i:i + n]

@@ -33,15 +33,24 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from assistant import nlu
+from assistant import paths as assistant_paths   # the recipes' root; REPO_ROOT below is the results' root
 from assistant.config import add_dataclass_arguments, from_dict, load_yaml, override, parse_config
+from assistant.data.manifest import ManifestError, read_manifest, write_jsonl
+from assistant.evaluate import evaluate_model
+from assistant.main_job import text_pass_on_dev, with_text_pass
+from assistant.model.slu import SLUModel
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
-from assistant.rsft.loop import RSFTConfig
-from assistant.train import TrainConfig
+from assistant.rsft.diagnostics import diagnose_round_dir
+from assistant.rsft.loop import RSFTConfig, run_rsft
+from assistant.schema import load_schema
+from assistant.train import TrainConfig, recipe_main
 
 SUPERVISED_RECIPE = "recipes/configs/sft_default.yaml"
 RSFT_RECIPE = "recipes/configs/rsft_readings.yaml"
@@ -57,9 +66,7 @@ NO_ABSTENTION = {"min_vote": 0.0, "min_text_confidence": 0.0}          # accept:
 
 
 def _recipe(cls, path: str, owned: tuple[str, ...]):
-    from assistant import paths
-
-    values = {k: v for k, v in load_yaml(paths.REPO_ROOT / path).items() if k not in owned}
+    values = {k: v for k, v in load_yaml(assistant_paths.REPO_ROOT / path).items() if k not in owned}
     return from_dict(cls, values, path)
 
 
@@ -139,8 +146,6 @@ def condition_names(cfg: ExperimentConfig) -> list[str]:
 
 def labelled_slice(train, n_voices: int, limit: int, seed: int):
     """Every utterance of a few train voices (few speakers, as a real labelled set would be)."""
-    import random
-
     speakers = sorted({u.speaker for u in train})
     random.Random(seed).shuffle(speakers)
     chosen = set(speakers[:n_voices])
@@ -149,16 +154,11 @@ def labelled_slice(train, n_voices: int, limit: int, seed: int):
 
 
 def _write_manifest(utts, path: Path) -> str:
-    from assistant.data.manifest import write_jsonl
-
     write_jsonl(utts, path, relative=False)
     return str(path)
 
 
 def _test_scores(model_dir: str, test, schema) -> dict:
-    from assistant.evaluate import evaluate_model
-    from assistant.model.slu import SLUModel
-
     model = SLUModel.from_pretrained(model_dir).eval()
     report, _ = evaluate_model(model, test, schema, desc=f"test {Path(model_dir).parent.name}")
     return {k: report[k] for k in ("intent_accuracy", "frame_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
@@ -199,9 +199,6 @@ class Experiment:
         self._dev_stock = None
 
     def setup(self) -> None:
-        from assistant.data.manifest import ManifestError, read_manifest
-        from assistant.schema import load_schema
-
         cfg = self.cfg
         self.schema = load_schema()
         for name in ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json"):
@@ -252,8 +249,6 @@ class Experiment:
         return result
 
     def supervised(self, seed: int, name: str, manifest: str) -> dict:
-        from assistant.train import recipe_main
-
         if (r := self._done(seed, name)):
             return r
         t0 = time.perf_counter()
@@ -264,35 +259,26 @@ class Experiment:
 
     def teacher(self):
         if self._teacher is None:
-            from assistant.rsft.teacher import default_teacher
-
-            self._teacher = default_teacher(self.schema, holdout_file=self.holdout)
+            self._teacher = nlu.default_teacher(self.schema, holdout_file=self.holdout)
         return self._teacher
 
     def dev_stock(self, model_dir: str, dev) -> list[str] | None:
         """Stock Whisper's transcripts of dev, for a model with a stock path (adapters): the same for every
         seed's model, so decoded once (None for a model without one: its text pass has no stock reading)."""
-        from assistant.model.slu import SLUModel
-        from assistant.nlu import stock_transcripts
-
         if self._dev_stock is None:
-            model = SLUModel.from_pretrained(model_dir, nlu=False)
+            model = SLUModel.from_pretrained(model_dir)
             if not model.has_stock_path:
                 return None
-            self._dev_stock = stock_transcripts(model, dev, desc="nlu: stock transcripts of dev")
+            self._dev_stock = nlu.stock_transcripts(model, dev, desc="nlu: stock transcripts of dev")
         return self._dev_stock
 
     def text_pass(self, seed: int, model_dir: str) -> dict:
         """The text pass of model (a) chosen on every dev clip, as the main job chooses its supervised model's
         (``assistant.main_job.text_pass_on_dev``); kept in a_supervised_slice/text_pass.json."""
-        from assistant.main_job import text_pass_on_dev
-
         path = self._dir(seed, "a_supervised_slice") / "text_pass.json"
         if path.is_file():
             info = json.loads(path.read_text())
         else:
-            from assistant.data.manifest import read_manifest
-
             dev = read_manifest(self.dev_path)
             acc, _, _, w, b, by_choice = text_pass_on_dev(f"seed {seed} a_supervised_slice", Path(model_dir), dev,
                                                           self.teacher(), self.dev_stock(model_dir, dev))
@@ -304,9 +290,6 @@ class Experiment:
         return info
 
     def rsft(self, seed: int, name: str, paths: dict, init: str, text_pass: dict, overrides: dict) -> dict:
-        from assistant.main_job import with_text_pass
-        from assistant.rsft.loop import run_rsft
-
         if (r := self._done(seed, name)):
             return r
         t0 = time.perf_counter()
@@ -331,8 +314,6 @@ class Experiment:
 
     def diagnostics(self, result: dict) -> list[dict]:
         """Oracle diagnostics of each persisted round of an RSFT condition (assistant.rsft.diagnostics)."""
-        from assistant.rsft.diagnostics import diagnose_round_dir
-
         pool = result.get("pool_manifest") or self.pool_path
         out = []
         for rd in result.get("rounds", []):
@@ -480,8 +461,6 @@ def cli(argv: list[str]) -> int:
     add_dataclass_arguments(ap, ExperimentConfig)
     cfg = parse_config(ExperimentConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from assistant.data.manifest import ManifestError
-
     exp = Experiment(cfg)
     try:
         exp.setup()

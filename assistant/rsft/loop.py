@@ -27,11 +27,23 @@ from pathlib import Path
 from typing import Any
 
 from assistant import distributed as dist
+from assistant import nlu
 from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
+from assistant.data.grammar import domain_vocab_texts
+from assistant.data.manifest import ManifestError, read_manifest
+from assistant.frames import format_frame, parse_frame
+from assistant.model.slu import SLUModel
 from assistant.paths import runs_dir
-from assistant.rsft.accept import AcceptConfig
-from assistant.rsft.generate import GenerateConfig
-from assistant.train import TrainConfig
+from assistant.rsft.accept import AcceptConfig, accept_all, acceptance_report
+from assistant.rsft.diagnostics import round_diagnostics
+from assistant.rsft.generate import GenerateConfig, generate_candidates
+from assistant.rsft.readings import Reader
+from assistant.rsft.rewards import LearnedRewardModel, build_reward_fns, make_teacher_reward, reward_specs
+from assistant.rsft.rewards import score as score_candidates
+from assistant.rsft.types import write_records
+from assistant.schema import load_schema
+from assistant.train import (Example, TrainConfig, TrainDataError, dev_score, examples_from_utterances, fine_tune,
+                             set_seed)
 
 
 def round_recipe() -> TrainConfig:
@@ -83,8 +95,6 @@ class RSFTConfig:
     finetune: TrainConfig = field(default_factory=round_recipe)
 
     def validate(self) -> None:
-        from assistant.rsft.rewards import reward_specs
-
         if self.rounds < 0:
             raise ValueError("rounds must be >= 0")
         for name in ("pool_limit", "labelled_limit"):
@@ -118,17 +128,13 @@ def load_teacher(cfg: RSFTConfig, schema):
     """The text model, when a reward or the readings use it (None otherwise)."""
     if not (TEXT_REWARDS & set(cfg.rewards) or cfg.generate.readings):
         return None
-    from assistant.rsft.teacher import default_teacher
-
     with dist.main_process_first():            # trained once, cached; the other processes load it
-        return default_teacher(schema, holdout_file=holdout_path(cfg))
+        return nlu.default_teacher(schema, holdout_file=holdout_path(cfg))
 
 
 def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path, teacher=None):
     """Reward callables from the config's names/weights, with the resources they need (``teacher``: the
     text model already loaded, else loaded here when a reward needs it)."""
-    from assistant.rsft.rewards import build_reward_fns
-
     resources = {"schema": schema}
     if TEXT_REWARDS & set(cfg.rewards):
         resources["teacher"] = teacher if teacher is not None else load_teacher(cfg, schema)
@@ -139,7 +145,7 @@ def build_rewards(cfg: RSFTConfig, schema, labelled, model, out_dir: Path, teach
 
 def holdout_path(cfg: RSFTConfig) -> Path | None:
     """The corpus's hold-out list: given, or the holdout.json its pool was written with (None: the default
-    corpus's, see assistant.rsft.teacher.default_sentences)."""
+    corpus's, see assistant.nlu.training.default_sentences)."""
     if cfg.holdout_file:
         return Path(cfg.holdout_file)
     beside = Path(cfg.pool_manifest).parent / "holdout.json" if cfg.pool_manifest else None
@@ -148,9 +154,6 @@ def holdout_path(cfg: RSFTConfig) -> Path | None:
 
 def fit_learned_reward(cfg, schema, labelled, model, teacher, out_dir: Path):
     """(audio, candidate) -> P(correct), fitted on candidates sampled for the labelled set."""
-    from assistant.rsft.generate import generate_candidates
-    from assistant.rsft.rewards import LearnedRewardModel, make_teacher_reward
-
     path = out_dir / "learned_reward.safetensors"
     teacher_fn = make_teacher_reward(teacher) if teacher is not None else None
     if dist.main_first(path.is_file()):
@@ -183,11 +186,6 @@ def majority_transcript(candidates, chosen) -> str:
 
 def kept_examples(utterances, scored_lists, decisions, transcript_target: str = "majority"):
     """Accepted candidates -> training examples: the kept frame, with the transcript ``transcript_target`` names."""
-    from dataclasses import replace as dc_replace
-
-    from assistant.frames import format_frame
-    from assistant.train import Example
-
     by_id = {u.id: u for u in utterances}
     out = []
     for scored, decs in zip(scored_lists, decisions):
@@ -196,7 +194,7 @@ def kept_examples(utterances, scored_lists, decisions, transcript_target: str = 
             frame = s.candidate.frame
             if d.accepted and frame is not None:
                 if transcript_target == "majority":
-                    frame = dc_replace(frame, transcript=majority_transcript(cands, s.candidate))
+                    frame = replace(frame, transcript=majority_transcript(cands, s.candidate))
                 u = by_id[s.candidate.utt_id]
                 out.append(Example(audio=u.audio, target=format_frame(frame), id=f"{u.id}#{s.candidate.index}"))
     return out
@@ -204,8 +202,6 @@ def kept_examples(utterances, scored_lists, decisions, transcript_target: str = 
 
 def label_is_right(u, target: str) -> bool:
     """Oracle only: whether a training target's frame has the utterance's hidden intent and slots."""
-    from assistant.frames import parse_frame
-
     f = parse_frame(target).frame
     return bool(u is not None and u.intent and f is not None and f.intent == u.intent and dict(f.slots) == dict(u.slots))
 
@@ -253,9 +249,13 @@ def kept_by_source(utterances, scored_lists, examples) -> dict:
 # The loop
 # ------------------------------------------------------------------------------------------------
 
-def _load_split(path: str, limit: int | None):
-    from assistant.data.manifest import read_manifest
+def _speech_model(path) -> SLUModel:
+    """A speech model of the loop, without the text pass; a checkpoint that is not an SLU folder (a model
+    name, stock weights) gets the domain grammar's output vocabulary."""
+    return SLUModel.from_pretrained(path, default_vocab=domain_vocab_texts)
 
+
+def _load_split(path: str, limit: int | None):
     utts = read_manifest(path)
     return utts if limit is None else utts[:limit]
 
@@ -263,15 +263,9 @@ def _load_split(path: str, limit: int | None):
 def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelled, dev, schema, rewards, out: Path,
               base_dir: Path, reader=None) -> dict:
     """Round ``k`` from the model saved in ``model_dir``: generate -> score -> accept -> fine-tune."""
-    from assistant.model.slu import SLUModel
-    from assistant.rsft.accept import accept_all, acceptance_report
-    from assistant.rsft.generate import generate_candidates
-    from assistant.rsft.types import write_records
-    from assistant.train import examples_from_utterances, fine_tune
-
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
-    model = SLUModel.from_pretrained(model_dir, nlu=False).eval()
+    model = _speech_model(model_dir).eval()
     t0 = time.perf_counter()
     candidates = generate_candidates(model, pool, rdir / "candidates.jsonl", cfg.generate, ref_model=ref_model,
                                      seed=cfg.seed * 100 + k, desc=f"round {k}: generate", reader=reader)
@@ -296,8 +290,6 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     quality = pseudo_label_quality(pool_ok, examples)
     quality["kept_by_source"] = kept_by_source(pool_ok, scored, examples)
     if all(u.intent for u in pool_ok):          # reward quality and diversity, oracle only
-        from assistant.rsft.diagnostics import round_diagnostics
-
         quality.update(round_diagnostics([s for ss in scored for s in ss], [d for ds in decisions for d in ds],
                                          {u.id: (u.intent, dict(u.slots)) for u in pool_ok},
                                          {u.id: str(u.meta.get("part", "unknown")) for u in pool_ok}))
@@ -305,7 +297,7 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     if dist.is_main():
         (rdir / "kept.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in examples))
 
-    start = SLUModel.from_pretrained(base_dir if cfg.from_base else model_dir, nlu=False)
+    start = _speech_model(base_dir if cfg.from_base else model_dir)
     tcfg = replace(cfg.finetune, seed=cfg.seed + k, context_seconds=start.context_seconds,
                    output_dir=str(rdir / "train"))
     result = fine_tune(start, train_examples, dev, tcfg, rdir / "train", desc=f"round {k}: fine-tune", schema=schema)
@@ -330,8 +322,6 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
 def score_shared(utterances, candidates, rewards, batch_size: int):
     """Every reward on every utterance's candidates; under ``accelerate launch`` each process scores its
     share (the generation batches it would take) and all get every row back, in order."""
-    from assistant.rsft.rewards import score as score_candidates
-
     rows: dict[int, list] = {}
     for start in dist.batch_starts(len(utterances), batch_size):
         part = score_candidates(utterances[start:start + batch_size], candidates[start:start + batch_size],
@@ -364,10 +354,6 @@ def plot_rounds(reports: list[dict], init_dev: dict, path: Path) -> None:
 
 def run_rsft(cfg: RSFTConfig) -> dict:
     """All rounds; returns {"best_dir", "rounds": [per-round reports], "init_dev"}."""
-    from assistant.model.slu import SLUModel
-    from assistant.schema import load_schema
-    from assistant.train import dev_score, set_seed
-
     if not cfg.init_model or not Path(cfg.init_model).is_dir():
         raise ConfigError(f"init_model {cfg.init_model!r} is not a model folder; train one first "
                           "(`assistant train`) and pass --init-model runs/.../best")
@@ -385,13 +371,13 @@ def run_rsft(cfg: RSFTConfig) -> dict:
     labelled = _load_split(cfg.labelled_manifest, cfg.labelled_limit) if cfg.labelled_manifest else []
     base_dir = Path(cfg.init_model)
     with dist.main_process_first():            # a model name converts into the cache once
-        ref_model = SLUModel.from_pretrained(cfg.ref_model or base_dir, nlu=False).eval()
+        ref_model = _speech_model(cfg.ref_model or base_dir).eval()
 
     init_path = out / "init_dev.json"
     if dist.main_first(init_path.is_file()):
         init_dev = json.loads(init_path.read_text())
     else:
-        init_dev = dev_score(SLUModel.from_pretrained(base_dir, nlu=False), dev, schema)
+        init_dev = dev_score(_speech_model(base_dir), dev, schema)
         init_dev = {k: init_dev[k] for k in ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
         if dist.is_main():
             init_path.write_text(json.dumps(init_dev))
@@ -399,8 +385,6 @@ def run_rsft(cfg: RSFTConfig) -> dict:
     rewards = None
     teacher, reader = load_teacher(cfg, schema), None
     if cfg.generate.readings:
-        from assistant.rsft.readings import Reader
-
         reader = Reader(teacher, cfg.generate.readings)
     for k in range(1, cfg.rounds + 1):
         rdir = out / f"round_{k}"
@@ -409,7 +393,7 @@ def run_rsft(cfg: RSFTConfig) -> dict:
             print(f"round {k}: done already (dev intent acc {report['dev']['intent_accuracy']:.4f})")
         else:
             if rewards is None:
-                rewards = build_rewards(cfg, schema, labelled, SLUModel.from_pretrained(current, nlu=False).eval(),
+                rewards = build_rewards(cfg, schema, labelled, _speech_model(current).eval(),
                                         out, teacher)
             report = run_round(cfg, k, current, ref_model, pool, labelled, dev, schema, rewards, out, base_dir, reader)
             acc = report["acceptance"]
@@ -445,9 +429,6 @@ def cli(argv: list[str]) -> int:
     add_dataclass_arguments(ap, RSFTConfig)
     cfg = parse_config(RSFTConfig, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from assistant.data.manifest import ManifestError
-    from assistant.train import TrainDataError
-
     try:
         run_rsft(cfg)
     except (ManifestError, TrainDataError) as e:

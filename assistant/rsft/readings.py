@@ -42,7 +42,7 @@ class Reader:
         if unknown:
             raise ReadingError(f"readings {unknown} unknown; choose from {list(READING_SOURCES)}")
         if teacher is None:
-            raise ReadingError("readings need the text model (assistant.rsft.teacher.default_teacher)")
+            raise ReadingError("readings need the text model (assistant.nlu.default_teacher)")
         self.teacher = teacher
         self.sources = tuple(s for s in READING_SOURCES if s in sources)
         self.stock_by_id: dict[str, str] = {}

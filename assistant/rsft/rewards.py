@@ -10,7 +10,7 @@ signature plugs in; the ones here:
 - ``label_reward``    agreement with gold labels (oracle: needs labels, refuses hidden ones)
 - ``verifier_reward`` label-free schema checks, a score in [0, 1]
 - ``acoustic_reward`` the model's own length-normalised log-probability of the candidate
-- ``make_teacher_reward`` the MiniLM text teacher (assistant.rsft.teacher)
+- ``make_teacher_reward`` the MiniLM text teacher (``TeacherReward``; the model: assistant.nlu)
 - ``target_likelihood`` log p(transcript | audio) under an independent stock Whisper (base), per token
   (assistant.rsft.target_likelihood)
 - ``vote`` self-consistency: the share of the sampled draws that agree on the candidate's frame
@@ -29,16 +29,18 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from assistant.data.manifest import Utterance
 from assistant.metrics import slot_counts, wer
 from assistant.rsft.types import Candidate, Scored
+from assistant.schema import load_schema
 from assistant.text import normalize_text
 
 RewardFn = Callable[[list[Utterance], list[list[Candidate]]], list[list[float]]]
+UNPARSEABLE_SCORE = -20.0   # text-teacher reward of a candidate whose frame could not be parsed
 
 
 class RewardError(ValueError):
@@ -155,7 +157,6 @@ class Verification:
 
 @functools.lru_cache(maxsize=4)
 def _load_schema_cached(path: str | None):
-    from assistant.schema import load_schema
     return load_schema(path)
 
 
@@ -222,18 +223,67 @@ def acoustic_reward(utterances: list[Utterance], candidates: list[list[Candidate
 # --------------------------------------------------------------------------- teacher
 
 
+class TeacherReward:
+    """Reward callable for RSFT: ``reward(utterances, candidates) -> [[float per candidate] per utterance]``.
+
+    Each candidate has ``.frame`` (an ``assistant.frames.Frame`` or None when its text did not parse).
+    A parsed frame scores ``TextTeacher.log_likelihood``, floored at ``unparseable + 1``; an unparseable
+    one scores ``unparseable`` (-20), so it always ranks last.
+    ``transcript="frame"`` scores the frame against its own transcript (self-consistency: the only text an
+    unlabelled clip has); ``"utterance"`` uses ``utterance.text`` when non-empty (e.g. an ASR pass stored in
+    the manifest), falling back to the frame's transcript.
+    """
+
+    def __init__(self, teacher: Any = None, transcript: str = "frame", unparseable: float = UNPARSEABLE_SCORE):
+        if transcript not in ("frame", "utterance"):
+            raise RewardError(f"TeacherReward(transcript={transcript!r}): use 'frame' or 'utterance'")
+        self._teacher = teacher
+        self.transcript = transcript
+        self.unparseable = float(unparseable)
+
+    @property
+    def teacher(self):
+        """The text model given, else the default one (``assistant.nlu.default_teacher``), loaded on first use."""
+        if self._teacher is None:
+            from assistant.nlu import default_teacher   # torch + MiniLM: only once the reward runs
+
+            self._teacher = default_teacher()
+        return self._teacher
+
+    def __call__(self, utterances: Sequence[Any], candidates: Sequence[Sequence[Any]]) -> list[list[float]]:
+        if len(utterances) != len(candidates):
+            raise RewardError(f"teacher reward: {len(utterances)} utterances but {len(candidates)} candidate lists")
+        rows: list[tuple[int, int]] = []
+        texts, intents, slots = [], [], []
+        for u_i, (utterance, cands) in enumerate(zip(utterances, candidates)):
+            for c_i, cand in enumerate(cands):
+                frame = getattr(cand, "frame", None)
+                if frame is None:
+                    continue
+                text = getattr(utterance, "text", "") if self.transcript == "utterance" else ""
+                rows.append((u_i, c_i))
+                texts.append(text or frame.transcript or "")
+                intents.append(frame.intent)
+                slots.append(dict(frame.slots or {}))
+        out = [[self.unparseable] * len(c) for c in candidates]
+        if rows:
+            # A parsed frame, however implausible, still outranks text that is not a frame at all.
+            worst_parsed = self.unparseable + 1.0
+            for (u_i, c_i), score in zip(rows, self.teacher.log_likelihood(texts, intents, slots)):
+                out[u_i][c_i] = max(float(score), worst_parsed)
+        return out
+
+
 def make_teacher_reward(teacher: Any = None) -> RewardFn:
     """The text teacher as a reward callable.
 
-    ``teacher`` may be None (import assistant.rsft.teacher.teacher_reward lazily, so the MiniLM
-    model only loads when this reward is used), a trained ``TextTeacher`` (anything with
-    ``log_likelihood``), an object with a ``teacher_reward`` method, or any callable with the
-    reward signature (e.g. a ``TeacherReward``).
+    ``teacher`` may be None (a ``TeacherReward`` on the default text teacher, which only loads when the
+    reward first runs), a trained ``TextTeacher`` (anything with ``log_likelihood``), an object with a
+    ``teacher_reward`` method, or any callable with the reward signature (e.g. a ``TeacherReward``).
     """
     if teacher is None:
-        from assistant.rsft.teacher import teacher_reward as fn
+        fn = _default_teacher_reward
     elif callable(getattr(teacher, "log_likelihood", None)):
-        from assistant.rsft.teacher import TeacherReward
         fn = TeacherReward(teacher)
     elif callable(getattr(teacher, "teacher_reward", None)):
         fn = teacher.teacher_reward
@@ -248,6 +298,17 @@ def make_teacher_reward(teacher: Any = None) -> RewardFn:
         return fn(utterances, candidates)
 
     return teacher_reward
+
+
+_DEFAULT_REWARD: TeacherReward | None = None
+
+
+def _default_teacher_reward(utterances: Sequence[Any], candidates: Sequence[Sequence[Any]]) -> list[list[float]]:
+    """The default text-teacher reward (frame scored against its own transcript), one per process."""
+    global _DEFAULT_REWARD
+    if _DEFAULT_REWARD is None:
+        _DEFAULT_REWARD = TeacherReward()
+    return _DEFAULT_REWARD(utterances, candidates)
 
 
 def make_agreement_reward(teacher: Any = None, weight: float = 1.0, stock_bonus: float = 0.0) -> RewardFn:
@@ -620,6 +681,7 @@ def _agreement(*, teacher: Any = None, text_weight: float = 1.0, stock_bonus: fl
 def _target_likelihood(*, target_model: Any = None, model: str = "base") -> RewardFn:
     """``model``: the stock Whisper that scores transcripts (a name: base / tiny.en, a folder or a hub id),
     loaded here unless ``target_model`` (already loaded) is given."""
+    # torch and a second Whisper (and target_likelihood imports this module): only when the reward is used
     from assistant.rsft.target_likelihood import TargetLikelihood, load_target_model
 
     if target_model is None:

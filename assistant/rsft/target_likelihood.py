@@ -22,7 +22,10 @@ from typing import Sequence
 
 import torch
 
+from assistant.audio import AudioError, load_audio
 from assistant.data.manifest import Utterance
+from assistant.model.slu import SLUModel, stock_style
+from assistant.rsft.rewards import check_batch
 from assistant.rsft.types import Candidate
 
 NO_FRAME_PENALTY = 1.0      # nats below the utterance's worst scored transcript
@@ -38,8 +41,6 @@ class TargetLikelihood:
         self.context_seconds = context_seconds
 
     def _waves(self, utterances: Sequence[Utterance]) -> list[torch.Tensor]:
-        from assistant.audio import AudioError, load_audio
-
         waves = []
         for u in utterances:
             try:
@@ -53,8 +54,6 @@ class TargetLikelihood:
                             ) -> list[list[float]]:
         """Per-token mean log-prob of each transcript (stock-styled) given its clip; ``transcripts[i]``
         are clip i's texts."""
-        from assistant.model.slu import stock_style
-
         model = self.model
         enc = model.stock_encode(waves, context_seconds=self.context_seconds)
         texts = [stock_style(t) for ts in transcripts for t in ts]
@@ -63,7 +62,7 @@ class TargetLikelihood:
             return [[] for _ in transcripts]
         seqs = model.tokenize(texts)
         with model.stock():
-            picked, mask = model._token_logprobs(enc.index_select(0, rows.to(enc.device)), seqs, texts, asr=True)
+            picked, mask = model.token_logprobs(enc.index_select(0, rows.to(enc.device)), seqs, texts, asr=True)
         per_token = (picked.sum(dim=1) / mask.sum(dim=1)).tolist()
         out, k = [], 0
         for ts in transcripts:
@@ -72,8 +71,6 @@ class TargetLikelihood:
         return out
 
     def __call__(self, utterances: list[Utterance], candidates: list[list[Candidate]]) -> list[list[float]]:
-        from assistant.rsft.rewards import check_batch
-
         check_batch(utterances, candidates, "target_likelihood")
         out: list[list[float]] = []
         for start in range(0, len(utterances), self.batch_size):
@@ -88,7 +85,6 @@ class TargetLikelihood:
 
 
 def load_target_model(name_or_dir: str):
-    """The target model by name ("base", "tiny.en"), folder or hub id, without the text pass."""
-    from assistant.model.slu import SLUModel
-
-    return SLUModel.from_pretrained(name_or_dir, nlu=False)
+    """The target model by name ("base", "tiny.en"), folder or hub id. It only reads behind the stock prompt
+    over the full vocabulary, so it needs no domain output vocabulary."""
+    return SLUModel.from_pretrained(name_or_dir)

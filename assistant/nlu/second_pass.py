@@ -2,7 +2,7 @@
 
 The speech model writes ``transcript | intent | slots`` in one pass. Its reading of the words generalises
 only as far as the phrasings it was fine-tuned on (a few thousand clips); the text teacher
-(``assistant.rsft.teacher``, MiniLM pretrained on a billion sentence pairs, fine-tuned on the grammar's
+(``assistant.nlu.model``, MiniLM pretrained on a billion sentence pairs, fine-tuned on the grammar's
 text) reads phrasings it never saw far better. So for each clip two frames for the same transcript are
 compared — the speech model's own and the text model's reading of that transcript — by
 
@@ -11,8 +11,8 @@ compared — the speech model's own and the text model's reading of that transcr
 and the higher one wins (``weight`` is picked on dev by ``choose_weight``). The transcript is always the
 speech model's; weight 0 is the speech model alone.
 
-A model folder with an ``nlu/`` subfolder (a saved teacher + ``nlu.json``) gets this pass automatically
-when loaded with ``SLUModel.from_pretrained``; ``attach`` writes it.
+A model folder with an ``nlu/`` subfolder (a saved teacher + ``nlu.json``) gets this pass when loaded with
+``assistant.nlu.load_pipeline``; ``attach`` writes it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from assistant.frames import Frame, format_frame
+from assistant.audio import AudioError, load_audio
+from assistant.frames import Frame, format_frame, parse_frame
+from assistant.nlu.model import TeacherError, TextTeacher
 from assistant.text import normalize_text
 
 NLU_DIR = "nlu"
@@ -98,6 +101,8 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 
 class NluPass:
+    """The text second pass: a teacher and the weight / stock bonus its choice uses (see ``Readings.choose``)."""
+
     def __init__(self, teacher, weight: float = 1.0, stock_bonus: float = -math.inf):
         if not weight >= 0:
             raise NluError(f"nlu weight must be >= 0, got {weight}")
@@ -166,8 +171,7 @@ class NluPass:
 
     @classmethod
     def load(cls, folder: str | Path) -> "NluPass":
-        from assistant.rsft.teacher import TeacherError, TextTeacher
-
+        """The pass saved in ``folder`` (a model folder's ``nlu/``); NluError names the file and the fix."""
         folder = Path(folder)
         meta = folder / NLU_FILE
         fix = f"delete {folder} (the model then runs without the text pass) or rerun `assistant run`"
@@ -207,8 +211,6 @@ def choose_weight(readings: Readings, gold_intents: Sequence[str], weights: Sequ
 
 
 def _load_batch(model, utterances) -> list[torch.Tensor]:
-    from assistant.audio import AudioError, load_audio
-
     waves = []
     for u in utterances:
         try:
@@ -222,8 +224,6 @@ def _load_batch(model, utterances) -> list[torch.Tensor]:
 def stock_transcripts(model, utterances, batch_size: int = 16, desc: str = "stock transcripts") -> list[str]:
     """Stock Whisper's greedy transcript of each clip (``SLUModel.stock_encode`` + ``stock_greedy``):
     independent of the fine-tuning, so one list serves every speech model of a run and the peer."""
-    from tqdm import tqdm
-
     out: list[str] = []
     for start in tqdm(range(0, len(utterances), batch_size), desc=desc, unit="batch", disable=None):
         out += model.stock_greedy(model.stock_encode(_load_batch(model, utterances[start:start + batch_size])))
@@ -235,10 +235,6 @@ def dev_readings(model, utterances, nlu: NluPass, batch_size: int = 16, desc: st
                  stock: Sequence[str] | None = None) -> Readings:
     """Greedy-decode the utterances once and score the readings of each (for ``choose_weight``);
     ``stock``: the clips' stock transcripts (``stock_transcripts``) to add the stock reading."""
-    from tqdm import tqdm
-
-    from assistant.frames import parse_frame
-
     parts: list[Readings] = []
     for start in tqdm(range(0, len(utterances), batch_size), desc=desc, unit="batch", disable=None):
         waves = _load_batch(model, utterances[start:start + batch_size])
