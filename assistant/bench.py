@@ -55,7 +55,7 @@ from assistant.data.manifest import ManifestError, read_manifest
 from assistant.frames import parse_frame
 from assistant.metrics import score_frames
 from assistant.model.convert import default_pretrained_dir
-from assistant.paths import generated_dir, runs_dir
+from assistant.paths import generated_dir, resolve_model_dir, runs_dir
 from assistant.rsft.rewards import build_reward_fns
 from assistant.schema import load_schema
 
@@ -178,24 +178,6 @@ _T0 = time.perf_counter()
 
 def _say(msg: str) -> None:
     print(f"bench [{time.perf_counter() - _T0:6.0f} s]: {msg}", file=sys.stderr, flush=True)
-
-
-def resolve_model_dir(model: str) -> Path | None:
-    """The --model folder, else runs/main/final, else the newest runs/*/best (SLU folders only)."""
-    from assistant.model.slu import SLU_CONFIG_FILE
-
-    if model:
-        path = Path(model)
-        if not (path / SLU_CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a model folder saved by `assistant train`/`rsft` "
-                                    f"(no {SLU_CONFIG_FILE}); pass --model DIR or train one first")
-        return path
-    candidates = [runs_dir() / "main" / "final"] + sorted(runs_dir().glob("*/best"), key=lambda p: p.stat().st_mtime,
-                                                          reverse=True)
-    for path in candidates:
-        if (path / SLU_CONFIG_FILE).is_file():
-            return path
-    return None
 
 
 # ==================================================================================================
@@ -938,13 +920,13 @@ def run_bench(cfg: BenchConfig) -> dict:
                               "cpu_count": os.cpu_count(), "config": asdict(cfg),
                               "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
     try:
-        model_dir = resolve_model_dir(cfg.model)
+        model_dir, problem = resolve_model_dir(cfg.model or None)   # the one resolver every command uses
         test = _manifest(cfg.test_manifest, "test")
         train = _manifest(cfg.train_manifest, "train")
         pool = _manifest(cfg.pool_manifest, "pool")
-        if model_dir is None:
-            if not cfg.quick:
-                raise FileNotFoundError(f"no trained model under {runs_dir()}; pass --model DIR (or --quick)")
+        if problem:
+            if cfg.model or not cfg.quick:
+                raise FileNotFoundError(problem + ("" if cfg.model else " (or --quick)"))
             model_dir = _quick_model_dir(work, [test, train, pool])
         _say(f"model {model_dir}")
         model = load_pipeline(model_dir)

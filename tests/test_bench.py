@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from assistant.bench import (GOAL_RTF_3S, Clip, evaluate_goals, format_table, int8_decision, resolve_model_dir,
+from assistant.bench import (GOAL_RTF_3S, Clip, evaluate_goals, format_table, int8_decision,
                              select_clips)
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -103,9 +103,13 @@ def test_int8_decision_weighs_accuracy_against_speed():
     assert int8_decision({}) == "int8 not measured"
 
 
-def test_model_folder_must_be_a_saved_slu_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match="slu_config.json"):
-        resolve_model_dir(str(tmp_path))
+def test_model_folder_must_be_a_saved_slu_model(tmp_path, capsys):
+    """The bench resolves --model as every inference command does (assistant.paths.resolve_model_dir)."""
+    from assistant.bench import cli
+
+    assert cli(["--model", str(tmp_path), "--json", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"no trained model at {tmp_path}" in err and "assistant train" in err and not (tmp_path / "b.json").exists()
 
 
 def _clip_manifest(tmp_path, seconds: dict[str, float], durations: dict[str, float] | None = None):
