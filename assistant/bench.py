@@ -52,7 +52,7 @@ import numpy as np
 
 from assistant.config import ConfigError, add_dataclass_arguments, load_config, parse_config
 from assistant.data.manifest import ManifestError, read_manifest
-from assistant.frames import parse_frame
+from assistant.frames import Frame, ParseResult, parse_frame
 from assistant.metrics import score_frames
 from assistant.model.convert import default_pretrained_dir
 from assistant.paths import generated_dir, resolve_model_dir, runs_dir
@@ -251,27 +251,19 @@ def select_clips(utts, per_length: int) -> dict[str, list[Clip]]:
 # Systems under test: waves -> frames
 # ==================================================================================================
 
-@dataclass
-class Frame:
-    valid: bool
-    intent: str
-    slots: dict
-    transcript: str
-
-
 class OursSystem:
     """The SLU model (eager SLUModel or OnnxSLU) through assistant.inference.predict_waves."""
 
     def __init__(self, name: str, model, schema):
         self.name, self.model, self.schema = name, model, schema
 
-    def __call__(self, waves) -> list[Frame]:
+    def __call__(self, waves) -> list[ParseResult]:
         from assistant.inference import predict_waves
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # 8 s clips are longer than a 6 s context: expected, noted
             preds = predict_waves(self.model, list(waves), self.schema)
-        return [Frame(p.valid, p.intent, p.slots, p.transcript) for p in preds]
+        return [ParseResult(p.valid, Frame(p.intent, p.slots, p.transcript)) for p in preds]
 
 
 class CascadeSystem:
@@ -285,7 +277,7 @@ class CascadeSystem:
         self.asr = pipeline("automatic-speech-recognition", model=str(default_pretrained_dir()), device="cpu")
         self.teacher, self.schema, self.batch_size = teacher, schema, batch_size
 
-    def __call__(self, waves) -> list[Frame]:
+    def __call__(self, waves) -> list[ParseResult]:
         inputs = [{"raw": w.numpy(), "sampling_rate": SAMPLE_RATE} for w in waves]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -294,7 +286,7 @@ class CascadeSystem:
         frames = []
         for text, (intent, slots, _) in zip(texts, self.teacher.predict(texts)):
             self.schema.render_response(intent, slots)     # the response, as ours renders it
-            frames.append(Frame(True, intent, slots, text))
+            frames.append(ParseResult(True, Frame(intent, slots, text)))
         return frames
 
 
@@ -371,7 +363,8 @@ def accuracy(system, utts, batch_size: int) -> dict:
         frames, wall, _ = _timed(system, waves)
         seconds += wall
         gold += [{"intent": u.intent, "slots": u.slots, "text": u.text} for u in chunk]
-        pred += [{"valid": f.valid, "intent": f.intent, "slots": f.slots, "transcript": f.transcript} for f in frames]
+        pred += [{"valid": r.valid, "intent": r.frame.intent, "slots": r.frame.slots, "transcript": r.frame.transcript}
+                 for r in frames]
     score = asdict(score_frames(gold, pred))
     score.update({"unreadable": unreadable, "seconds": seconds, "utt_per_s": len(gold) / seconds if seconds else None})
     return score
@@ -531,14 +524,14 @@ class ClassifierSystem:
     def __init__(self, model, intents: list[str], n_frames: int):
         self.model, self.intents, self.n_frames = model.eval(), intents, n_frames
 
-    def __call__(self, waves) -> list[Frame]:
+    def __call__(self, waves) -> list[ParseResult]:
         import torch
 
         from assistant.features import batch_log_mel
 
         with torch.inference_mode():
             logits = self.model(input_features=batch_log_mel(list(waves), self.n_frames)).logits
-        return [Frame(True, self.intents[int(i)], {}, "") for i in logits.argmax(-1)]
+        return [ParseResult(True, Frame(self.intents[int(i)])) for i in logits.argmax(-1)]
 
 
 def build_classifier_peer(intents: list[str], context_seconds: float, frozen_layers: int = 3):
