@@ -19,6 +19,7 @@ from assistant.data.manifest import ManifestError, Utterance, read_manifest
 from assistant.inference import Prediction, predict_files
 from assistant.metrics import grouped_accuracy, score_frames
 from assistant.model.slu import SLUModel
+from assistant.paths import resolve_model_dir
 from assistant.schema import load_schema
 from assistant.text import normalize_text
 
@@ -253,10 +254,9 @@ def cli(argv: list[str]) -> int:
         print(f"assistant evaluate: {e}", file=sys.stderr)
         return 2
     utts = utts[: cfg.limit]
-    model_dir = Path(cfg.model)
-    if not model_dir.is_dir():
-        print(f"assistant evaluate: model folder not found: {model_dir} "
-              "(train one with `assistant train` or `assistant run`)", file=sys.stderr)
+    model_dir, problem = resolve_model_dir(cfg.model)       # the one check every inference command uses
+    if problem:
+        print(f"assistant evaluate: {problem}", file=sys.stderr)
         return 2
     model = load_pipeline(model_dir) if cfg.nlu else SLUModel.from_pretrained(model_dir)
     report, preds = evaluate_model(model, utts, load_schema(), cfg.batch_size)

@@ -76,6 +76,12 @@ def test_evaluate_reads_a_hugging_face_dataset_like_its_manifest(tiny_model, tmp
     assert "one of --manifest" in capsys.readouterr().err
 
 
+def test_evaluate_needs_a_trained_model_folder(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path), "--manifest", str(FSC)]) == 2
+    err = capsys.readouterr().err
+    assert f"no trained model at {tmp_path}" in err and "assistant train" in err
+
+
 def test_evaluate_missing_manifest_is_one_clear_error(tiny_model, capsys):
     assert main(["evaluate", "--model", str(tiny_model), "--manifest", "/nope/test.jsonl"]) == 2
     err = capsys.readouterr().err
