@@ -133,6 +133,11 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _kept(path: Path) -> Any:
+    """A kept piece of work, if the main process has it (every process then reads the same file)."""
+    return _read_json(path) if dist.main_first(path.is_file()) else None
+
+
 def _write_json(path: Path, value: Any) -> None:
     if dist.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +197,7 @@ class MainJob:
         utts = getattr(self, split)
         path = self.out / "cache" / f"{split}_stock_transcripts.json"
         key = {"ids": [u.id for u in utts], "model": fingerprint(self.sft.best_dir)}
-        kept = _read_json(path) if dist.main_first(path.is_file()) else None
+        kept = _kept(path)
         if kept and {k: kept[k] for k in key} == key:
             return kept["transcripts"]
         heard = stock_transcripts(self.stock_model, utts, desc=f"{split}: stock transcripts")
@@ -347,7 +352,7 @@ class MainJob:
         """The text pass of one speech model chosen on every dev clip; kept per model folder."""
         path = self.out / "cache" / f"text_pass_{_slug(name)}.json"
         mark = fingerprint(model_dir)
-        kept = _read_json(path) if dist.main_first(path.is_file()) else None
+        kept = _kept(path)
         if kept and kept["model_dir"] == str(model_dir) and kept["fingerprint"] == mark:
             return TextPassChoice(**kept)
         acc, _, _, w, b, by_choice = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock)
@@ -365,7 +370,7 @@ class MainJob:
         from assistant.evaluate import evaluation_report, stock_cascade_predictions
 
         if not self.cfg.nlu:
-            self._ship(Path(self.rsft.best_dir if self.rsft else self.sft.best_dir))
+            self._ship(self._speech_choice())
             return None
         choices = [self.text_pass_choice(name, d) for name, d in self.speech_models()]
         best = max(choices, key=lambda c: c.dev_accuracy)                 # max keeps the first of equals
@@ -382,6 +387,10 @@ class MainJob:
               f"transcripts: {result.teacher_dev_gold_transcript_accuracy:.4f}")
         self._ship(Path(best.model_dir), best)
         return result
+
+    def _speech_choice(self) -> Path:
+        """Without the text pass: RSFT's own choice on dev (or the supervised model)."""
+        return Path(self.rsft.best_dir if self.rsft else self.sft.best_dir)
 
     def _ship(self, model_dir: Path, choice: TextPassChoice | None = None) -> None:
         """<out>/final: the chosen speech model (+ its text pass)."""
@@ -408,9 +417,14 @@ class MainJob:
                 out.append(("supervised + text pass", Path(self.sft.best_dir),
                             self.text_pass_choice("supervised", Path(self.sft.best_dir))))
             out.append((f"final = {shipped.speech_model} + text pass", self.out / "final", "saved"))
-        else:
-            out.append(("final", self.out / "final", None))
         return out
+
+    def shipped_system(self, systems: list[tuple[str, Path, Any]]) -> str:
+        """The deployed system's name: the saved pair with the text pass, else the speech model shipped
+        alone (already among the speech models: not decoded twice)."""
+        if self.cfg.nlu:
+            return systems[-1][0]
+        return next(name for name, d, _ in systems if d == self._speech_choice())
 
     def predictions(self, name: str, model_dir: Path, text_pass, stock: list[str]) -> list:
         """One system's test predictions, kept per model folder (and text-pass choice)."""
@@ -422,7 +436,7 @@ class MainJob:
         key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}"
                                         if isinstance(text_pass, TextPassChoice) else f"|{text_pass}")
         path = self.out / "cache" / f"test_{_slug(name)}.json"
-        kept = _read_json(path) if dist.main_first(path.is_file()) else None
+        kept = _kept(path)
         if kept and kept["key"] == key and kept["ids"] == [u.id for u in self.test]:
             return [Prediction(**p) for p in kept["predictions"]]
         model = load_pipeline(model_dir) if text_pass == "saved" else SLUModel.from_pretrained(model_dir)
@@ -442,7 +456,8 @@ class MainJob:
                                          self.dev_stock if self.cfg.nlu else [])
         scored = self.systems()
         systems = {name: self.predictions(name, d, tp, test_stock) for name, d, tp in scored}
-        shipped = systems[scored[-1][0]]          # the last system is the deployed one
+        shipped_name = self.shipped_system(scored)
+        shipped = systems[shipped_name]
         if dist.is_main():
             write_predictions(self.test, shipped, self.out / "test_predictions.jsonl")
             plot_confusion(self.test, shipped, self.out / "test_confusion.png")
@@ -451,13 +466,13 @@ class MainJob:
             systems[PEER] = cells["stock_cascade"] = stock_cascade_predictions(self.teacher, self.test, test_stock)
         reports = {name: evaluation_report(self.test, preds) for name, preds in systems.items()}
         by_cell = by_engine_condition(self.test, cells)
-        self._print_results(reports, by_cell, stock_wer, format_report)
+        self._print_results(reports, shipped_name, by_cell, stock_wer, format_report)
         return EvaluateResult(test=reports, test_by_engine_condition=by_cell, stock_wer=stock_wer,
                               # seen / field / novel phrasings (assistant.data.synth): where adaptation shows
                               test_by_part={n: {p: v["accuracy"] for p, v in r["per_part"].items()}
                                             for n, r in reports.items()})
 
-    def _print_results(self, reports: dict, by_cell: dict, stock_wer: dict, format_report) -> None:
+    def _print_results(self, reports: dict, shipped: str, by_cell: dict, stock_wer: dict, format_report) -> None:
         if not dist.is_main():
             return
         width = max(len(name) for name in reports)
@@ -465,7 +480,7 @@ class MainJob:
         for name, r in reports.items():
             print(f"{name:<{width}} {r['intent_accuracy']:>10.4f} {r['slot_f1']:>8.4f} {r['slu_f1']:>7.4f} "
                   f"{r['wer']:>7.4f} {r['invalid_rate']:>8.4f}")
-        print("\nfinal model:", self.out / "final", "\n" + format_report(list(reports.values())[-2 if self.cfg.nlu else -1]))
+        print("\nfinal model:", self.out / "final", "\n" + format_report(reports[shipped]))
         print("\n" + format_cells(by_cell))
         print("stock Whisper WER per engine (dev + test): " + ", ".join(
             f"{e} {w:.3f}" for e, w in stock_wer["by_engine"].items()) + "; worst Kokoro speakers: " + ", ".join(

@@ -275,8 +275,9 @@ class AcceptConfig:
         rule's default."""
         if self.rule not in RULES:
             raise AcceptError(f"unknown acceptance rule {self.rule!r}; choose from {sorted(RULES)}")
-        names = [n for n, p in inspect.signature(RULES[self.rule]).parameters.items() if p.kind is p.KEYWORD_ONLY]
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None or n in ("cap", "bound")}
+        params = [p for p in inspect.signature(RULES[self.rule]).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        # None is passed on where the rule's own default is None (cap, bound: "none"); a required one stays unset
+        return {p.name: getattr(self, p.name) for p in params if getattr(self, p.name) is not None or p.default is None}
 
     def validate(self) -> None:
         _rule_and_params(self.rule, self.rule_params())        # unknown rule, a required parameter unset
