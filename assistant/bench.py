@@ -914,12 +914,12 @@ def run_bench(cfg: BenchConfig) -> dict:
                               "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
     try:
         model_dir, problem = resolve_model_dir(cfg.model or None)   # the one resolver every command uses
+        if problem and (cfg.model or not cfg.quick):   # a wrong --model is named before any data is read
+            raise FileNotFoundError(problem + ("" if cfg.model else " (or --quick)"))
         test = _manifest(cfg.test_manifest, "test")
         train = _manifest(cfg.train_manifest, "train")
         pool = _manifest(cfg.pool_manifest, "pool")
         if problem:
-            if cfg.model or not cfg.quick:
-                raise FileNotFoundError(problem + ("" if cfg.model else " (or --quick)"))
             model_dir = _quick_model_dir(work, [test, train, pool])
         _say(f"model {model_dir}")
         model = load_pipeline(model_dir)

