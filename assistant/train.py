@@ -31,12 +31,14 @@ from assistant.paths import generated_dir, runs_dir
 
 @dataclass
 class TrainConfig:
-    train_manifest: str = field(default="", metadata={"help": "training manifest ('' = default corpus train split)"})
-    dev_manifest: str = field(default="", metadata={"help": "dev manifest for checkpoint selection ('' = default corpus)"})
-    corpus: str = field(default="", metadata={"help": "folder of a downloaded FSC or SLURP corpus: fills the "
-                                                          "train/dev manifests from its official layout"})
-    corpus_format: str = field(default="", metadata={"help": "layout of --corpus: fsc or slurp"})
-    audio_root: str = field(default="", metadata={"help": "SLURP only: folder with the recordings"})
+    train_manifest: str | None = field(default=None, metadata={"help": "training manifest (None = the default "
+                                                                        "corpus's train split)"})
+    dev_manifest: str | None = field(default=None, metadata={"help": "dev manifest for checkpoint selection (None "
+                                                                      "= the default corpus's dev split)"})
+    corpus: str | None = field(default=None, metadata={"help": "folder of a downloaded FSC or SLURP corpus: fills "
+                                                                "the train/dev manifests from its official layout"})
+    corpus_format: str | None = field(default=None, metadata={"help": "layout of --corpus: fsc or slurp"})
+    audio_root: str | None = field(default=None, metadata={"help": "SLURP only: folder with the recordings"})
     dataset: str | None = field(default=None, metadata={"help": "a Hugging Face dataset instead of manifests: a "
                                                                 "save_to_disk folder, an audiofolder or a hub id"})
     train_split: str = field(default="train", metadata={"help": "--dataset: the split to train on"})
@@ -44,13 +46,14 @@ class TrainConfig:
     columns: str | None = field(default=None, metadata={"help": "--dataset: FIELD=COLUMN pairs where its names "
                                                                 "differ from ours (audio, text, intent, slots, "
                                                                 "speaker, id), e.g. text=sentence,intent=label"})
-    model: str = field(default="", metadata={"help": "pretrained start: '' or tiny.en = packaged Whisper tiny.en, base = "
-                                                     "packaged multilingual Whisper base (converted once), a folder "
-                                                     "or a hub id"})
-    output_dir: str = field(default="", metadata={"help": "where best/ and last/ checkpoints go ('' = runs/sft_default)"})
+    model: str = field(default="tiny.en", metadata={"help": "pretrained start: tiny.en = packaged Whisper tiny.en, "
+                                                            "base = packaged multilingual Whisper base (converted "
+                                                            "once), a folder or a hub id"})
+    output_dir: str | None = field(default=None, metadata={"help": "where best/ and last/ checkpoints go (None = "
+                                                                    "runs/sft_default)"})
     context_seconds: float = 6.0
     epochs: int = 4
-    max_steps: int = 0                # 0 = run all epochs
+    max_steps: int | None = None      # None = run all epochs
     batch_size: int = 16
     lr: float = 3e-4
     encoder_lr_scale: float = 0.3     # unfrozen encoder layers learn slower: they are already good
@@ -68,18 +71,21 @@ class TrainConfig:
                                       # encoded once; epoch e trains on copy e mod N (memory: N x the cache)
     spec_freq_mask: int = 15          # SpecAugment: widest frequency mask (mel bins), 2 masks per clip
     spec_time_mask: int = 15          # ... widest time mask (10 ms frames): short, a command can hinge on "off"
-    train_limit: int = 0              # use only the first N training utterances (0 = all)
-    dev_limit: int = 200              # dev utterances scored per evaluation (0 = all)
-    eval_every_steps: int = 0         # 0 = once per epoch
+    train_limit: int | None = None    # use only the first N training utterances (None = all)
+    dev_limit: int | None = 200       # dev utterances scored per evaluation (None = all)
+    eval_every_steps: int | None = None   # None = once per epoch
     save_every_steps: int = 50        # 'last' checkpoint cadence (resume granularity)
     resume: bool = True
     seed: int = 0
-    threads: int = 0                  # torch threads (0 = all cores)
+    threads: int | None = None        # torch threads (None = all cores)
     tiny_random: bool = False         # tests: a tiny random model that shares every code path
 
     def validate(self) -> None:
-        if self.epochs < 1 and self.max_steps < 1:
+        if self.epochs < 1 and self.max_steps is None:
             raise ValueError("epochs must be >= 1 (or set max_steps)")
+        for name in ("max_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, or null for none (got {getattr(self, name)})")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (0 < self.lr < 1):
@@ -96,7 +102,7 @@ class TrainConfig:
             raise ValueError(f"augment_copies must be >= 1, got {self.augment_copies}")
         if self.dataset and (self.train_manifest or self.dev_manifest or self.corpus):
             raise ValueError("--dataset replaces --train-manifest / --dev-manifest / --corpus: pass one source")
-        for name in ("spec_freq_mask", "spec_time_mask", "lora_rank", "asr_rows", "max_steps", "warmup_steps", "train_limit", "dev_limit", "eval_every_steps", "threads"):
+        for name in ("spec_freq_mask", "spec_time_mask", "lora_rank", "asr_rows", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -551,7 +557,7 @@ def build_model(cfg: TrainConfig, vocab_texts: list[str]):
     if cfg.tiny_random:
         model = SLUModel.tiny_random(vocab_texts, seed=cfg.seed, context_seconds=cfg.context_seconds)
     else:
-        model = SLUModel.from_pretrained(cfg.model or None, context_seconds=cfg.context_seconds,
+        model = SLUModel.from_pretrained(cfg.model, context_seconds=cfg.context_seconds,
                                          output_vocab=vocab_texts)
     if cfg.lora_rank and model.adapters is None:
         model.add_adapters(lora_config(cfg, len(model.whisper.model.encoder.layers)))

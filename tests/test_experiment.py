@@ -109,12 +109,12 @@ def test_write_table_reports_seeds_fall_back_json_and_diagnostics(tmp_path, monk
 def test_default_config_is_the_issue_table():
     cfg = load_config(ExperimentConfig, ROOT / "recipes" / "configs" / "experiment.yaml")
     assert cfg.seeds == [0, 1] and cfg.test_limit is None and cfg.corpus == "data/generated/default"
-    assert cfg.train.dev_limit == 0 and cfg.rsft.finetune.dev_limit == 0
+    assert cfg.train.dev_limit is None and cfg.rsft.finetune.dev_limit is None
     # c is the readings recipe, its nested sections included (a key set here leaves the others alone)
     readings = load_config(type(cfg.rsft), ROOT / "recipes" / "configs" / "rsft_readings.yaml")
     for key in ("generate", "rewards", "accept", "transcript_target", "mix_labelled", "from_base"):
         assert getattr(cfg.rsft, key) == getattr(readings, key), key
-    assert replace(cfg.rsft.finetune, dev_limit=0) == replace(readings.finetune, dev_limit=0)
+    assert replace(cfg.rsft.finetune, dev_limit=None) == replace(readings.finetune, dev_limit=None)
     names = condition_names(cfg)
     assert names[:6] == list(MAIN_CONDITIONS)
     assert names[6:] == ["x_reward_agreement_only", "x_abstention_off", "x_targets_sampled", "x_encoder_frozen",

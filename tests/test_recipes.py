@@ -13,7 +13,7 @@ from assistant.train import TrainConfig, recipe_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-TINY = dict(tiny_random=True, max_steps=2, batch_size=2, save_every_steps=1, warmup_steps=1, dev_limit=0)
+TINY = dict(tiny_random=True, max_steps=2, batch_size=2, save_every_steps=1, warmup_steps=1, dev_limit=None)
 
 
 @pytest.mark.parametrize("name, corpus, n_dev", [("fsc", FIXTURES / "fsc", 2), ("slurp", FIXTURES / "slurp", 2)])
@@ -54,7 +54,7 @@ def test_readable_recipe_script_runs(tmp_path):
     out = tmp_path / "script"
     args = [sys.executable, str(ROOT / "recipes" / "sft.py"), "--config", str(ROOT / "recipes" / "configs" / "fsc.yaml"),
             "--corpus", str(FIXTURES / "fsc"), "--output-dir", str(out), "--tiny-random", "true", "--max-steps", "1",
-            "--batch-size", "2", "--dev-limit", "0"]
+            "--batch-size", "2", "--dev-limit", "null"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "best checkpoint" in done.stdout

@@ -99,7 +99,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 @dataclass
 class SynthConfig(AugmentConfig):
     profile: str = field(default="default", metadata={"help": f"size preset: {list(PROFILES)}"})
-    out_dir: str = field(default="", metadata={"help": "output folder (default: generated_dir()/<profile>)"})
+    out_dir: str | None = field(default=None, metadata={"help": "output folder (default: generated_dir()/<profile>)"})
     seed: int = field(default=0, metadata={"help": "one seed for the plan, voices and every clip"})
     workers: int = field(default=2, metadata={"help": "processes synthesising in parallel"})
     engines: list[str] = field(default_factory=list, metadata={
@@ -141,8 +141,8 @@ class SynthConfig(AugmentConfig):
     max_seconds: float = field(default=6.0, metadata={"help": "longest clip; longer speech is sped up or dropped"})
     babble_clips: int | None = field(default=None, metadata={"help": "TTS clips per split that babble noise is "
                                                                      "mixed from"})
-    schema: str = field(default="", metadata={"help": "schema YAML (default data/schema.yaml)"})
-    grammar: str = field(default="", metadata={"help": "grammar YAML (default data/grammar.yaml)"})
+    schema: str | None = field(default=None, metadata={"help": "schema YAML (default data/schema.yaml)"})
+    grammar: str | None = field(default=None, metadata={"help": "grammar YAML (default data/grammar.yaml)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
@@ -455,8 +455,8 @@ def make_plan(cfg: SynthConfig) -> Plan:
     from ..schema import load_schema
     from .grammar import load_grammar
 
-    schema = load_schema(cfg.schema or None)
-    grammar = load_grammar(cfg.grammar or None)
+    schema = load_schema(cfg.schema)
+    grammar = load_grammar(cfg.grammar)
     intents = _intents(cfg, schema, grammar)
     too_small = {s: n for s, n in cfg.sizes().items() if n < len(intents)}
     if too_small:

@@ -82,8 +82,8 @@ def _rsft_recipe() -> RSFTConfig:
 
 @dataclass
 class ExperimentConfig:
-    corpus: str = ""                     # '' = data/generated/default
-    output_dir: str = ""                 # '' = runs/experiment
+    corpus: str | None = None            # None = data/generated/default
+    output_dir: str | None = None        # None = runs/experiment
     results_file: str = "recipes/results/rsft_label_scarce.md"   # + the same name with .json
     labelled_voices: int = 10            # the labelled slice: every train utterance of this many voices
     labelled_limit: int | None = None    # the first N of those voices' utterances (None: all)

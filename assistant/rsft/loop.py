@@ -68,11 +68,11 @@ ROUND_OWNED = ("train_manifest", "dev_manifest", "corpus", "corpus_format", "aud
 class RSFTConfig:
     """`assistant rsft`: data and rounds at the top, then one section per step of a round (generate,
     rewards, accept, finetune). Sections are YAML mappings and dotted flags (``--accept.beta 0.5``)."""
-    init_model: str = field(default="", metadata={"help": "supervised model folder to start from (required)"})
+    init_model: str | None = field(default=None, metadata={"help": "supervised model folder to start from (required)"})
     ref_model: str | None = field(default=None, metadata={"help": "reference model for ref log-probs (None: init_model)"})
-    pool_manifest: str = field(default="", metadata={"help": "unlabelled audio (labels hidden; required)"})
+    pool_manifest: str | None = field(default=None, metadata={"help": "unlabelled audio (labels hidden; required)"})
     labelled_manifest: str | None = field(default=None, metadata={"help": "labelled set: mixed into fine-tuning, fits 'learned'"})
-    dev_manifest: str = field(default="", metadata={"help": "round selection (required)"})
+    dev_manifest: str | None = field(default=None, metadata={"help": "round selection (required)"})
     output_dir: str | None = None        # None: runs/rsft
     holdout_file: str | None = None      # the corpus's holdout.json (None: the one beside pool_manifest): the
                                          # text teacher never trains on its dev/test phrasings
@@ -367,7 +367,7 @@ def run_rsft(cfg: RSFTConfig) -> dict:
     set_seed(cfg.seed)
     schema = load_schema()
     pool = _load_split(cfg.pool_manifest, cfg.pool_limit)
-    dev = _load_split(cfg.dev_manifest, cfg.finetune.dev_limit or None)
+    dev = _load_split(cfg.dev_manifest, cfg.finetune.dev_limit)
     labelled = _load_split(cfg.labelled_manifest, cfg.labelled_limit) if cfg.labelled_manifest else []
     base_dir = Path(cfg.init_model)
     with dist.main_process_first():            # a model name converts into the cache once
