@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rsft": ("assistant.rsft.loop", "rejection-sampling fine-tuning rounds"),
     "evaluate": ("assistant.evaluate", "score a model on a manifest (JSONL, FSC CSV, SLURP JSONL)"),
     "transcribe-and-classify": ("assistant.infer", "transcript, intent, slots and response for audio files"),
-    "bench": ("assistant.bench", "speed / accuracy benchmarks side by side with peers"),
+    "bench": ("assistant.bench.run", "speed / accuracy benchmarks side by side with peers"),
     "export": ("assistant.export", "export the model for deployment (ONNX)"),
     "demo": ("assistant.demo", "web demo: upload or record a clip"),
     "convert": ("assistant.model.convert", "convert the packaged CTranslate2 Whisper into a transformers folder"),

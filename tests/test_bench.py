@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from assistant.bench import (GOAL_RTF_3S, Clip, evaluate_goals, format_table, int8_decision,
-                             select_clips)
+from assistant.bench.harness import Clip, select_clips
+from assistant.bench.report import GOAL_RTF_3S, evaluate_goals, format_table, int8_decision
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FSC = FIXTURES / "fsc" / "data" / "train_data.csv"
@@ -21,7 +21,7 @@ SLURP = FIXTURES / "slurp" / "train.jsonl"
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    from assistant.bench import cli
+    from assistant.bench.run import cli
 
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     code = cli(["--quick", "--threads", "1", "--json", str(out), "--test-manifest", str(FSC),
@@ -105,7 +105,7 @@ def test_int8_decision_weighs_accuracy_against_speed():
 
 def test_model_folder_must_be_a_saved_slu_model(tmp_path, capsys):
     """The bench resolves --model as every inference command does (assistant.paths.resolve_model_dir)."""
-    from assistant.bench import cli
+    from assistant.bench.run import cli
 
     assert cli(["--model", str(tmp_path), "--json", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err
@@ -157,14 +157,14 @@ def test_select_clips_reuses_clips_only_when_the_manifest_is_short(tmp_path):
 
 
 def test_cli_names_a_missing_model_folder(tmp_path, capsys):
-    from assistant.bench import cli
+    from assistant.bench.run import cli
 
     assert cli(["--model", str(tmp_path / "nope"), "--json", str(tmp_path / "b.json")]) == 2
     assert "nope" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
 
 
 def test_recipe_yaml_is_a_valid_bench_config():
-    from assistant.bench import BenchConfig
+    from assistant.bench.run import BenchConfig
     from assistant.config import load_config
 
     cfg = load_config(BenchConfig, Path(__file__).parent.parent / "recipes" / "configs" / "bench.yaml")
@@ -172,7 +172,7 @@ def test_recipe_yaml_is_a_valid_bench_config():
 
 
 def test_cascade_accuracy_is_reused_only_for_the_same_subset_and_peer(tmp_path):
-    from assistant.bench import reusable_cascade_accuracy
+    from assistant.bench.systems import reusable_cascade_accuracy
 
     key = {"asr": "x", "asr_bytes": 1, "teacher": "t", "transformers": "5"}
     old = {"accuracy_subset": {"fingerprint": "abc"}, "cascade_key": key, "meta": {"time": "then"},
@@ -187,7 +187,7 @@ def test_cascade_accuracy_is_reused_only_for_the_same_subset_and_peer(tmp_path):
 
 
 def test_subset_fingerprint_changes_with_the_labels():
-    from assistant.bench import subset_fingerprint
+    from assistant.bench.systems import subset_fingerprint
     from assistant.data.manifest import read_manifest
 
     utts = read_manifest(FSC)
@@ -198,7 +198,7 @@ def test_subset_fingerprint_changes_with_the_labels():
 
 
 def test_systems_take_turns_on_the_same_clips():
-    from assistant.bench import latency_side_by_side
+    from assistant.bench.harness import latency_side_by_side
 
     calls = []
 
@@ -217,7 +217,7 @@ def test_systems_take_turns_on_the_same_clips():
 
 
 def test_json_rounding_keeps_small_differences_visible():
-    from assistant.bench import round_significant
+    from assistant.bench.harness import round_significant
 
     assert round_significant({"diff": 1.43e-05, "ms": 1466.123, "bad": float("nan"), "n": 3}) == \
         {"diff": 1.43e-05, "ms": 1466.1, "bad": None, "n": 3}
@@ -226,7 +226,7 @@ def test_json_rounding_keeps_small_differences_visible():
 def test_sampler_bench_prints_one_json_object(tmp_path, capsys):
     """`assistant bench --sampler --json` on a tiny random model: ours (N=2 and 16), the reference decoder
     and transformers' generate side by side, one JSON object on stdout."""
-    from assistant.bench import cli
+    from assistant.bench.run import cli
     from assistant.model.slu import SLUModel
 
     model_dir = SLUModel.tiny_random(["turn on the lights | lights_on | room=kitchen"], seed=0).save_pretrained(
@@ -242,3 +242,22 @@ def test_sampler_bench_prints_one_json_object(tmp_path, capsys):
     assert r["generate"]["16"]["draws"] == 32 and r["reference"]["16"]["draws"] == 32
     assert r["profile"]["decoder_steps"] >= 1 and r["profile"]["top_ops"]
     assert [g["met"] in (True, False) for g in r["goals"]] == [True, True]
+
+
+def test_bench_package_sits_on_top_and_shares_no_private_names():
+    """model/, nlu/, data/ and rsft/ never import the bench; bench modules import only public names."""
+    import ast
+
+    import assistant
+
+    root = Path(assistant.__file__).parent
+    for layer in ("model", "nlu", "data", "rsft"):
+        for path in (root / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                assert not any(n.startswith("assistant.bench") for n in names), path
+    for path in (root / "bench").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("assistant"):
+                assert not [a.name for a in node.names if a.name.startswith("_")], (path, node.module)

@@ -184,8 +184,8 @@ def test_export_demo_convert_flags_fill_their_configs():
 
 
 def test_bench_and_diagnostics_flags_fill_their_configs():
-    from assistant.bench_sampler import BenchSamplerConfig
-    from assistant.bench_serving import BenchServingConfig
+    from assistant.bench.sampler import BenchSamplerConfig
+    from assistant.bench.serving import BenchServingConfig
     from assistant.config import ConfigError
     from assistant.rsft.diagnostics import DiagnosticsConfig
 

@@ -156,7 +156,7 @@ def test_concurrent_requests_are_decoded_together_and_each_gets_its_own_answer(s
 
 
 def test_serving_bench_counts_answers_latencies_and_errors(server):
-    from assistant.bench_serving import concurrent, post_clip, sequential
+    from assistant.bench.serving import concurrent, post_clip, sequential
 
     url = server.url + "api/classify"
     clips = [CLIP.read_bytes(), b"not audio at all"]

@@ -28,7 +28,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from assistant.bench_sampler import BenchReportConfig, emit, parse_bench_config, synth_clips
+from assistant.bench.harness import synth_clips
+from assistant.bench.report import BenchReportConfig, emit, parse_bench_config
 from assistant.demo import Classifier, make_server
 from assistant.paths import resolve_model_dir
 from assistant.schema import load_schema

@@ -27,8 +27,6 @@ runs, and the load average before and after is recorded.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,41 +34,18 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from assistant.bench import load_average, round_significant, top_ops
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.bench.harness import load_average, round_significant, synth_clips
+from assistant.bench.profiling import top_ops
+from assistant.bench.report import BenchReportConfig, emit, parse_bench_config
 from assistant.data.grammar import domain_vocab_texts
 
-COMMANDS = [
-    "turn on the kitchen lights", "set an alarm for seven thirty", "play some jazz music",
-    "what's the weather like tomorrow", "turn the volume down", "remind me to call mom at five",
-    "stop the music", "dim the lights in the bedroom", "what time is it", "add milk to my shopping list",
-    "turn off the heating", "tell me a joke",
-]
 GOAL_CANDIDATES_PER_S = 200.0
 GOAL_SPEEDUP = 5.0
 
 
 def _say(msg: str) -> None:
     print(f"bench --sampler: {msg}", file=sys.stderr, flush=True)
-
-
-def synth_clips(n: int) -> tuple[list, list[str]]:
-    """``n`` commands read by distinct espeak-ng voices (16 kHz waves), deterministic."""
-    from assistant.audio import to_mono_16k
-    from assistant.data.tts import list_voices, synthesize
-
-    voices = list_voices(["espeak"])
-    if not voices:
-        raise RuntimeError("no espeak-ng voice available (pip install espeakng-loader)")
-    waves, names = [], []
-    for i in range(n):
-        voice, text = voices[(i * 37) % len(voices)], COMMANDS[i % len(COMMANDS)]
-        wave, sr = synthesize(voice, text)
-        waves.append(to_mono_16k(wave, sr))
-        names.append(f"{voice.id}: {text}")
-    return waves, names
 
 
 def _best(runs: list[dict]) -> dict:
@@ -168,6 +143,23 @@ def stage_profile(model, mels, n: int, max_new_tokens: int, seed: int = 0) -> di
             "top_ops": top_ops(prof)}
 
 
+def compare_at_16(results: dict) -> None:
+    """The headline numbers at N = 16 (ours against generate and the reference decoder) and the goals."""
+    ours = results["ours"].get("16", {}).get("candidates_per_second")
+    theirs = results.get("generate", {}).get("16", {}).get("candidates_per_second")
+    results["ours_candidates_per_second"] = ours
+    results["generate_candidates_per_second"] = theirs
+    results["speedup_vs_generate"] = ours / theirs if ours and theirs else None
+    if "reference" in results and ours:
+        results["speedup_vs_reference"] = ours / results["reference"]["16"]["candidates_per_second"]
+    results["goals"] = [
+        {"goal": f">= {GOAL_CANDIDATES_PER_S:g} candidates/s at N=16", "value": ours,
+         "met": bool(ours and ours >= GOAL_CANDIDATES_PER_S)},
+        {"goal": f">= {GOAL_SPEEDUP:g}x transformers generate at N=16", "value": results["speedup_vs_generate"],
+         "met": bool(results["speedup_vs_generate"] and results["speedup_vs_generate"] >= GOAL_SPEEDUP)},
+    ]
+
+
 def run_sampler_bench(model_path: str | None = None, clips: int = 8, ns=(8, 16, 32), max_new_tokens: int = 96,
                       reps: int = 2, threads: int | None = None, generate: bool = True, reference: bool = True) -> dict:
     import torch
@@ -208,19 +200,7 @@ def run_sampler_bench(model_path: str | None = None, clips: int = 8, ns=(8, 16, 
     _say("profile, N=16")
     results["profile"] = stage_profile(model, mels, 16, max_new_tokens)
 
-    ours = results["ours"].get("16", {}).get("candidates_per_second")
-    theirs = results.get("generate", {}).get("16", {}).get("candidates_per_second")
-    results["ours_candidates_per_second"] = ours
-    results["generate_candidates_per_second"] = theirs
-    results["speedup_vs_generate"] = ours / theirs if ours and theirs else None
-    if "reference" in results and ours:
-        results["speedup_vs_reference"] = ours / results["reference"]["16"]["candidates_per_second"]
-    results["goals"] = [
-        {"goal": f">= {GOAL_CANDIDATES_PER_S:g} candidates/s at N=16", "value": ours,
-         "met": bool(ours and ours >= GOAL_CANDIDATES_PER_S)},
-        {"goal": f">= {GOAL_SPEEDUP:g}x transformers generate at N=16", "value": results["speedup_vs_generate"],
-         "met": bool(results["speedup_vs_generate"] and results["speedup_vs_generate"] >= GOAL_SPEEDUP)},
-    ]
+    compare_at_16(results)
     results["meta"]["load_after"] = load_average()
     return round_significant(results)
 
@@ -246,13 +226,6 @@ def format_table(r: dict) -> str:
 
 
 @dataclass
-class BenchReportConfig:
-    """The options every focused benchmark (``bench --sampler``, ``--serving``) shares."""
-    json: bool = field(default=False, metadata={"help": "print one JSON object (and nothing else) on stdout"})
-    out: str | None = field(default=None, metadata={"help": "also write the JSON here"})
-
-
-@dataclass
 class BenchSamplerConfig(BenchReportConfig):
     model: str | None = field(default=None, metadata={"help": "SLU model folder (none = the packaged tiny.en)"})
     clips: int = field(default=8, metadata={"help": "espeak-ng clips"})
@@ -272,22 +245,6 @@ class BenchSamplerConfig(BenchReportConfig):
             raise ValueError(f"--n: every samples-per-clip count must be >= 1, got {self.n}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads} (none = all cores)")
-
-
-def parse_bench_config(cls: type, prog: str, doc: str, argv: list[str]):
-    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, cls)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    return parse_config(cls, ap.parse_args(argv))
-
-
-def emit(results: dict, cfg: BenchReportConfig, table) -> None:
-    """Write the JSON to --out (if given) and print it, or the human table ``table(results)``."""
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results) if cfg.json else table(results))
 
 
 def cli(argv: list[str]) -> int:
