@@ -59,15 +59,18 @@ from assistant.schema import load_schema
 
 @dataclass
 class BenchConfig:
-    model: str = field(default="", metadata={"help": "model folder ('' = the newest best model under runs/; "
+    model: str | None = field(default=None, metadata={"help": "model folder (None = the newest best model under runs/; "
                                                       "--quick: a tiny random model)"})
-    json: str = field(default="", metadata={"help": "JSON output ('' = runs/bench/bench.json)"})
+    json: str | None = field(default=None, metadata={"help": "JSON output (None = runs/bench/bench.json)"})
     quick: bool = field(default=False, metadata={"help": "tiny version: a tiny random model unless --model, few "
                                                          "clips, short runs"})
-    test_manifest: str = field(default="", metadata={"help": "clips + accuracy subset ('' = default corpus test split)"})
-    train_manifest: str = field(default="", metadata={"help": "for the training benchmark ('' = default corpus)"})
-    pool_manifest: str = field(default="", metadata={"help": "for the RSFT benchmarks ('' = default corpus pool)"})
-    threads: int = 0                  # torch / onnxruntime threads (0 = all cores)
+    test_manifest: str | None = field(default=None, metadata={"help": "clips + accuracy subset (None = the default "
+                                                                       "corpus's test split)"})
+    train_manifest: str | None = field(default=None, metadata={"help": "for the training benchmark (None = the "
+                                                                        "default corpus)"})
+    pool_manifest: str | None = field(default=None, metadata={"help": "for the RSFT benchmarks (None = the default "
+                                                                       "corpus's pool)"})
+    threads: int | None = None        # torch / onnxruntime threads (None = all cores)
     clips_per_length: int = 16        # distinct clips per length class (also the batch of the batched runs)
     batch_size: int = 16
     reps: int = 10                    # batch-1 calls per length class (after one warm-up call)
@@ -80,7 +83,7 @@ class BenchConfig:
     rsft_utts: int = 32               # pool utterances for generation / scoring throughput
     profile: bool = True              # torch.profiler / phase breakdown of our pipeline and of RSFT generation
     classifier_steps: int = 94        # peer (2): HF Trainer steps of WhisperForAudioClassification (0 = skip)
-    reuse_peer: str = field(default="", metadata={"help": "an earlier bench.json: reuse its cascade *accuracy* "
+    reuse_peer: str | None = field(default=None, metadata={"help": "an earlier bench.json: reuse its cascade *accuracy* "
                                                            "when the test subset and the peer are identical "
                                                            "(latency and memory are always measured)"})
 
@@ -90,8 +93,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.classifier_steps < 0:
             raise ValueError(f"classifier_steps must be >= 0, got {self.classifier_steps}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, or null for all cores (got {self.threads})")
 
 
 QUICK = dict(clips_per_length=2, batch_size=2, reps=1, batch_reps=1, accuracy_utts=2, train_steps=1, rsft_utts=2,
@@ -134,7 +137,7 @@ class BenchRun:
 # The steps of a run: each reads the run and writes its sections of the results
 # ==================================================================================================
 
-def _manifest(path: str, split: str) -> list:
+def _manifest(path: str | None, split: str) -> list:
     return read_manifest(path or generated_dir() / "default" / f"{split}.jsonl")
 
 
@@ -166,7 +169,7 @@ def load_model_and_data(run: BenchRun, results: dict) -> None:
     from assistant.nlu import load_pipeline
 
     cfg = run.cfg
-    model_dir, problem = resolve_model_dir(cfg.model or None)   # the one resolver every command uses
+    model_dir, problem = resolve_model_dir(cfg.model)   # the one resolver every command uses
     if problem and (cfg.model or not cfg.quick):   # a wrong --model is named before any data is read
         raise FileNotFoundError(problem + ("" if cfg.model else " (or --quick)"))
     run.test = _manifest(cfg.test_manifest, "test")
