@@ -106,6 +106,14 @@ def _merged(cls: type, base: dict[str, Any], values: dict[str, Any]) -> dict[str
     return out
 
 
+def _recipe_values(cls: type, path: str | Path, source: str) -> dict[str, Any]:
+    """Every key of ``cls`` as a recipe file sets it (keys it leaves out: the class's defaults), so a
+    section given as a file replaces the section whole instead of merging into the outer default."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{source}: {path} is not a file (a section takes a mapping or a YAML recipe file)")
+    return dataclasses.asdict(from_dict(cls, load_yaml(path), str(path)))
+
+
 def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
     """Build a config dataclass from plain values, rejecting unknown keys and bad types.
 
@@ -125,8 +133,11 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
             if dataclasses.is_dataclass(v) and not isinstance(v, type):
                 kwargs[k] = v
                 continue
+            if isinstance(v, (str, Path)):       # a whole recipe file: its values on the class's defaults
+                v = _recipe_values(inner, v, f"{source}: {k}")
             if not isinstance(v, dict):
-                raise ConfigError(f"{source}: key '{k}' takes a mapping of {inner.__name__} keys, got {v!r}")
+                raise ConfigError(f"{source}: key '{k}' takes a mapping of {inner.__name__} keys or a YAML file "
+                                  f"of them, got {v!r}")
             base = dataclasses.asdict(_nested_default(cls, k))
             kwargs[k] = from_dict(inner, _merged(inner, base, v), f"{source}: {k}")
         else:
@@ -223,6 +234,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
     for f in dataclasses.fields(cls):
         inner = _base_type(types_[f.name])
         if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+            parser.add_argument("--" + prefix + f.name.replace("_", "-"), dest=prefix + f.name,
+                                default=argparse.SUPPRESS, metavar="YAML",
+                                help=f"a {inner.__name__} recipe file for the whole section (its dotted "
+                                     "flags below apply on top)")
             add_dataclass_arguments(parser, inner, prefix=f"{prefix}{f.name}.")
             continue
         kwargs: dict[str, Any] = {}
@@ -232,6 +247,16 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
             kwargs = {"nargs": "?", "const": ""}
         parser.add_argument("--" + prefix + f.name.replace("_", "-"), dest=prefix + f.name,
                             default=argparse.SUPPRESS, metavar=f.name.upper(), help=_help(f), **kwargs)
+
+
+def _section_type(cls: type, dotted: str) -> type | None:
+    """The config class of the nested section a dotted name points at (None for a plain field)."""
+    for name in dotted.split("."):
+        types_ = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+        if name not in types_:
+            return None
+        cls = _base_type(types_[name])
+    return cls if dataclasses.is_dataclass(cls) and isinstance(cls, type) else None
 
 
 def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
@@ -251,9 +276,13 @@ def parse_config(cls: type[T], args: argparse.Namespace) -> T:
         source = f"{args.config} + command line"
     names = {f.name for f in dataclasses.fields(cls)}
     given = vars(args)
-    for key, value in given.items():
-        if key.split(".")[0] in names and key != "config":
-            _set_dotted(values, key, value)
+    # a section's recipe file first (as its full values), then dotted flags inside it
+    for key in sorted((k for k in given if k.split(".")[0] in names and k != "config"), key=lambda k: k.count(".")):
+        value = given[key]
+        section = _section_type(cls, key)
+        if section is not None and isinstance(value, str):
+            value = _recipe_values(section, value, f"--{key}")
+        _set_dotted(values, key, value)
     for key, value in given.items():
         if key.startswith(POSITIONAL):
             name = key[len(POSITIONAL):]

@@ -32,20 +32,37 @@ from typing import Any
 from assistant import distributed as dist
 from assistant.config import ConfigError, add_dataclass_arguments, load_config, override, parse_config
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
+from assistant.rsft.loop import RSFTConfig
 from assistant.schema import load_schema
+from assistant.train import TrainConfig
 
 STAGES = ("corpus", "sft", "rsft", "text_pass", "evaluate", "real_speech")
 CORPUS_FILES = ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json", "summary.json")
 PEER = "peer: stock Whisper tiny.en + our text NLU"
 
 
+def _recipe(cls: type, name: str):
+    """A section's default: the recipe file's values (recipes/configs/<name>), so the main job and
+    `assistant train|rsft --config` read one recipe."""
+    return load_config(cls, REPO_ROOT / "recipes" / "configs" / name)
+
+
+def _sft_recipe() -> TrainConfig:
+    return _recipe(TrainConfig, "sft_default.yaml")
+
+
+def _rsft_recipe() -> RSFTConfig:
+    # the readings recipe: +2.0 test points over supervised + text pass where rsft_default tied (one seed each)
+    return _recipe(RSFTConfig, "rsft_readings.yaml")
+
+
 @dataclass
 class MainConfig:
+    """`assistant run`. The supervised and RSFT recipes are sections (``sft:``, ``rsft:``), whose keys are
+    dotted flags (``--rsft.rounds 2``, ``--sft.epochs 3``); a section also takes a whole recipe file
+    (``--rsft recipes/configs/rsft_default.yaml``). The run fills in their data paths, output folders and
+    seed; ``--rsft.rounds 0`` trains the supervised model only."""
     profile: str = field(default="default", metadata={"help": "synth profile of the corpus"})
-    sft_config: str = "recipes/configs/sft_default.yaml"
-    # the readings recipe: +2.0 test points over supervised + text pass where rsft_default tied (one seed each)
-    rsft_config: str = "recipes/configs/rsft_readings.yaml"
-    rsft_rounds: int = 1                      # 0 = supervised only (a round over the whole pool: ~25 min)
     nlu: bool = True                          # give the final model the text NLU second pass (assistant.nlu)
     real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
     output_dir: str | None = None             # None: runs/main
@@ -57,6 +74,8 @@ class MainConfig:
     stage: str | None = field(default=None, metadata={"help": f"start at this stage, one of {STAGES}: the ones "
                                                               "before it must be done, this one runs again"})
     stop_stage: str | None = field(default=None, metadata={"help": "stop after this stage"})
+    sft: TrainConfig = field(default_factory=_sft_recipe)
+    rsft: RSFTConfig = field(default_factory=_rsft_recipe)
 
     def validate(self) -> None:
         for name in ("stage", "stop_stage"):
@@ -64,8 +83,6 @@ class MainConfig:
                 raise ValueError(f"{name} {getattr(self, name)!r}: choose one of {STAGES}")
         if self.stage and self.stop_stage and STAGES.index(self.stop_stage) < STAGES.index(self.stage):
             raise ValueError(f"stop_stage {self.stop_stage!r} comes before stage {self.stage!r}")
-        if self.rsft_rounds < 0:
-            raise ValueError("rsft_rounds must be >= 0 (0 = supervised only)")
 
 
 # --------------------------------------------------------------------------- stage results
@@ -311,7 +328,6 @@ class MainJob:
 
     def sft_run(self) -> SFTResult:
         from assistant import train as sft
-        from assistant.train import TrainConfig
 
         sft_dir = self._sft_dir()
         if dist.main_first((sft_dir / "result.json").is_file() and (sft_dir / "best").is_dir()):
@@ -321,26 +337,24 @@ class MainJob:
         if self.cfg.sft_from:
             raise FileNotFoundError(f"--sft-from {self.cfg.sft_from}: no finished supervised model in {sft_dir} "
                                     "(result.json + best/); run `assistant run` there first or leave --sft-from out")
-        path = REPO_ROOT / self.cfg.sft_config if not Path(self.cfg.sft_config).is_absolute() else self.cfg.sft_config
-        tcfg = load_config(TrainConfig, path, train_manifest=str(self.corpus / "train.jsonl"),
-                           dev_manifest=str(self.corpus / "dev.jsonl"), output_dir=str(sft_dir), seed=self.cfg.seed)
+        tcfg = override(self.cfg.sft, train_manifest=str(self.corpus / "train.jsonl"),
+                        dev_manifest=str(self.corpus / "dev.jsonl"), output_dir=str(sft_dir), seed=self.cfg.seed)
         result = sft.recipe_main(tcfg)
         return SFTResult(best_dir=result["best_dir"], dev=result["best_dev"])
 
     # ----- 3. RSFT
     def rsft_done(self) -> bool:
-        return self.result_path("rsft").is_file() and len(self.rsft.rounds if self.rsft else []) == self.cfg.rsft_rounds
+        return self.result_path("rsft").is_file() and len(self.rsft.rounds if self.rsft else []) == self.cfg.rsft.rounds
 
     def rsft_run(self) -> RSFTResult | None:
-        from assistant.rsft.loop import RSFTConfig, run_rsft
+        from assistant.rsft.loop import run_rsft
 
-        if self.cfg.rsft_rounds == 0:
+        if self.cfg.rsft.rounds == 0:
             return None
-        path = REPO_ROOT / self.cfg.rsft_config if not Path(self.cfg.rsft_config).is_absolute() else Path(self.cfg.rsft_config)
-        rcfg = load_config(RSFTConfig, path, init_model=self.sft.best_dir, rounds=self.cfg.rsft_rounds,
-                           pool_manifest=str(self.corpus / "pool.jsonl"), dev_manifest=str(self.corpus / "dev.jsonl"),
-                           labelled_manifest=str(self.corpus / "train.jsonl"), output_dir=str(self.out / "rsft"),
-                           holdout_file=str(self.corpus / "holdout.json"), seed=self.cfg.seed)
+        rcfg = override(self.cfg.rsft, init_model=self.sft.best_dir, pool_manifest=str(self.corpus / "pool.jsonl"),
+                        dev_manifest=str(self.corpus / "dev.jsonl"), labelled_manifest=str(self.corpus / "train.jsonl"),
+                        output_dir=str(self.out / "rsft"), holdout_file=str(self.corpus / "holdout.json"),
+                        seed=self.cfg.seed)
         if self.cfg.nlu:                          # the agreement reward is the supervised model's text pass
             sup = self.text_pass_choice("supervised", Path(self.sft.best_dir))
             rcfg = with_text_pass(rcfg, weight=sup.weight, stock_bonus=sup.stock_bonus)

@@ -208,6 +208,31 @@ def test_bench_and_diagnostics_flags_fill_their_configs():
         _parse(DiagnosticsConfig, ["R"], positional)
 
 
+def test_main_job_sections_are_its_recipes_with_dotted_flags_and_whole_files(tmp_path):
+    """`assistant run`: sft/rsft default to the recipe files; dotted flags change one key; a section given
+    as a file replaces the section (keys it leaves out: the class's defaults, not the readings recipe's)."""
+    from assistant.config import ConfigError, load_config
+    from assistant.main_job import MainConfig
+    from assistant.paths import REPO_ROOT
+    from assistant.rsft.loop import RSFTConfig
+    from assistant.train import TrainConfig
+
+    recipes = REPO_ROOT / "recipes" / "configs"
+    default = _parse(MainConfig, [])
+    assert default.sft == load_config(TrainConfig, recipes / "sft_default.yaml")
+    assert default.rsft == load_config(RSFTConfig, recipes / "rsft_readings.yaml") and default.rsft.rounds == 1
+    cfg = _parse(MainConfig, ["--rsft.rounds", "0", "--rsft.accept.k", "2", "--sft.epochs", "3"])
+    assert (cfg.rsft.rounds, cfg.rsft.accept.k, cfg.sft.epochs) == (0, 2, 3)
+    assert cfg.rsft.generate == default.rsft.generate and cfg.sft.lora_rank == default.sft.lora_rank
+    cfg = _parse(MainConfig, ["--rsft", str(recipes / "rsft_default.yaml"), "--rsft.rounds", "1"])
+    assert cfg.rsft == load_config(RSFTConfig, recipes / "rsft_default.yaml", rounds=1)
+    assert cfg.rsft.generate.readings != default.rsft.generate.readings
+    with pytest.raises(ConfigError, match="nope.yaml is not a file"):
+        _parse(MainConfig, ["--rsft", str(tmp_path / "nope.yaml")])
+    with pytest.raises(ConfigError, match="rounds"):
+        _parse(MainConfig, ["--rsft.rounds", "-1"])
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["evaluate", "--model", "m", "--manifest", "x.jsonl", "--limit", "0"], "--limit"),
     (["evaluate", "--model", "m", "--manifest", "x.jsonl", "--json", "maybe"], "json"),

@@ -25,11 +25,11 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
     sft = tmp_path / "sft.yaml"
     sft.write_text("tiny_random: true\nmax_steps: 2\nbatch_size: 4\ndev_limit: 4\nlr: 0.001\nwarmup_steps: 1\n")
     rsft = tmp_path / "rsft.yaml"
-    rsft.write_text("generate: {num_samples: 2, max_new_tokens: 12}\nrewards: {verifier: 1.0}\n"
+    rsft.write_text("rounds: 1\ngenerate: {num_samples: 2, max_new_tokens: 12}\nrewards: {verifier: 1.0}\n"
                     "accept: {rule: best_of_n, k: 1}\npool_limit: 4\nlabelled_limit: 4\n"
                     "finetune: {epochs: 1, batch_size: 4, dev_limit: 4}\n")
-    cfg = load_config(MainConfig, None, profile="smoke", sft_config=str(sft), rsft_config=str(rsft),
-                      rsft_rounds=1, real_speech=False, output_dir=str(tmp_path / "run"))
+    cfg = load_config(MainConfig, None, profile="smoke", sft=str(sft), rsft=str(rsft), real_speech=False,
+                      output_dir=str(tmp_path / "run"))     # sections given as whole recipe files
     summary = run_main(cfg)
 
     out = tmp_path / "run"
@@ -68,7 +68,7 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
     assert redo["test"] == summary["test"]
     assert {n: (out / "stages" / f"{n}.json").stat().st_mtime_ns for n in STAGES[:4]} == before
     # one more RSFT round: RSFT resumes (round 1 kept) and every later stage runs again on the new results
-    two = run_main(load_config(MainConfig, None, **{**cfg.__dict__, "rsft_rounds": 2}))
+    two = run_main(load_config(MainConfig, None, **{**cfg.__dict__, "rsft": {"rounds": 2}}))
     assert [r["round"] for r in two["rsft_rounds"]] == [1, 2] and "rsft round 2" in two["nlu"]["dev_intent_accuracy_by_model"]
     assert "rsft round 2" in two["test"]
     # a corpus built with another seed is not silently reused; --stage needs the stages before it done
