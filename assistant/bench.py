@@ -55,6 +55,7 @@ from assistant.data.manifest import ManifestError, read_manifest
 from assistant.frames import Frame, ParseResult, parse_frame
 from assistant.metrics import score_frames
 from assistant.model.convert import default_pretrained_dir
+from assistant.model.interface import SpeechModel
 from assistant.paths import generated_dir, resolve_model_dir, runs_dir
 from assistant.rsft.rewards import build_reward_fns
 from assistant.schema import load_schema
@@ -254,7 +255,7 @@ def select_clips(utts, per_length: int) -> dict[str, list[Clip]]:
 class OursSystem:
     """The SLU model (eager SLUModel or OnnxSLU) through assistant.inference.predict_waves."""
 
-    def __init__(self, name: str, model, schema):
+    def __init__(self, name: str, model: SpeechModel, schema):
         self.name, self.model, self.schema = name, model, schema
 
     def __call__(self, waves) -> list[ParseResult]:
