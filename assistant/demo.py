@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from assistant.config import add_dataclass_arguments, parse_config
+from assistant.model.interface import SpeechModel
 from assistant.paths import resolve_model_dir
 from assistant.schema import load_schema
 
@@ -110,7 +111,7 @@ class Batcher:
 class Classifier:
     """The model, loaded once, behind a batching worker: uploaded bytes -> Prediction dict."""
 
-    def __init__(self, model, schema=None, model_dir: str | Path = "", max_batch: int = 16, wait_s: float = 0.005):
+    def __init__(self, model: SpeechModel, schema=None, model_dir: str | Path = "", max_batch: int = 16, wait_s: float = 0.005):
         self.model = model
         self.schema = schema
         self.model_dir = str(model_dir)
@@ -131,7 +132,7 @@ class Classifier:
 
     @property
     def max_seconds(self) -> float:
-        return float(getattr(self.model, "context_seconds", 30.0))
+        return float(self.model.context_seconds)
 
     def info(self) -> dict:
         intents = sorted(self.schema.intents) if self.schema is not None else []

@@ -20,8 +20,8 @@ The graphs are written by hand from the model's own modules (the legacy TorchScr
 rather than by tracing transformers' decoder: its cache objects change between releases, the math of a
 Whisper layer does not. ``verify_export`` checks exported against eager outputs after every export.
 
-``OnnxSLU`` duck-types the parts of ``SLUModel`` that ``assistant.inference.predict_waves`` uses
-(``features``, ``encode``, ``generate`` greedy, ``context_seconds``), so every inference path runs on it.
+``OnnxSLU`` implements the speech-model interface (``assistant.model.interface.SpeechModel``) like the
+eager ``SLUModel`` does (greedy decoding only, no stock reading), so every inference path runs on it.
 """
 
 from __future__ import annotations
@@ -34,14 +34,21 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from assistant.config import add_dataclass_arguments, parse_config
+from assistant.model.candidate import Candidate
+from assistant.model.decoding import TokenText
+from assistant.model.encoder import front_end, run_layers
+from assistant.model.stock import STOCK_CONTEXT_SECONDS
+from assistant.model.vocab import OutputVocab
+
+if TYPE_CHECKING:
+    from assistant.model.slu import SLUModel
 
 EXPORT_FORMAT = "assistant-onnx-slu"
 EXPORT_VERSION = 1
@@ -87,13 +94,7 @@ class EncoderGraph(nn.Module):
 
     def forward(self, mels: torch.Tensor):
         enc = self.encoder
-        x = F.gelu(enc.conv1(mels))
-        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
-        x = x + enc.embed_positions.weight[: x.shape[1]]
-        for layer in enc.layers:
-            out = layer(x, None)
-            x = out[0] if isinstance(out, tuple) else out
-        states = enc.layer_norm(x)
+        states = enc.layer_norm(run_layers(enc.layers, front_end(enc, mels, enc.embed_positions.weight)))
         keys = torch.stack([_heads(a.k_proj(states), self.n_heads) for a in self.cross])
         values = torch.stack([_heads(a.v_proj(states), self.n_heads) for a in self.cross])
         return states, keys, values
@@ -165,7 +166,7 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, input_names, output
                           dynamo=False)
 
 
-def export_onnx(model, out_dir: str | Path, quantize: str | None = None, verify: bool = True,
+def export_onnx(model: SLUModel, out_dir: str | Path, quantize: str | None = None, verify: bool = True,
                 progress: bool = True) -> Path:
     """Write encoder.onnx, decoder.onnx (+ int8 versions), export.json and the tokenizer into ``out_dir``.
 
@@ -177,7 +178,7 @@ def export_onnx(model, out_dir: str | Path, quantize: str | None = None, verify:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    if getattr(model, "adapters", None) is not None:
+    if model.adapters is not None:
         model = model.merged_copy()     # LoRA folded in: the export is the SLU path only
     cfg = model.config
     n_layers, n_heads = cfg.decoder_layers, cfg.decoder_attention_heads
@@ -221,7 +222,7 @@ def export_onnx(model, out_dir: str | Path, quantize: str | None = None, verify:
         "output_token_ids": model.vocab.ids.tolist(), "input_token_ids": table.tolist(),
     }
     (out / EXPORT_CONFIG).write_text(json.dumps(meta))
-    if getattr(model, "nlu", None) is not None:      # the text second pass travels with the export
+    if model.nlu is not None:      # the text second pass travels with the export
         model.nlu.save(out)
     if verify:
         for precision in precisions:
@@ -282,15 +283,20 @@ class OnnxEncoded:
         return int(self.states.shape[0])
 
 
-class OnnxSLU:
+class OnnxSLU(TokenText):
     """Greedy SLU inference on onnxruntime (CPU), equal to ``SLUModel`` greedy decoding.
 
-    Implements ``features``, ``encode``, ``generate(greedy)`` and ``context_seconds`` like SLUModel, so
-    ``assistant.inference.predict_waves`` / ``predict_files`` work unchanged::
+    A ``SpeechModel`` (assistant.model.interface) like SLUModel, so ``assistant.inference.predict_waves``
+    / ``predict_files``, the demo and the benchmarks run on it unchanged::
 
         model = OnnxSLU("runs/export/onnx")
         preds = predict_files(model, ["clip.wav"], schema)
+
+    What it cannot do: sample (``generate`` is greedy only) and the stock reading (the export merges the
+    adapters: ``has_stock_path`` is False).
     """
+
+    has_stock_path = False   # the export merges the adapters: the stock reading is not available
 
     def __init__(self, folder: str | Path, precision: str = "fp32", threads: int = 0, nlu: bool = True):
         import onnxruntime as ort
@@ -317,20 +323,20 @@ class OnnxSLU:
         self.n_frames = int(meta["n_frames"])
         self.slu_prefix = [int(t) for t in meta["slu_prefix"]]
         self.eot_id = int(meta["eot_id"])
+        self.vocab = OutputVocab(meta["output_token_ids"], int(meta["vocab_size"]), self.eot_id)
         self.output_ids = np.asarray(meta["output_token_ids"], dtype=np.int64)
         self.input_ids = np.asarray(meta["input_token_ids"], dtype=np.int64)
         self.input_index_of = np.full(int(meta["vocab_size"]), -1, dtype=np.int64)
         self.input_index_of[self.input_ids] = np.arange(len(self.input_ids))
         self.eot_index = int(np.searchsorted(self.output_ids, self.eot_id))
         self.training = False
-        self.has_stock_path = False   # the export merges the adapters: the stock reading is not available
         self.nlu = None      # the text second pass, when the exported model had one (folder/nlu)
         if nlu and (self.folder / "nlu").is_dir():
             from assistant.nlu import NluPass     # the MiniLM stack: only when the export carries a text pass
 
             self.nlu = NluPass.load(self.folder / "nlu")
 
-    # ------------------------------------------------------------------ SLUModel-compatible surface
+    # ------------------------------------------------------------------ the SpeechModel interface
     def eval(self) -> "OnnxSLU":
         return self
 
@@ -364,15 +370,22 @@ class OnnxSLU:
                                   encoded.cross_keys, encoded.cross_values)
         return logits
 
-    def generate(self, encoded: OnnxEncoded, num_samples: int = 0, greedy: bool = True,
-                 max_new_tokens: int = 96, **unused) -> list[list]:
-        """Greedy frame string per utterance, as ``SLUModel.generate(num_samples=0)`` returns it."""
-        from assistant.model.slu import Candidate
-
+    def generate(self, encoded: OnnxEncoded, num_samples: int = 0, greedy: bool = True, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 96, seed: int | None = None,
+                 max_rows: int = 512) -> list[list[Candidate]]:
+        """The greedy candidate per utterance, as ``SLUModel.generate(num_samples=0)`` returns it (the
+        sampling arguments are there for the interface; sampling is refused)."""
         if num_samples or not greedy:
             raise ExportError("OnnxSLU decodes greedily only; use SLUModel for sampled (RSFT) candidates")
         n = len(encoded)
         max_new_tokens = min(max_new_tokens, int(self.meta["max_target_positions"]) - len(self.slu_prefix))
+        tokens, logprob, finished = self._greedy_rows(encoded, max_new_tokens)
+        return self.collect_candidates(tokens, logprob, finished, np.ones(n, dtype=bool), n, 1)
+
+    def _greedy_rows(self, encoded: OnnxEncoded, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Greedy decoding with the KV cache: tokens [n, max_new_tokens] (<|endoftext|>-padded), each
+        row's log-prob and whether it finished; finished rows leave the decoder batch."""
+        n = len(encoded)
         tokens = np.full((n, max_new_tokens), self.eot_id, dtype=np.int64)
         logprob = np.zeros(n, dtype=np.float64)
         finished = np.zeros(n, dtype=bool)
@@ -398,25 +411,16 @@ class OnnxSLU:
                 cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
             next_index = self.input_index_of[self.output_ids[choice]][:, None]
             logits, keys, values = self._step(next_index, keys, values, cross_k, cross_v)
-        out = []
-        for r in range(n):
-            seq = tokens[r].tolist()
-            if self.eot_id in seq:
-                seq = seq[:seq.index(self.eot_id)]
-            out.append([Candidate(text=self.decode_tokens(seq), token_ids=seq, logprob=float(logprob[r]),
-                                  greedy=True, finished=bool(finished[r]))])
-        return out
+        return tokens, logprob, finished
 
-    def sequence_logprobs(self, encoded: OnnxEncoded, texts: Sequence[str], expand: Sequence[int] | None = None
-                          ) -> torch.Tensor:
+    def sequence_logprobs(self, encoded: OnnxEncoded, texts: Sequence[str] | Sequence[Sequence[int]],
+                          expand: Sequence[int] | None = None) -> torch.Tensor:
         """Sum log-prob of each text + <|endoftext|> over the restricted vocabulary, as
         ``SLUModel.sequence_logprobs`` computes it (the text second pass needs it); -inf for a text this
-        export cannot spell. ``expand``: the encoder row of each text."""
-        from assistant.model.vocab import batch_text_token_ids
-
+        export cannot spell. ``texts``: strings or token-id lists; ``expand``: the encoder row of each."""
         rows = list(range(len(texts))) if expand is None else [int(r) for r in expand]
         out = np.full(len(texts), -np.inf)
-        for i, (seq, row) in enumerate(zip(batch_text_token_ids(self.tokenizer, list(texts)), rows)):
+        for i, (seq, row) in enumerate(zip(self.token_sequences(texts), rows)):
             target = np.asarray(seq + [self.eot_id], dtype=np.int64)
             position = np.searchsorted(self.output_ids, target).clip(max=len(self.output_ids) - 1)
             inputs = np.asarray([self.slu_prefix + seq], dtype=np.int64)
@@ -430,11 +434,18 @@ class OnnxSLU:
             out[i] = float(logp[np.arange(len(target)), position].sum())
         return torch.from_numpy(out)
 
-    def decode_tokens(self, token_ids: Sequence[int]) -> str:
-        ids = [int(t) for t in token_ids if int(t) != self.eot_id]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    def stock_encode(self, waves: Sequence[torch.Tensor], context_seconds: float = STOCK_CONTEXT_SECONDS
+                     ) -> torch.Tensor:
+        raise self._no_stock_path()
+
+    def stock_greedy(self, stock_enc: torch.Tensor, max_new_tokens: int = 48) -> list[str]:
+        raise self._no_stock_path()
 
     # ------------------------------------------------------------------ internals
+    def _no_stock_path(self) -> ExportError:
+        return ExportError(f"{self.folder}: an export has no stock reading (the adapters are merged into it); "
+                           "callers check has_stock_path first, or use the eager model folder")
+
     def _empty_cache(self, n: int) -> np.ndarray:
         m = self.meta
         return np.zeros((m["decoder_layers"], n, m["decoder_heads"], 0, m["head_dim"]), dtype=np.float32)
@@ -477,7 +488,7 @@ def read_export_config(folder: Path) -> dict:
 # ==================================================================================================
 
 @torch.no_grad()
-def compare_outputs(model, runtime: OnnxSLU, mels: torch.Tensor, targets: Sequence[str] | None = None,
+def compare_outputs(model: SLUModel, runtime: OnnxSLU, mels: torch.Tensor, targets: Sequence[str] | None = None,
                     max_new_tokens: int = 48) -> dict:
     """Max abs differences of encoder states / teacher-forced logits, and greedy strings, eager vs ONNX.
 
@@ -513,7 +524,7 @@ def compare_outputs(model, runtime: OnnxSLU, mels: torch.Tensor, targets: Sequen
     }
 
 
-def verify_export(model, folder: Path, precision: str = "fp32", seed: int = 0) -> dict:
+def verify_export(model: SLUModel, folder: Path, precision: str = "fp32", seed: int = 0) -> dict:
     """Self-check after export on two pseudo-random log-mel inputs. fp32 must match eager (atol 1e-3 on
     encoder states and logits, identical greedy strings); int8 is only reported (it is an approximation)."""
     runtime = OnnxSLU(folder, precision=precision)

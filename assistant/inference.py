@@ -15,6 +15,7 @@ import torch
 
 from assistant.audio import AudioError, load_audio
 from assistant.frames import parse_frame
+from assistant.model.interface import SpeechModel
 
 
 @dataclass
@@ -44,7 +45,7 @@ def _confidence(logprob: float, n_tokens: int) -> float:
 
 
 @torch.inference_mode()
-def predict_waves(model, waves: list[torch.Tensor], schema=None, paths: list[str] | None = None,
+def predict_waves(model: SpeechModel, waves: list[torch.Tensor], schema=None, paths: list[str] | None = None,
                   max_new_tokens: int = 96, use_nlu: bool = True,
                   stock_transcripts: list[str] | None = None) -> list[Prediction]:
     """Greedy-decode a batch of 16 kHz waves into predictions.
@@ -61,8 +62,7 @@ def predict_waves(model, waves: list[torch.Tensor], schema=None, paths: list[str
         best = cands[0]
         parsed = parse_frame(best.text)
         # Cut off at max_new_tokens: the slots may be truncated, so the frame cannot be trusted.
-        finished = getattr(best, "finished", True)
-        pred = Prediction(path=path, raw=best.text, valid=parsed.valid and finished,
+        pred = Prediction(path=path, raw=best.text, valid=parsed.valid and best.finished,
                           confidence=_confidence(best.logprob, len(best.token_ids)))
         out.append(pred)
         frames.append(parsed.frame if pred.valid else None)
@@ -89,13 +89,13 @@ def predict_waves(model, waves: list[torch.Tensor], schema=None, paths: list[str
     return out
 
 
-def predict_files(model, paths: Iterable[str | Path], schema=None, batch_size: int = 8,
+def predict_files(model: SpeechModel, paths: Iterable[str | Path], schema=None, batch_size: int = 8,
                   max_seconds: float | None = None, use_nlu: bool = True,
                   stock: dict[str, str] | None = None) -> Iterator[Prediction]:
     """Yield one Prediction per path, in the order of `paths` (callers zip them with their utterances);
     unreadable files yield a Prediction with `error` set. ``stock``: path -> stock transcript, decoded
     once elsewhere (e.g. for several models on the same clips)."""
-    max_seconds = max_seconds or float(getattr(model, "context_seconds", 30.0))
+    max_seconds = max_seconds or float(model.context_seconds)
     # Unreadable files wait in the batch with the readable ones, so the output order is the input order.
     batch: list[tuple[str, torch.Tensor | Prediction]] = []
     n_waves = 0

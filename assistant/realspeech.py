@@ -17,7 +17,8 @@ import torch
 from assistant.audio import load_audio
 from assistant.inference import predict_waves
 from assistant.metrics import wer
-from assistant.model.slu import SLU_CONFIG_FILE, SLUModel
+from assistant.model.io import SLU_CONFIG_FILE
+from assistant.model.slu import SLUModel
 
 CLIPS_DIR = Path(__file__).parent / "resources" / "realspeech"
 

@@ -51,9 +51,9 @@ def test_state_dict_matches_whisper_exactly(ct2):
     from transformers import WhisperForConditionalGeneration
 
     state = ct2_to_hf_state_dict(ct2)
-    from assistant.model.slu import _packaged_tokenizer
+    from assistant.model.io import packaged_tokenizer
 
-    tok = _packaged_tokenizer()  # build_tokenizer on the packaged tokenizer.json, cached per process
+    tok = packaged_tokenizer()  # build_tokenizer on the packaged tokenizer.json, cached per process
     config, multilingual = whisper_config_from_tensors(ct2, {}, tok)
     assert not multilingual
     assert (config.eos_token_id, config.decoder_start_token_id) == (50256, 50257)  # read from the tokenizer

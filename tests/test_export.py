@@ -97,6 +97,28 @@ def test_predict_waves_runs_on_the_onnx_runtime(tiny, exported, waves):
     assert [round(p.confidence, 3) for p in onnx] == [round(p.confidence, 3) for p in eager]
 
 
+def test_runtime_is_a_speech_model_with_the_eager_candidates(tiny, exported, waves):
+    """OnnxSLU implements SpeechModel: the same greedy candidates (every field) and sequence scores as the
+    eager model, token-id lists included; no stock reading (the adapters are merged)."""
+    from assistant.model.interface import SpeechModel
+
+    runtime = OnnxSLU(exported)
+    assert isinstance(runtime, SpeechModel) and not runtime.has_stock_path
+    assert runtime.vocab.ids.tolist() == tiny.vocab.ids.tolist() and runtime.vocab.eot_index == runtime.eot_index
+    mels = tiny.features(waves)
+    enc, encoded = tiny.encode(mels), runtime.encode(mels)
+    eager = tiny.generate(enc, max_new_tokens=24)
+    onnx = runtime.generate(encoded, max_new_tokens=24)
+    fields = lambda cands: [[(c.text, c.token_ids, c.greedy, c.finished, c.count, c.index) for c in u] for u in cands]
+    assert fields(onnx) == fields(eager)
+    assert np.allclose([u[0].logprob for u in onnx], [u[0].logprob for u in eager], atol=1e-3)
+    for texts in ([u[0].token_ids for u in eager], [u[0].text for u in eager]):
+        assert torch.allclose(runtime.sequence_logprobs(encoded, texts, expand=[0, 1, 2, 3]).float(),
+                              tiny.sequence_logprobs(enc, texts, expand=[0, 1, 2, 3]).detach(), atol=1e-3)
+    with pytest.raises(ExportError, match="has_stock_path"):
+        runtime.stock_greedy(runtime.stock_encode(waves))
+
+
 def test_int8_graphs_run_and_stay_close(tiny, exported, waves):
     runtime = OnnxSLU(exported, precision="int8")
     mels = tiny.features(waves)

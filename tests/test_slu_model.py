@@ -376,12 +376,27 @@ def test_the_model_layer_imports_nothing_above_it():
     """assistant.model is the bottom of the model stack: the text pass (assistant.nlu), the corpus
     (assistant.data), training and RSFT sit above it and are never imported from it."""
     code = ("import sys, assistant.model.slu, assistant.model.vocab, assistant.model.sampler, assistant.model.lora, "
-            "assistant.model.packaged, assistant.model.convert; print(sorted(m for m in sys.modules if m.startswith("
+            "assistant.model.packaged, assistant.model.convert, assistant.model.interface, assistant.model.candidate, "
+            "assistant.model.io, assistant.model.losses, assistant.model.decoding, assistant.model.stock, "
+            "assistant.model.encoder; print(sorted(m for m in sys.modules if m.startswith("
             "('assistant.nlu', 'assistant.rsft', 'assistant.data', 'assistant.train', 'assistant.evaluate', "
             "'assistant.inference'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+def test_slu_model_is_a_speech_model_whose_candidates_rsft_keeps(tiny):
+    """One interface (SpeechModel) and one Candidate: what generate returns is what RSFT records."""
+    from assistant.model.interface import SpeechModel
+    from assistant.rsft import types
+
+    assert isinstance(tiny, SpeechModel) and not tiny.has_stock_path
+    assert types.Candidate is Candidate
+    (utt,) = tiny.generate(tiny.encode(tiny.features(noise_waves((1.0,)))), num_samples=3, seed=0, max_new_tokens=5)
+    assert [c.index for c in utt] == list(range(len(utt)))
+    assert all(c.utt_id == "" and c.source == "sample" and c.ref_logprob is None for c in utt)
+    assert Candidate.from_dict(utt[0].to_dict()) == utt[0]
 
 
 # ------------------------------------------------------------------------------------ real weights

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from assistant.frames import Frame, ParseResult
 from assistant.model.convert import default_pretrained_dir
+from assistant.model.interface import SpeechModel
 
 SAMPLE_RATE = 16000       # what every system takes: 16 kHz mono waves (torch tensors)
 
@@ -35,7 +36,7 @@ class System(Protocol):
 class OursSystem:
     """The SLU model (eager SLUModel or OnnxSLU) through assistant.inference.predict_waves."""
 
-    def __init__(self, name: str, model, schema):
+    def __init__(self, name: str, model: SpeechModel, schema):
         self.name, self.model, self.schema = name, model, schema
 
     def __call__(self, waves) -> list[ParseResult]:

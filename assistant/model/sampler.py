@@ -50,6 +50,14 @@ INITIAL_CAPACITY = 16         # self-attention cache positions after the prompt 
 MAX_UTTERANCES = 32           # utterances decoded together (their cross-attention K/V: ~3.7 MB each for tiny.en)
 
 
+def greedy_rows(n_utt: int, per_utt: int, greedy: bool, device) -> torch.Tensor:
+    """Which of the ``n_utt * per_utt`` decoder rows is greedy (the first of each utterance, if any; both
+    decoders lay their rows out so)."""
+    is_greedy = torch.zeros(n_utt, per_utt, dtype=torch.bool, device=device)
+    is_greedy[:, 0] = greedy
+    return is_greedy.reshape(-1)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator) -> torch.Tensor:
     """Indices drawn from softmax(logits / T) restricted to the top-k / nucleus top-p (both decoders draw
     with it: ``SLUModel``'s reference decoder and the fast one here)."""
@@ -345,9 +353,7 @@ class FastDecoder:
         per_utt = int(greedy) + num_samples
         n_utt, device = enc.shape[0], enc.device
         n_rows = n_utt * per_utt
-        is_greedy = torch.zeros(n_utt, per_utt, dtype=torch.bool, device=device)
-        is_greedy[:, 0] = greedy
-        is_greedy = is_greedy.reshape(-1)
+        is_greedy = greedy_rows(n_utt, per_utt, greedy, device)
         eot_index, vocab_ids, prefix = model.vocab.eot_index, model.vocab_ids, len(model.slu_prefix)
         plain = top_k == 0 and top_p >= 1.0
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 
 from assistant.data.grammar import domain_vocab_texts
+from assistant.model.io import SLU_CONFIG_FILE
 from assistant.model.packaged import is_packaged_name
-from assistant.model.slu import SLU_CONFIG_FILE, SLUModel
+from assistant.model.slu import SLUModel
 from assistant.nlu.second_pass import NLU_DIR, NluPass
 
 

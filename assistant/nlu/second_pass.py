@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from assistant.audio import AudioError, load_audio
 from assistant.frames import Frame, format_frame, parse_frame
+from assistant.model.interface import SpeechModel
 from assistant.nlu.model import TeacherError, TextTeacher
 from assistant.text import normalize_text
 
@@ -118,7 +119,7 @@ class NluPass:
         return self.stock_bonus > -math.inf
 
     @torch.no_grad()
-    def readings(self, model, enc: torch.Tensor, frames: Sequence[Frame | None],
+    def readings(self, model: SpeechModel, enc, frames: Sequence[Frame | None],
                  stock_transcripts: Sequence[str] | None = None) -> Readings:
         """Score the readings; ``enc`` holds the clips' encoder states (row i = frames[i]);
         ``stock_transcripts`` (optional) the stock Whisper transcript of each clip."""
@@ -152,7 +153,7 @@ class NluPass:
                                                              expand=rows).cpu().numpy()
         return Readings(list(frames), text, _finite(speech_lp), text_lp, stock)
 
-    def apply(self, model, enc: torch.Tensor, frames: Sequence[Frame | None],
+    def apply(self, model: SpeechModel, enc, frames: Sequence[Frame | None],
               stock_transcripts: Sequence[str] | None = None) -> tuple[list[Frame | None], list[str]]:
         return self.readings(model, enc, frames, stock_transcripts).choose(self.weight, self.stock_bonus)
 
@@ -210,7 +211,7 @@ def choose_weight(readings: Readings, gold_intents: Sequence[str], weights: Sequ
     return best, accuracy
 
 
-def _load_batch(model, utterances) -> list[torch.Tensor]:
+def _load_batch(model: SpeechModel, utterances) -> list[torch.Tensor]:
     waves = []
     for u in utterances:
         try:
@@ -221,7 +222,7 @@ def _load_batch(model, utterances) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def stock_transcripts(model, utterances, batch_size: int = 16, desc: str = "stock transcripts") -> list[str]:
+def stock_transcripts(model: SpeechModel, utterances, batch_size: int = 16, desc: str = "stock transcripts") -> list[str]:
     """Stock Whisper's greedy transcript of each clip (``SLUModel.stock_encode`` + ``stock_greedy``):
     independent of the fine-tuning, so one list serves every speech model of a run and the peer."""
     out: list[str] = []
@@ -231,7 +232,7 @@ def stock_transcripts(model, utterances, batch_size: int = 16, desc: str = "stoc
 
 
 @torch.no_grad()
-def dev_readings(model, utterances, nlu: NluPass, batch_size: int = 16, desc: str = "nlu: dev readings",
+def dev_readings(model: SpeechModel, utterances, nlu: NluPass, batch_size: int = 16, desc: str = "nlu: dev readings",
                  stock: Sequence[str] | None = None) -> Readings:
     """Greedy-decode the utterances once and score the readings of each (for ``choose_weight``);
     ``stock``: the clips' stock transcripts (``stock_transcripts``) to add the stock reading."""

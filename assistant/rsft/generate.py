@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from assistant.audio import AudioError, load_audio
+from assistant.model.interface import SpeechModel
 from assistant.rsft.types import Candidate
+
+if TYPE_CHECKING:
+    from assistant.model.slu import SLUModel
 
 
 @dataclass
@@ -48,7 +53,7 @@ class GenerateConfig:
             raise ValueError(f"generate.readings {unknown} unknown; choose from {list(READING_SOURCES)}")
 
 
-def same_encoder(model, ref_model) -> bool:
+def same_encoder(model: SLUModel, ref_model: SLUModel | None) -> bool:
     """True when both models' encoders hold identical weights (RSFT with a frozen encoder): the reference
     can then reuse the current model's encoder states instead of running its own encoder (~17% of a
     round's generation time)."""
@@ -59,47 +64,51 @@ def same_encoder(model, ref_model) -> bool:
         model.context_seconds == ref_model.context_seconds
 
 
-def candidates_for_batch(model, ref_model, utt_ids, waves, params: GenerateConfig, seed: int,
-                         share_encoder: bool = False, reader=None) -> list[list[Candidate]]:
+def candidates_for_batch(model: SpeechModel, ref_model: SLUModel | None, utt_ids, waves, params: GenerateConfig,
+                         seed: int, share_encoder: bool = False, reader=None) -> list[list[Candidate]]:
     """One batch of decoded audio -> each utterance's candidates (draws, greedy, readings), with log-probs
     under ``model`` and ``ref_model``; nothing is written (``generate_candidates`` persists and resumes)."""
     mels = model.features(waves)
     with torch.no_grad():
         enc = model.encode(mels)
-        outs = model.generate(enc, num_samples=params.num_samples, greedy=params.greedy,
-                              temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0,
-                              max_new_tokens=params.max_new_tokens, seed=seed)
-        # (text, token ids, log-prob, greedy, finished, count, source) per candidate of each utterance
-        rows = [[(c.text, list(c.token_ids), float(c.logprob), bool(c.greedy), bool(getattr(c, "finished", True)),
-                  int(getattr(c, "count", 1)), "sample") for c in cs] for cs in outs]
+        groups = model.generate(enc, num_samples=params.num_samples, greedy=params.greedy,
+                                temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or 0,
+                                max_new_tokens=params.max_new_tokens, seed=seed)
         if reader is not None:
-            extra = reader(model, waves, outs, utt_ids)
-            lines = [line for es in extra for line, _ in es]
-            where = [i for i, es in enumerate(extra) for _ in es]
-            if lines:
-                lps = model.sequence_logprobs(enc, lines, expand=where).tolist()
-                for i, (line, source), tokens, lp in zip(where, [e for es in extra for e in es],
-                                                         model.tokenize(lines), lps):
-                    if lp > float("-inf"):          # a reading the speech model cannot spell is no candidate
-                        rows[i].append((line, tokens, float(lp), False, True, 0, source))
+            groups = with_readings(model, enc, groups, reader(model, waves, groups, utt_ids))
         ref_lp: list[float] = []
         if ref_model is not None:
-            flat = [r[1] for rs in rows for r in rs]
-            expand = [i for i, rs in enumerate(rows) for _ in rs]
+            flat = [c.token_ids for cs in groups for c in cs]
+            expand = [i for i, cs in enumerate(groups) for _ in cs]
             ref_enc = enc if ref_model is model or share_encoder else ref_model.encode(mels)
             ref_lp = ref_model.sequence_logprobs(ref_enc, flat, expand=expand).tolist() if flat else []
     result, k = [], 0
-    for uid, rs in zip(utt_ids, rows):
+    for uid, cs in zip(utt_ids, groups):
         group = []
-        for i, (text, tokens, lp, greedy, finished, count, source) in enumerate(rs):
+        for i, c in enumerate(cs):
             # A candidate cut off at max_new_tokens has no end token: its reference score would not be
             # comparable (sequence_logprobs always scores <|endoftext|>), so it gets none.
-            ref = float(ref_lp[k]) if ref_lp and finished else None
+            ref = float(ref_lp[k]) if ref_lp and c.finished else None
             k += 1
-            group.append(Candidate(utt_id=uid, index=i, text=text, token_ids=tokens, logprob=lp, ref_logprob=ref,
-                                   greedy=greedy, finished=finished, count=count, source=source))
+            group.append(replace(c, utt_id=uid, index=i, ref_logprob=ref))
         result.append(group)
     return result
+
+
+def with_readings(model: SpeechModel, enc, groups: list[list[Candidate]],
+                  extra: list[list[tuple[str, str]]]) -> list[list[Candidate]]:
+    """Each utterance's decoded candidates + its readings (``extra``: (frame line, source) per utterance),
+    scored by the speech model; a reading it cannot spell is no candidate."""
+    groups = [list(cs) for cs in groups]
+    lines = [line for es in extra for line, _ in es]
+    where = [i for i, es in enumerate(extra) for _ in es]
+    if lines:
+        lps = model.sequence_logprobs(enc, lines, expand=where).tolist()
+        for i, (line, source), tokens, lp in zip(where, [e for es in extra for e in es], model.tokenize(lines), lps):
+            if lp > float("-inf"):
+                groups[i].append(Candidate(text=line, token_ids=tokens, logprob=float(lp), greedy=False,
+                                           finished=True, count=0, source=source))
+    return groups
 
 
 def read_done(path: Path) -> dict[str, list[Candidate]]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from assistant.frames import Frame, format_frame, parse_frame
+from assistant.model.candidate import Candidate
+from assistant.model.interface import SpeechModel
 from assistant.text import normalize_text
 
 READING_SOURCES = ("text", "stock")
@@ -51,12 +53,12 @@ class Reader:
         return [Frame(intent=intent, slots=dict(slots), transcript=t)
                 for t, (intent, slots, _) in zip(transcripts, self.teacher.predict(transcripts))]
 
-    def stock_transcripts(self, model, waves) -> list[str]:
+    def stock_transcripts(self, model: SpeechModel, waves) -> list[str]:
         if not model.has_stock_path:      # no adapters: the "stock" prompt would not be the pretrained model
             return [""] * len(waves)
         return [normalize_text(t) for t in model.stock_greedy(model.stock_encode(waves))]
 
-    def stock_of(self, model, waves, ids: Sequence[str] | None) -> list[str]:
+    def stock_of(self, model: SpeechModel, waves, ids: Sequence[str] | None) -> list[str]:
         """Stock transcripts of a batch, decoded once per utterance id (without ids: decoded now)."""
         if ids is None or not model.has_stock_path:
             return self.stock_transcripts(model, waves)
@@ -66,17 +68,17 @@ class Reader:
             self.stock_by_id.update(zip([ids[i] for i in missing], heard))
         return [self.stock_by_id[u] for u in ids]
 
-    def __call__(self, model, waves, decoded: Sequence[Sequence[Any]],
+    def __call__(self, model: SpeechModel, waves, decoded: Sequence[Sequence[Candidate]],
                  ids: Sequence[str] | None = None) -> list[list[tuple[str, str]]]:
-        """``decoded``: per utterance, the speech model's candidates (anything with ``.text`` and
-        ``.finished``); ``ids``: the utterances' ids (their stock transcripts are decoded once)."""
+        """``decoded``: per utterance, the speech model's candidates (``SpeechModel.generate``); ``ids``:
+        the utterances' ids (their stock transcripts are decoded once)."""
         wanted: list[tuple[int, str, str]] = []           # (utterance, transcript, source)
         if "text" in self.sources:
             for i, cands in enumerate(decoded):
                 seen = set()
                 for c in cands:
                     parsed = parse_frame(c.text)
-                    if parsed.valid and getattr(c, "finished", True) and parsed.frame.transcript not in seen:
+                    if parsed.valid and c.finished and parsed.frame.transcript not in seen:
                         seen.add(parsed.frame.transcript)
                         wanted.append((i, parsed.frame.transcript, "text"))
         if "stock" in self.sources:

@@ -250,14 +250,14 @@ class TeacherReward:
             self._teacher = default_teacher()
         return self._teacher
 
-    def __call__(self, utterances: Sequence[Any], candidates: Sequence[Sequence[Any]]) -> list[list[float]]:
+    def __call__(self, utterances: Sequence[Any], candidates: Sequence[Sequence[Candidate]]) -> list[list[float]]:
         if len(utterances) != len(candidates):
             raise RewardError(f"teacher reward: {len(utterances)} utterances but {len(candidates)} candidate lists")
         rows: list[tuple[int, int]] = []
         texts, intents, slots = [], [], []
         for u_i, (utterance, cands) in enumerate(zip(utterances, candidates)):
             for c_i, cand in enumerate(cands):
-                frame = getattr(cand, "frame", None)
+                frame = cand.frame
                 if frame is None:
                     continue
                 text = getattr(utterance, "text", "") if self.transcript == "utterance" else ""

@@ -24,7 +24,8 @@ import torch
 
 from assistant.audio import AudioError, load_audio
 from assistant.data.manifest import Utterance
-from assistant.model.slu import SLUModel, stock_style
+from assistant.model.losses import stock_style
+from assistant.model.slu import SLUModel
 from assistant.rsft.rewards import check_batch
 from assistant.rsft.types import Candidate
 
