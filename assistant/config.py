@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -159,14 +160,20 @@ def override(cfg: T, **values: Any) -> T:
     return from_dict(cls, _merged(cls, dataclasses.asdict(cfg), values), f"{cls.__name__} override")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, error: type[Exception], missing: str) -> Any:
+    """The parsed file; a missing file raises ``error(missing)``, bad syntax ``error`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (pass an existing YAML file to --config)")
+        raise error(missing)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}); fix the syntax") from None
+        raise error(f"{path}: not valid YAML ({e}); fix the syntax") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    data = read_yaml(path, ConfigError, f"config file not found: {path} (pass an existing YAML file to --config)") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of key: value")
     return data
@@ -304,3 +311,27 @@ def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) 
         else:
             values[key] = value
     return from_dict(cls, values, str(path or "config"))
+
+
+def parse_command(cls: type[T], prog: str, doc: str | None, argv: list[str], positional: tuple[str, ...] = ()) -> T:
+    """A command's config from its argv: every field a flag (``add_dataclass_arguments``), ``--config YAML``,
+    checked values. Commands never reach for the Hugging Face hub unless the user asks (HF_HUB_OFFLINE=0):
+    every default weight ships in a pip package."""
+    import os
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(ap, cls, positional=positional)
+    cfg = parse_config(cls, ap.parse_args(argv))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return cfg
+
+
+def run_command(prog: str, work: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> int:
+    """Run a command's work; an expected error (bad input, named with its fix) is one line on stderr and
+    exit code 2, not a traceback."""
+    try:
+        work()
+    except errors as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    return 0

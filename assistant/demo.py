@@ -21,9 +21,7 @@ stalls gets a read timeout (408); past --max-connections open connections the se
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import queue
 import re
 import sys
@@ -38,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.config import parse_command
 from assistant.model.interface import SpeechModel
 from assistant.paths import resolve_model_dir
 from assistant.schema import load_schema
@@ -376,11 +374,7 @@ class DemoConfig:
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, DemoConfig)
-    cfg = parse_config(DemoConfig, ap.parse_args(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_command(DemoConfig, "assistant demo", __doc__, argv)
     model_dir, problem = resolve_model_dir(cfg.model)
     if problem:
         print(f"assistant demo: {problem}", file=sys.stderr)

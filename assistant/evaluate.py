@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from assistant import distributed as dist
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.config import parse_command
 from assistant.data.manifest import ManifestError, Utterance, read_manifest
 from assistant.inference import Prediction, predict_files
 from assistant.metrics import grouped_accuracy, score_frames
@@ -235,10 +234,7 @@ class EvaluateConfig:
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, EvaluateConfig)
-    cfg = parse_config(EvaluateConfig, ap.parse_args(argv))
+    cfg = parse_command(EvaluateConfig, "assistant evaluate", __doc__, argv)
 
     # Only the command loads the text pass: evaluate_model (training's dev score) stays free of assistant.nlu.
     from assistant.nlu import load_pipeline

@@ -26,9 +26,7 @@ eager ``SLUModel`` does (greedy decoding only, no stock reading), so every infer
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -40,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.config import parse_command
 from assistant.model.candidate import Candidate
 from assistant.model.decoding import TokenText
 from assistant.model.encoder import front_end, run_layers
@@ -568,11 +566,7 @@ class ExportConfig:
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, ExportConfig)
-    cfg = parse_config(ExportConfig, ap.parse_args(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_command(ExportConfig, "assistant export", __doc__, argv)
 
     from assistant.model.packaged import is_packaged_name     # the eager model: only to export one
     from assistant.nlu import load_pipeline

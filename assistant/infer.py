@@ -6,14 +6,12 @@ and the latency. A bad file gets its error line and the rest go on.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.config import parse_command
 from assistant.paths import resolve_model_dir
 from assistant.schema import load_schema
 
@@ -86,11 +84,7 @@ def load_model(cfg: InferConfig):
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant transcribe-and-classify", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, InferConfig, positional=("paths",))
-    cfg = parse_config(InferConfig, ap.parse_args(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_command(InferConfig, "assistant transcribe-and-classify", __doc__, argv, positional=("paths",))
 
     from assistant.inference import predict_files   # torch: after the argument checks and HF_HUB_OFFLINE
 

@@ -17,11 +17,9 @@ they came from. `--stage S` starts at S (the stages before it must be done; S ru
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from assistant import distributed as dist
-from assistant.config import ConfigError, add_dataclass_arguments, load_config, override, parse_config
+from assistant.config import ConfigError, load_config, override, parse_command
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
 from assistant.rsft.loop import RSFTConfig
-from assistant.schema import load_schema
 from assistant.train import TrainConfig
 
 STAGES = ("corpus", "sft", "rsft", "text_pass", "evaluate", "real_speech")
@@ -596,10 +593,6 @@ def format_cells(cells: dict) -> str:
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, MainConfig)
-    cfg = parse_config(MainConfig, ap.parse_args(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_command(MainConfig, "assistant run", __doc__, argv)
     run_main(cfg)
     return 0

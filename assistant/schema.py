@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from .config import read_yaml
 from .paths import DATA_DIR
 
 DEFAULT_SCHEMA = DATA_DIR / "schema.yaml"
@@ -259,7 +259,7 @@ def _unit_seconds(word: str) -> int | None:
 def spoken_duration(text: str) -> float | None:
     """'twenty minutes', 'an hour and a half', 'half an hour', '1 hour 30 minutes' -> seconds."""
     words = [w for w in _words(text.replace(",", " "))]
-    total, i, terms = 0.0, 0, 0
+    total, i, terms, last_unit = 0.0, 0, 0, 0.0
     while i < len(words):
         if words[i] == "and" and terms:
             if words[i:i + 3] == ["and", "a", "half"] and last_unit:
@@ -462,12 +462,8 @@ class Schema:
 
 def load_schema(path: str | Path | None = None) -> Schema:
     path = Path(path) if path is not None else DEFAULT_SCHEMA
-    if not path.is_file():
-        raise SchemaError(f"schema not found: {path} (pass an existing schema.yaml; the default is {DEFAULT_SCHEMA})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SchemaError(f"{path}: not valid YAML ({e}); fix the syntax") from None
+    raw = read_yaml(path, SchemaError, f"schema not found: {path} (pass an existing schema.yaml; the default is "
+                                       f"{DEFAULT_SCHEMA})")
     if not isinstance(raw, dict) or not isinstance(raw.get("slots"), dict) or not isinstance(raw.get("intents"), dict):
         raise SchemaError(f"{path}: expected top-level mappings 'slots:' and 'intents:'")
     slots = {name: _slot_spec(path, name, body) for name, body in raw["slots"].items()}

@@ -8,10 +8,8 @@ Read top to bottom: `recipe_main(cfg)` -> `SupervisedRecipe.setup()` -> `.train(
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -24,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
+from assistant.config import ConfigError, parse_command, run_command, save_yaml
 from assistant.model.slu import stock_style
 from assistant.paths import generated_dir, runs_dir
 
@@ -607,16 +605,7 @@ def recipe_main(cfg: TrainConfig) -> dict:
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, TrainConfig)
-    cfg = parse_config(TrainConfig, ap.parse_args(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_command(TrainConfig, "assistant train", __doc__, argv)
     from assistant.data.manifest import ManifestError
 
-    try:
-        recipe_main(cfg)
-    except (ManifestError, TrainDataError) as e:
-        print(f"assistant train: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("assistant train", lambda: recipe_main(cfg), (ManifestError, TrainDataError))

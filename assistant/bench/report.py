@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.config import add_dataclass_arguments, parse_config
+from assistant.config import parse_command
 
 GOAL_SPEEDUP = 5.0
 GOAL_RTF_3S = 0.05
@@ -240,11 +239,8 @@ class BenchReportConfig:
 
 
 def parse_bench_config(cls: type, prog: str, doc: str, argv: list[str]):
-    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, cls)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    return parse_config(cls, ap.parse_args(argv))
+    return parse_command(cls, prog, doc, argv)
 
 
 def emit(results: dict, cfg: BenchReportConfig, table) -> None:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
 
+from ..config import read_yaml
 from ..frames import Frame, format_frame
 from ..paths import DATA_DIR
 from ..schema import FSC_COMBINATIONS, Schema, fsc_frame, load_schema
@@ -308,12 +308,8 @@ class Grammar:
 
 def load_grammar(path: str | Path | None = None) -> Grammar:
     path = Path(path) if path is not None else DEFAULT_GRAMMAR
-    if not path.is_file():
-        raise GrammarError(f"grammar not found: {path} (pass an existing grammar.yaml; default {DEFAULT_GRAMMAR})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise GrammarError(f"{path}: not valid YAML ({e}); fix the syntax") from None
+    raw = read_yaml(path, GrammarError, f"grammar not found: {path} (pass an existing grammar.yaml; default "
+                                        f"{DEFAULT_GRAMMAR})")
     if not isinstance(raw, dict):
         raise GrammarError(f"{path}: expected top-level mappings lists:, fragments:, fsc:, intents:")
     return Grammar(_Loader(path, raw).templates(), path)

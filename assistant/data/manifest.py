@@ -280,17 +280,21 @@ def read_manifest(path: str | Path, audio_root: str | Path | None = None, format
 
 # ---------------------------------------------------------------------------------------- ours
 
-def _read_ours(path: Path, text: str, skip: _Skipper, audio_root: Path | None) -> list[Utterance]:
-    base = audio_root or path.parent
-    out = []
+def _json_lines(text: str, skip: _Skipper, hint: str = ""):
+    """(line number, parsed object) of every non-empty line; a line that is not JSON is skipped, named."""
     for i, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield i, json.loads(line)
         except json.JSONDecodeError as e:
-            skip(i, f"not valid JSON ({e.msg}); one JSON object per line")
-            continue
+            skip(i, f"not valid JSON ({e.msg}){hint}")
+
+
+def _read_ours(path: Path, text: str, skip: _Skipper, audio_root: Path | None) -> list[Utterance]:
+    base = audio_root or path.parent
+    out = []
+    for i, obj in _json_lines(text, skip, "; one JSON object per line"):
         try:
             u = utterance_from_json(obj, base, f"{path}:{i}")
         except ManifestError as e:
@@ -431,14 +435,7 @@ def _slurp_speaker(file: str, recording: dict, speakers: dict[str, str]) -> str:
 
 def _read_slurp(path: Path, text: str, skip: _Skipper, audio_root: Path | None) -> list[Utterance]:
     records = []
-    for i, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            skip(i, f"not valid JSON ({e.msg})")
-            continue
+    for i, obj in _json_lines(text, skip):
         if not isinstance(obj, dict):
             skip(i, f"expected a JSON object, got {type(obj).__name__}")
             continue

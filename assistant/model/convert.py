@@ -18,7 +18,6 @@ Usage: ``assistant convert [--model tiny.en|base] [--ct2-dir DIR] [--out-dir DIR
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -32,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.config import add_dataclass_arguments, parse_config
-from assistant.paths import cache_dir
+from assistant.config import parse_command
+
 
 log = logging.getLogger(__name__)
 
@@ -511,10 +510,7 @@ class ConvertConfig:
 def cli(argv: list[str]) -> int:
     from assistant.model import packaged
 
-    parser = argparse.ArgumentParser(prog="assistant convert", description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(parser, ConvertConfig)
-    cfg = parse_config(ConvertConfig, parser.parse_args(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_command(ConvertConfig, "assistant convert", __doc__.split("\n\n")[0], argv)
     entry = packaged.get(cfg.model)
     out = Path(cfg.out_dir) if cfg.out_dir else entry.converted_dir()
     if is_converted(out) and not cfg.force:

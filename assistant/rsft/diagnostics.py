@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.config import ConfigError, add_dataclass_arguments, parse_config
+from assistant.config import ConfigError, parse_command
 
 
 def _pairs_auc(good: list[float], bad: list[float]) -> tuple[float, int]:
@@ -245,13 +245,10 @@ class DiagnosticsConfig:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
 
     prog = "python -m assistant.rsft.diagnostics"
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, DiagnosticsConfig, positional=("round_dir", "pool_manifest"))
     try:
-        cfg = parse_config(DiagnosticsConfig, ap.parse_args(argv))
+        cfg = parse_command(DiagnosticsConfig, prog, __doc__, argv, positional=("round_dir", "pool_manifest"))
     except ConfigError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2

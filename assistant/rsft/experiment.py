@@ -29,10 +29,8 @@ share of the (a) -> (e) gap closed; `<results_file>` and the same name with .jso
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -41,7 +39,7 @@ from pathlib import Path
 
 from assistant import nlu
 from assistant import paths as assistant_paths   # the recipes' root; REPO_ROOT below is the results' root
-from assistant.config import add_dataclass_arguments, from_dict, load_yaml, override, parse_config
+from assistant.config import from_dict, load_yaml, override, parse_command
 from assistant.data.manifest import ManifestError, read_manifest, write_jsonl
 from assistant.evaluate import evaluate_model
 from assistant.main_job import text_pass_on_dev, with_text_pass
@@ -456,11 +454,7 @@ class Experiment:
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant experiment", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, ExperimentConfig)
-    cfg = parse_config(ExperimentConfig, ap.parse_args(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse_command(ExperimentConfig, "assistant experiment", __doc__, argv)
     exp = Experiment(cfg)
     try:
         exp.setup()

@@ -16,10 +16,7 @@ function of the persisted candidates and the seed, so nothing is lost or duplica
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -28,7 +25,7 @@ from typing import Any
 
 from assistant import distributed as dist
 from assistant import nlu
-from assistant.config import ConfigError, add_dataclass_arguments, parse_config, save_yaml
+from assistant.config import ConfigError, parse_command, run_command, save_yaml
 from assistant.data.grammar import domain_vocab_texts
 from assistant.data.manifest import ManifestError, read_manifest
 from assistant.frames import format_frame, parse_frame
@@ -424,14 +421,5 @@ def run_rsft(cfg: RSFTConfig) -> dict:
 
 
 def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="assistant rsft", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(ap, RSFTConfig)
-    cfg = parse_config(RSFTConfig, ap.parse_args(argv))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        run_rsft(cfg)
-    except (ManifestError, TrainDataError) as e:
-        print(f"assistant rsft: {e}", file=sys.stderr)
-        return 2
-    return 0
+    cfg = parse_command(RSFTConfig, "assistant rsft", __doc__, argv)
+    return run_command("assistant rsft", lambda: run_rsft(cfg), (ManifestError, TrainDataError))
