@@ -319,7 +319,7 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     enc, dec = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            is_encoder = ".encoder." in f".{name}" or name.startswith(("encoder", "adapters.encoder_"))
+            is_encoder = ".encoder." in f".{name}" or name.startswith("encoder")
             (enc if is_encoder else dec).append(p)
     groups = [{"params": dec, "lr": cfg.lr}]
     if enc:

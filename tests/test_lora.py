@@ -1,6 +1,7 @@
-"""LoRA adapters: the SLU task trains them, the stock ASR prompt runs the untouched pretrained weights."""
+"""LoRA adapters (peft): the SLU task trains them, the stock ASR prompt runs the untouched pretrained weights."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ from assistant.rsft.generate import same_encoder
 from assistant.train import TrainConfig, recipe_main
 
 FSC = Path(__file__).parent / "fixtures" / "fsc" / "data" / "train_data.csv"
+# Written by the hand-written adapters before peft (commit 6c5ec5f): adapters.safetensors of
+# tiny_random(seed=0) + LoraConfig(rank=2, alpha=4.0, encoder_from=1), weights randn * 0.05 (seed 1), and
+# that model's encoder states (first 8 positions) and log-probs of TEXT for the `mels` fixture.
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_lora"
 TEXT = "turn on the lights | activate_lights_none | object=lights"
 
 
@@ -57,6 +62,22 @@ def test_new_adapters_start_as_the_stock_model_and_switch_off_exactly(mels):
     assert torch.equal(enc4, enc2)
 
 
+def test_switching_the_adapters_off_nests_and_keeps_what_freeze_chose(mels):
+    model = _model()
+    model.add_adapters(LoraConfig(rank=2, encoder_from=0))
+    _scramble(model)
+    model.freeze(1)
+    trainable = {n: p.requires_grad for n, p in model.adapters.named_parameters()}
+    assert any(trainable.values()) and not all(trainable.values())      # encoder layer 0's adapters frozen
+    with model.stock():
+        stock = _outputs(model, mels)[1]
+        with model.stock():
+            pass
+        assert torch.equal(_outputs(model, mels)[1], stock)              # still off after the inner block
+    assert not torch.equal(_outputs(model, mels)[1], stock)
+    assert {n: p.requires_grad for n, p in model.adapters.named_parameters()} == trainable
+
+
 def test_transcribe_runs_the_stock_weights():
     wave = [torch.randn(16000, generator=torch.Generator().manual_seed(3)) * 0.1]
     model = _model()
@@ -96,14 +117,68 @@ def test_adapters_round_trip_through_save_pretrained(tmp_path, mels):
     folder = model.save_pretrained(tmp_path / "m")
     assert json.loads((folder / "slu_config.json").read_text())["lora"]["rank"] == 4
     stock = load_file(str(folder / "model.safetensors"))
-    assert not any("adapters" in k for k in stock)             # the Whisper folder stays plain HF
+    plain = load_file(str(_model().save_pretrained(tmp_path / "plain") / "model.safetensors"))
+    assert stock.keys() == plain.keys()                        # the Whisper folder stays plain HF
+    assert all(torch.equal(stock[k], plain[k]) for k in plain)
+    assert not (folder / "README.md").exists()
+    peft_config = json.loads((folder / "lora" / "adapter_config.json").read_text())
+    assert (peft_config["r"], peft_config["lora_alpha"], peft_config["peft_type"]) == (4, 8.0, "LORA")
     loaded = SLUModel.from_pretrained(folder)
     assert loaded.lora.alpha == 8.0
     for a, b in zip(_outputs(model, mels), _outputs(loaded, mels)):
         torch.testing.assert_close(a, b)
-    (folder / "adapters.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="adapters.safetensors"):
+    (folder / "lora" / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
         SLUModel.from_pretrained(folder)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")   # inside peft
+def test_saved_adapters_load_with_peft_itself(tmp_path, mels):
+    """The folder is a plain Whisper checkpoint (transformers loads the stock model from it) + peft's
+    standard adapter folder lora/."""
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    model = _model()
+    model.add_adapters(LoraConfig(rank=4, alpha=8.0, encoder_from=1))
+    _scramble(model)
+    folder = model.save_pretrained(tmp_path / "m")
+    whisper = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    ids = torch.tensor([model.slu_prefix])
+    with torch.no_grad(), model.stock():
+        stock = model.whisper(input_features=mels[:1], decoder_input_ids=ids).logits
+        assert torch.equal(whisper(input_features=mels[:1], decoder_input_ids=ids).logits, stock)
+    outside = PeftModel.from_pretrained(whisper, folder / "lora").eval()
+    with torch.no_grad():
+        ours = model.whisper(input_features=mels[:1], decoder_input_ids=ids).logits
+        theirs = outside(input_features=mels[:1], decoder_input_ids=ids).logits
+        with outside.disable_adapter():
+            assert torch.equal(outside(input_features=mels[:1], decoder_input_ids=ids).logits, stock)
+    torch.testing.assert_close(ours, theirs)
+    assert not torch.allclose(ours, stock, atol=1e-3)
+
+
+def test_folders_of_the_hand_written_adapters_still_load(tmp_path, mels):
+    """adapters.safetensors (before peft) is converted on load: the same outputs as the old code gave,
+    and the next save writes peft's files instead."""
+    model = _model()
+    model.add_adapters(LoraConfig(rank=2, alpha=4.0, encoder_from=1))
+    folder = model.save_pretrained(tmp_path / "old")
+    shutil.rmtree(folder / "lora")
+    shutil.copy(LEGACY / "adapters.safetensors", folder)
+    loaded = SLUModel.from_pretrained(folder)
+    expected = load_file(str(LEGACY / "expected.safetensors"))
+    enc, lp = _outputs(loaded, mels)
+    torch.testing.assert_close(enc[:, :8], expected["enc_head"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lp, expected["logprobs"], rtol=1e-5, atol=1e-4)
+    resaved = loaded.save_pretrained(tmp_path / "new")
+    assert (resaved / "lora" / "adapter_model.safetensors").is_file()
+    assert not (resaved / "adapters.safetensors").exists()
+    torch.testing.assert_close(_outputs(SLUModel.from_pretrained(resaved), mels)[1], lp)
+    wrong = _model()                                           # adapters of another shape: a clear error
+    wrong.add_adapters(LoraConfig(rank=2, alpha=4.0, encoder_from=0))
+    with pytest.raises(ValueError, match="do not match"):
+        wrong.adapters.load_state_dict(wrong.adapters.from_legacy(load_file(str(LEGACY / "adapters.safetensors"))))
 
 
 def test_merged_copy_gives_the_same_slu_outputs_without_hooks(mels):
@@ -127,10 +202,10 @@ def test_same_encoder_sees_encoder_adapters():
     b.adapters.load_state_dict(a.adapters.state_dict())
     assert same_encoder(a, b)
     with torch.no_grad():
-        b.adapters["decoder_0_fc1"].B.add_(1.0)
+        b.whisper.model.decoder.layers[0].fc1.lora_B["default"].weight.add_(1.0)
     assert same_encoder(a, b)                                  # decoder adapters do not matter
     with torch.no_grad():
-        b.adapters["encoder_1_fc1"].B.add_(1.0)
+        b.whisper.model.encoder.layers[1].fc1.lora_B["default"].weight.add_(1.0)
     assert not same_encoder(a, b)
 
 
@@ -145,9 +220,9 @@ def test_lora_training_changes_only_adapters(tmp_path):
     fresh = SLUModel.tiny_random([TEXT], seed=0).whisper.state_dict()
     for k, v in whisper.items():                               # Whisper itself never moved
         assert torch.equal(v, fresh[k].to(v.dtype)), k
-    adapters = load_file(str(last / "adapters.safetensors"))
-    assert any(k.startswith("encoder_1_") for k in adapters) and not any(k.startswith("encoder_0_") for k in adapters)
-    assert any(v.abs().max() > 0 for k, v in adapters.items() if k.endswith(".B"))   # they learned
+    adapters = load_file(str(last / "lora" / "adapter_model.safetensors"))
+    assert any(".encoder.layers.1." in k for k in adapters) and not any(".encoder.layers.0." in k for k in adapters)
+    assert any(v.abs().max() > 0 for k, v in adapters.items() if ".lora_B." in k)    # they learned
 
 
 def test_bad_lora_settings_are_clear_errors():

@@ -24,7 +24,7 @@ def test_corpus_recipe_trains_from_the_corpus_folder(tmp_path, name, corpus, n_d
     result = recipe_main(cfg)
     assert result["steps"] == 2
     assert result["best_dev"]["n"] == n_dev            # dev = the corpus's own dev split, not train
-    assert (Path(result["best_dir"]) / "adapters.safetensors").is_file()
+    assert (Path(result["best_dir"]) / "lora" / "adapter_model.safetensors").is_file()
 
 
 def test_corpus_splits_follow_the_official_layouts(tmp_path):

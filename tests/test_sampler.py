@@ -98,6 +98,12 @@ def test_fast_path_is_used_and_adapters_change_the_output(plain, with_lora):
     assert [u[0].token_ids for u in c] == [u[0].token_ids for u in a]
 
 
+def test_a_lora_layer_it_cannot_fold_sends_generate_to_the_reference(with_lora):
+    model = copy.deepcopy(with_lora)
+    model.whisper.model.decoder.layers[0].fc1.base_layer.register_forward_hook(lambda module, inputs, out: out)
+    assert not supported(model)
+
+
 @pytest.mark.parametrize("max_new_tokens", [30, 12])
 def test_greedy_identical_to_reference(model, max_new_tokens):
     enc = encoded(model)

@@ -31,15 +31,17 @@ def test_two_steps_write_a_self_contained_checkpoint(tmp_path):
     assert state["step"] == 2 and len(state["history"]) >= 1
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    recipe_main(_cfg(tmp_path / "straight", max_steps=4))
-    recipe_main(_cfg(tmp_path / "split", max_steps=2))
-    recipe_main(_cfg(tmp_path / "split", max_steps=4))        # picks up last/ at step 2
-    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
-    b = load_file(str(tmp_path / "split" / "last" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_resume_matches_an_uninterrupted_run(tmp_path, lora_rank):
+    recipe_main(_cfg(tmp_path / "straight", max_steps=4, lora_rank=lora_rank))
+    recipe_main(_cfg(tmp_path / "split", max_steps=2, lora_rank=lora_rank))
+    recipe_main(_cfg(tmp_path / "split", max_steps=4, lora_rank=lora_rank))        # picks up last/ at step 2
+    for name in ("model.safetensors", *(["lora/adapter_model.safetensors"] if lora_rank else [])):
+        a = load_file(str(tmp_path / "straight" / "last" / name))
+        b = load_file(str(tmp_path / "split" / "last" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_training_reduces_loss_on_the_fixture(tmp_path):

@@ -188,14 +188,15 @@ def resolve_vocab(slu_folder: Path | None, output_vocab, tokenizer, vocab_size: 
         return OutputVocab.full(vocab_size, eot_id)
 
 
-def save_hf_folder(whisper, tokenizer, vocab: OutputVocab, context_seconds: float, folder: str | Path) -> Path:
+def save_hf_folder(whisper, tokenizer, vocab: OutputVocab, context_seconds: float, folder: str | Path,
+                   state_dict: dict | None = None) -> Path:
     """The plain Hugging Face part of a model folder: safetensors, config, generation config, tokenizer,
-    processor, + vocab.json."""
+    processor, + vocab.json. ``state_dict``: the weights to write (the base weights of a peft-wrapped model)."""
     from transformers import WhisperFeatureExtractor, WhisperProcessor
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    whisper.save_pretrained(folder, safe_serialization=True)
+    whisper.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     # For outside users of the folder: a processor that pads to this model's context (whole seconds;
     # SLUModel.features is exact for any context).
     extractor = WhisperFeatureExtractor(feature_size=whisper.config.num_mel_bins,

@@ -20,9 +20,9 @@ arithmetic with less around it:
   at the end (a sample looping to ``max_new_tokens``) decode alone; those steps are bound by reading the
   decoder weights, not by arithmetic, and larger batches share them among more candidates.
 
-LoRA adapters (``assistant.model.lora``) are forward hooks on linear layers; when the model's adapter
-gate is on, their update ``scale * B A`` is folded into the weights (the same function as the hook's
-``W x + scale * B (A x)``, up to float rounding). A decoder module carrying any other hook makes
+LoRA adapters (``assistant.model.lora``) are peft ``lora.Linear`` layers; while they are on, their update
+``scale * B A`` is folded into the weights (the same function as the layer's ``W x + scale * B (A x)``,
+up to float rounding). A decoder module carrying a hook, or a peft layer that cannot be folded, makes
 :func:`supported` false, and ``generate`` then falls back to the reference decoder.
 
 Sampling draws from the same distribution as the reference (``sample_tokens``), and
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assistant.model.lora import AdapterHook
+from assistant.model.lora import foldable, linear_params
 
 COMPACT_FRACTION = 8          # drop finished rows once they are >= 1/COMPACT_FRACTION of the batch
 INITIAL_CAPACITY = 16         # self-attention cache positions after the prompt (doubled when full)
@@ -76,25 +76,26 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k:
 
 
 class UnsupportedModel(ValueError):
-    """The decoder has hooks (other than LoRA adapters) the fast path would not run."""
+    """The decoder has hooks, or LoRA layers that cannot be folded, the fast path would not run."""
 
 
-def _check_hooks(module: nn.Module, adapters_ok: bool = False) -> None:
-    """Raise UnsupportedModel if ``module`` has hooks the fast decoder would skip (LoRA ones are folded)."""
-    if module._forward_pre_hooks or any(not (adapters_ok and isinstance(h, AdapterHook))
-                                        for h in module._forward_hooks.values()):
+def _check_hooks(module: nn.Module) -> None:
+    """Raise UnsupportedModel if ``module`` has hooks the fast decoder would skip."""
+    if module._forward_pre_hooks or module._forward_hooks:
         raise UnsupportedModel(f"{type(module).__name__} has a hook the fast decoder cannot fold")
 
 
-def _linear_params(module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, bias) of ``module`` as its forward computes them now: LoRA adapters folded in when their
-    gate is on."""
-    _check_hooks(module, adapters_ok=True)
-    weight = module.weight
-    for hook in module._forward_hooks.values():
-        if hook.gate.active:
-            weight = weight + hook.adapter.delta().to(weight.dtype)
-    return weight, module.bias
+def _check_linear(module: nn.Module) -> None:
+    """Raise UnsupportedModel if ``module`` has hooks or is a LoRA layer the fast decoder cannot fold."""
+    _check_hooks(module)
+    if not foldable(module):
+        raise UnsupportedModel(f"{type(module).__name__}: a LoRA layer the fast decoder cannot fold")
+
+
+def _linear_params(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of ``module`` as its forward computes them now: LoRA adapters folded in while on."""
+    _check_linear(module)
+    return linear_params(module)
 
 
 def supported(model) -> bool:
@@ -215,7 +216,7 @@ class FastDecoder:
             for module in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
                            layer.self_attn.out_proj, layer.encoder_attn.q_proj, layer.encoder_attn.k_proj,
                            layer.encoder_attn.v_proj, layer.encoder_attn.out_proj, layer.fc1, layer.fc2):
-                _check_hooks(module, adapters_ok=True)
+                _check_linear(module)
         if not prepare:
             return
         self.scaling = self.hd ** -0.5         # applied after the q projection, as transformers does

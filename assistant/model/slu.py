@@ -30,7 +30,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from assistant.features import FRAMES_PER_SECOND, context_log_mel, frames_for_seconds
@@ -39,7 +38,8 @@ from assistant.model.convert import is_multilingual
 from assistant.model.decoding import Decoding, TokenText
 from assistant.model.encoder import front_end, position_table, run_layers
 from assistant.model.io import FORMAT_VERSION, SLU_CONFIG_FILE, PretrainedIO, save_hf_folder, task_prefixes
-from assistant.model.lora import ADAPTER_FILE, Gate, LoraConfig, adapter_layer, attach_adapters, merge_into_base
+from assistant.model.lora import (LoraAdapters, LoraConfig, adapter_weights_file, adapters_off, base_state_dict,
+                                  save_adapters)
 from assistant.model.losses import TeacherForcing, stock_style
 from assistant.model.stock import StockASR, cut_repeats
 from assistant.model.vocab import OutputVocab
@@ -57,8 +57,7 @@ class SLUModel(PretrainedIO, TeacherForcing, Decoding, StockASR, TokenText, nn.M
         # model layer never imports it; assistant.nlu.load_pipeline fills it from the folder's nlu/.
         self.nlu = None
         self.lora = None         # LoraConfig when the model fine-tunes through adapters (add_adapters)
-        self.adapters = None     # nn.ModuleDict of LoRA adapters; off for the stock ASR prompt
-        self.adapter_gate = Gate()
+        self.adapters = None     # LoraAdapters (peft) of the Whisper module; off for the stock ASR prompt
         self.vocab = output_vocab
         if output_vocab.vocab_size != whisper.config.vocab_size:
             raise ValueError(f"output vocabulary is for {output_vocab.vocab_size} tokens, "
@@ -101,40 +100,31 @@ class SLUModel(PretrainedIO, TeacherForcing, Decoding, StockASR, TokenText, nn.M
         """Fine-tune through LoRA adapters from now on; the Whisper weights stay the stock ones."""
         if self.adapters is not None:
             raise ValueError("this model already has adapters")
-        self.adapters = attach_adapters(self.whisper, cfg, self.adapter_gate)
+        self.adapters = LoraAdapters(self.whisper, cfg)
         self.lora = cfg
 
     def load_adapters(self, folder: Path, cfg: LoraConfig) -> None:
-        path = Path(folder) / ADAPTER_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: {Path(folder) / SLU_CONFIG_FILE} says the model has LoRA "
-                                    "adapters; copy the whole model folder or retrain it")
+        adapter_weights_file(folder)         # FileNotFoundError before the model changes
         self.add_adapters(cfg)
-        missing, unexpected = self.adapters.load_state_dict(load_file(str(path)), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path}: adapters do not match the model (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}); the file belongs to another model")
+        self.adapters.load(Path(folder))     # peft's files, or an older folder's adapters.safetensors
 
     def stock(self):
         """Context in which the adapters are off: the model is exactly the pretrained checkpoint."""
-        return self.adapter_gate.off()
+        return adapters_off(self.adapters)
 
     def merged_copy(self) -> "SLUModel":
         """A copy with the adapters folded into the weights (same SLU outputs, one matmul per layer;
         the stock ASR path is gone). Used by the ONNX export."""
         clone = copy.deepcopy(self)
         if clone.adapters is not None:
-            merge_into_base(clone.whisper, clone.adapters, clone.lora)
+            clone.whisper = clone.adapters.merge()
             clone.adapters, clone.lora = None, None
         return clone
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
-        """Everything that determines the encoder's output: its weights and its adapters."""
-        state = dict(self.whisper.model.encoder.state_dict())
-        if self.adapters is not None:
-            state.update({f"adapters.{k}": v for k, v in self.adapters.state_dict().items()
-                          if adapter_layer(k)[0] == "encoder"})
-        return state
+        """Everything that determines the encoder's output: its weights and its adapters (peft's layers
+        are part of the encoder module)."""
+        return dict(self.whisper.model.encoder.state_dict())
 
     @property
     def has_stock_path(self) -> bool:
@@ -142,13 +132,11 @@ class SLUModel(PretrainedIO, TeacherForcing, Decoding, StockASR, TokenText, nn.M
         return self.adapters is not None
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """HF folder (safetensors, config, generation config, tokenizer, processor) + vocab.json + slu_config.json."""
-        folder = save_hf_folder(self.whisper, self.tokenizer, self.vocab, self.context_seconds, folder)
-        if self.adapters is not None:
-            save_file({k: v.detach().contiguous() for k, v in self.adapters.state_dict().items()},
-                      str(folder / ADAPTER_FILE))
-        else:
-            (folder / ADAPTER_FILE).unlink(missing_ok=True)
+        """HF folder (safetensors, config, generation config, tokenizer, processor) + vocab.json + slu_config.json
+        (+ lora/: peft's adapter_config.json and adapter_model.safetensors for a LoRA model)."""
+        folder = save_hf_folder(self.whisper, self.tokenizer, self.vocab, self.context_seconds, folder,
+                                state_dict=base_state_dict(self.whisper))
+        save_adapters(self.adapters, folder)
         (folder / SLU_CONFIG_FILE).write_text(json.dumps({
             "format": FORMAT_VERSION,
             "context_seconds": self.context_seconds,
@@ -177,9 +165,7 @@ class SLUModel(PretrainedIO, TeacherForcing, Decoding, StockASR, TokenText, nn.M
             self.whisper.requires_grad_(False)
             n = len(encoder.layers)
             frozen = n if encoder_layers == "all" else 0 if encoder_layers in (None, "none") else int(encoder_layers)
-            for key, adapter in self.adapters.items():
-                side, layer = adapter_layer(key)
-                adapter.requires_grad_(side != "encoder" or layer >= frozen)
+            self.adapters.train_encoder_from(frozen)
             return
         for p in self.whisper.parameters():
             p.requires_grad_(True)
