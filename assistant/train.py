@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -346,32 +347,25 @@ def dev_score(model, dev_utts, schema) -> dict:
     return report
 
 
-def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, out_dir: Path,
-              desc: str = "train", schema=None) -> dict:
-    """Fine-tune `model` on examples; keep the best dev checkpoint in out_dir/best; resumable via out_dir/last.
+@dataclass
+class TrainingInputs:
+    """What fine-tuning reads each step: the encoded clips (the cached frozen trunk's output, or mels),
+    their targets and ASR transcripts."""
+    kept: list[Example]
+    copies: list[torch.Tensor]          # one per SpecAugment copy (epoch e reads copy e mod N); else one
+    targets: list[str]
+    transcripts: list[str]
+    spec: Any                           # per-step SpecAugment (only when the trunk is not cached), or None
+    trunk_layers: int | None            # encoder layers run once and cached (None: the whole encoder per step)
+    frozen: int                         # encoder layers that do not train
+    n_layers: int
 
-    Returns {"best_dev": report, "best_dir": path, "steps": n, "seconds": t}.
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
 
-    from assistant import distributed as dist
+def encode_training_inputs(model, examples: list[Example], cfg: "TrainConfig", desc: str) -> TrainingInputs:
     from assistant.features import SpecAugment
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    set_seed(cfg.seed)
-    # Under `accelerate launch` (P processes) this is DDP: each process takes its share of every global
-    # batch, gradients are averaged, and only the main process writes checkpoints. Parameters some steps
-    # do not reach (the ASR loss's rows are optional) must not stall the gradient reduction.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
-    world, rank = dist.world_size(), dist.rank()
     if not examples:
         raise TrainDataError("fine_tune: no training examples (check the manifest and the audio paths)")
-
     examples = drop_unlearnable(model, examples, desc)
     kept, waves = load_waves(examples, model.context_seconds, desc=f"{desc}: load audio")
     if not kept:
@@ -393,98 +387,152 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
         spec = None                                   # the masks are in the copies: none per step
     else:
         copies = [compute_inputs(model, waves, trunk_layers, desc=f"{desc}: encode")]   # once, not per epoch
-    targets = [ex.target for ex in kept]
-    transcripts = [ex.transcript for ex in kept]
+    return TrainingInputs(kept=kept, copies=copies, targets=[ex.target for ex in kept],
+                          transcripts=[ex.transcript for ex in kept], spec=spec, trunk_layers=trunk_layers,
+                          frozen=frozen, n_layers=n_layers)
 
-    steps_per_epoch = math.ceil(len(kept) / cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    eval_every = cfg.eval_every_steps or steps_per_epoch
 
-    freeze_for_training(model, frozen, n_layers, cfg)
-    optimizer = build_optimizer(model, cfg)
-    state = {"step": 0, "best": None, "best_key": None, "history": []}
-    last = out_dir / "last"
-    if dist.is_main():
-        for folder in (last, out_dir / "best"):
-            recover_interrupted_save(folder)
-    dist.barrier()
-    if cfg.resume and dist.main_first((last / "trainer_state.json").is_file()):
-        state = json.loads((last / "trainer_state.json").read_text())
-        trained = type(model).from_pretrained(last)
-        model.load_state_dict(trained.state_dict())
-        freeze_for_training(model, frozen, n_layers, cfg)
-        optimizer = build_optimizer(model, cfg)
-        load_optimizer(optimizer, last / "optimizer.safetensors")
-        print(f"{desc}: resumed from {last} at step {state['step']}/{total}")
+class FineTuneRun:
+    """One fine-tuning run's mutable state: the model, its optimizer, the step counter and the best dev
+    score so far, with the checkpoints that make it resumable (out_dir/last) and selectable (out_dir/best)."""
 
-    loss_module = _LossModule(model, trunk_layers, world)
-    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    def __init__(self, model, inputs: TrainingInputs, dev_utts: list, cfg: "TrainConfig", out_dir: Path,
+                 desc: str, schema):
+        self.model, self.inputs, self.dev_utts, self.cfg = model, inputs, dev_utts, cfg
+        self.out_dir, self.desc, self.schema = out_dir, desc, schema
+        self.last = out_dir / "last"
+        self.state = {"step": 0, "best": None, "best_key": None, "history": []}
+        freeze_for_training(model, inputs.frozen, inputs.n_layers, cfg)
+        self.optimizer = build_optimizer(model, cfg)
 
-    def save_last():
-        def write(tmp: Path):
-            model.save_pretrained(tmp)
-            save_optimizer(optimizer, tmp / "optimizer.safetensors")
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    def resume(self, total: int) -> None:
+        """Continue from out_dir/last when it holds a run (weights, optimizer, counters)."""
+        from assistant import distributed as dist
+
         if dist.is_main():
-            atomic_save_dir(write, last)
+            for folder in (self.last, self.out_dir / "best"):
+                recover_interrupted_save(folder)
+        dist.barrier()
+        if not (self.cfg.resume and dist.main_first((self.last / "trainer_state.json").is_file())):
+            return
+        self.state = json.loads((self.last / "trainer_state.json").read_text())
+        trained = type(self.model).from_pretrained(self.last)
+        self.model.load_state_dict(trained.state_dict())
+        freeze_for_training(self.model, self.inputs.frozen, self.inputs.n_layers, self.cfg)
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        load_optimizer(self.optimizer, self.last / "optimizer.safetensors")
+        print(f"{self.desc}: resumed from {self.last} at step {self.state['step']}/{total}")
+
+    def save_last(self) -> None:
+        from assistant import distributed as dist
+
+        def write(tmp: Path):
+            self.model.save_pretrained(tmp)
+            save_optimizer(self.optimizer, tmp / "optimizer.safetensors")
+            (tmp / "trainer_state.json").write_text(json.dumps(self.state, indent=1))
+        if dist.is_main():
+            atomic_save_dir(write, self.last)
         dist.barrier()
 
-    def evaluate_and_keep_best():
-        report = dev_score(model, dev_utts, schema)
+    def evaluate_and_keep_best(self) -> None:
+        from assistant import distributed as dist
+
+        report = dev_score(self.model, self.dev_utts, self.schema)
         key = (report["intent_accuracy"], report["slot_f1"], -report["wer"])
+        state = self.state
         state["history"].append({"step": state["step"], "dev_intent_accuracy": report["intent_accuracy"],
                                  "dev_slot_f1": report["slot_f1"], "dev_wer": report["wer"]})
         if state["best_key"] is None or list(key) > list(state["best_key"]):
             state["best_key"], state["best"] = list(key), {k: report[k] for k in
                                                           ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
             if dist.is_main():
-                atomic_save_dir(model.save_pretrained, out_dir / "best")
+                atomic_save_dir(self.model.save_pretrained, self.out_dir / "best")
         dist.barrier()
         if dist.is_main():
-                tqdm.write(f"{desc}: step {state['step']} dev intent acc {report['intent_accuracy']:.4f} "
+            tqdm.write(f"{self.desc}: step {state['step']} dev intent acc {report['intent_accuracy']:.4f} "
                        f"slot F1 {report['slot_f1']:.4f} WER {report['wer']:.4f}")
 
+
+def _train_step(run: FineTuneRun, loss_module, optimizer, accelerator, whole: torch.Tensor, epoch: int,
+                total: int) -> float:
+    """One optimizer step on this process's share of the global batch ``whole``; returns the loss."""
+    from assistant import distributed as dist
+
+    cfg, inputs, step = run.cfg, run.inputs, run.state["step"]
+    asr_ids = asr_rows_of_batch(whole.tolist(), inputs.transcripts, cfg.asr_rows)
+    idx = shard_of_batch(whole, dist.rank(), dist.world_size())
+    batch = inputs.copies[epoch % len(inputs.copies)][idx]
+    if inputs.spec is not None:
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        batch = inputs.spec(batch)
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * lr_factor(step, total, cfg.warmup_steps)
+    rows = idx.tolist()
+    loss = loss_module(batch.to(accelerator.device), [inputs.targets[i] for i in rows],
+                       [inputs.transcripts[i] if i in asr_ids else "" for i in rows], cfg.asr_weight, cfg.asr_rows)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{run.desc}: loss became {loss.item()} at step {step}; lower --lr or check the data")
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(loss_module.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, out_dir: Path,
+              desc: str = "train", schema=None) -> dict:
+    """Fine-tune `model` on examples; keep the best dev checkpoint in out_dir/best; resumable via out_dir/last.
+
+    Returns {"best_dev": report, "best_dir": path, "steps": n, "seconds": t}.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from assistant import distributed as dist
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    # Under `accelerate launch` (P processes) this is DDP: each process takes its share of every global
+    # batch, gradients are averaged, and only the main process writes checkpoints. Parameters some steps
+    # do not reach (the ASR loss's rows are optional) must not stall the gradient reduction.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    inputs = encode_training_inputs(model, examples, cfg, desc)
+    steps_per_epoch = math.ceil(len(inputs.kept) / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    eval_every = cfg.eval_every_steps or steps_per_epoch
+    run = FineTuneRun(model, inputs, dev_utts, cfg, out_dir, desc, schema)
+    run.resume(total)
+    loss_module, optimizer = accelerator.prepare(_LossModule(model, inputs.trunk_layers, dist.world_size()),
+                                                 run.optimizer)
+    run.optimizer = optimizer
     start = time.perf_counter()
     model.train()
-    bar = tqdm(total=total, initial=state["step"], desc=desc, unit="step", disable=None if dist.is_main() else True)
-    while state["step"] < total:
-        epoch, offset = divmod(state["step"], steps_per_epoch)
+    bar = tqdm(total=total, initial=run.state["step"], desc=desc, unit="step", disable=None if dist.is_main() else True)
+    while run.state["step"] < total:
+        epoch, offset = divmod(run.state["step"], steps_per_epoch)
         # Order depends only on (seed, epoch): a resumed run sees exactly the batches it would have.
-        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        order = torch.randperm(len(inputs.kept), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         for b in range(offset, steps_per_epoch):
-            if state["step"] >= total:
+            if run.state["step"] >= total:
                 break
-            whole = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            asr_ids = asr_rows_of_batch(whole.tolist(), transcripts, cfg.asr_rows)
-            idx = shard_of_batch(whole, rank, world)
-            batch = copies[epoch % len(copies)][idx]
-            if spec is not None:
-                torch.manual_seed(cfg.seed * 1_000_003 + state["step"])
-                batch = spec(batch)
-            for g in optimizer.param_groups:
-                g["lr"] = g["initial_lr"] * lr_factor(state["step"], total, cfg.warmup_steps)
-            rows = idx.tolist()
-            loss = loss_module(batch.to(accelerator.device), [targets[i] for i in rows],
-                               [transcripts[i] if i in asr_ids else "" for i in rows], cfg.asr_weight, cfg.asr_rows)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {state['step']}; "
-                                         "lower --lr or check the data")
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(loss_module.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
+            loss = _train_step(run, loss_module, optimizer, accelerator,
+                               order[b * cfg.batch_size:(b + 1) * cfg.batch_size], epoch, total)
+            run.state["step"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
-            if state["step"] % eval_every == 0 or state["step"] == total:
-                evaluate_and_keep_best()
-            if state["step"] % cfg.save_every_steps == 0 or state["step"] == total:
-                save_last()
+            bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1)
+            if run.state["step"] % eval_every == 0 or run.state["step"] == total:
+                run.evaluate_and_keep_best()
+            if run.state["step"] % cfg.save_every_steps == 0 or run.state["step"] == total:
+                run.save_last()
     bar.close()
     if not dist.main_first((out_dir / "best").exists()):     # resumed after the final step: make sure best exists
-        evaluate_and_keep_best()
-    return {"best_dev": state["best"], "best_dir": str(out_dir / "best"), "steps": state["step"],
-            "seconds": round(time.perf_counter() - start, 1), "history": state["history"]}
+        run.evaluate_and_keep_best()
+    return {"best_dev": run.state["best"], "best_dir": str(out_dir / "best"), "steps": run.state["step"],
+            "seconds": round(time.perf_counter() - start, 1), "history": run.state["history"]}
 
 
 # ----------------------------------------------------------------------------------------------
