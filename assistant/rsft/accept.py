@@ -127,23 +127,13 @@ def statistical(scored: list[Scored], rng: np.random.Generator, *, beta: float =
     limit = min(limit, cap) if cap is not None else limit
     if not scored:
         return []
-    rewards = np.array([s.reward for s in scored], dtype=float)
     draws = _draws(scored)
     if bound is not None:
         ceiling = _finite(bound, "bound", rule)
     if normalize and bound is not None:
         raise AcceptError(f"{rule}: normalize=True rescales rewards per utterance, so a fixed bound means "
                           "nothing; leave bound unset")
-    if normalize and draws:
-        spread = float(rewards[draws].std())
-        rewards = (rewards - float(rewards[draws].mean())) / spread if spread > 0 else np.zeros_like(rewards)
-    correction = np.zeros_like(rewards)
-    if correct_proposal:
-        for i, s in enumerate(scored):
-            ref, own = s.candidate.ref_logprob, s.candidate.logprob
-            if ref is not None and math.isfinite(ref) and math.isfinite(own):
-                correction[i] = beta * (ref - own)
-    effective = rewards + correction
+    effective, correction = _effective_rewards(scored, draws, beta, normalize, correct_proposal)
     if bound is None:
         ceiling = float(effective[draws].max()) if draws else 0.0
     elif effective.max() > ceiling:
@@ -153,6 +143,31 @@ def statistical(scored: list[Scored], rng: np.random.Generator, *, beta: float =
                           "cover the correction too), or use bound=None")
     reasons: dict[int, tuple[bool, str]] = {i: (False, f"{rule}: not a sample (greedy row only)")
                                             for i in range(len(scored)) if i not in set(draws)}
+    reasons.update(_visit_draws(draws, effective, ceiling, beta, limit, rng, rule))
+    return _decisions(scored, reasons)
+
+
+def _effective_rewards(scored: list[Scored], draws: list[int], beta: float, normalize: bool,
+                       correct_proposal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(reward the rule uses, its proposal correction beta * (ref_logprob - logprob)) per candidate."""
+    rewards = np.array([s.reward for s in scored], dtype=float)
+    if normalize and draws:
+        spread = float(rewards[draws].std())
+        rewards = (rewards - float(rewards[draws].mean())) / spread if spread > 0 else np.zeros_like(rewards)
+    correction = np.zeros_like(rewards)
+    if correct_proposal:
+        for i, s in enumerate(scored):
+            ref, own = s.candidate.ref_logprob, s.candidate.logprob
+            if ref is not None and math.isfinite(ref) and math.isfinite(own):
+                correction[i] = beta * (ref - own)
+    return rewards + correction, correction
+
+
+def _visit_draws(draws: list[int], effective: np.ndarray, ceiling: float, beta: float, limit: int,
+                 rng: np.random.Generator, rule: str) -> dict[int, tuple[bool, str]]:
+    """The draws in random order, each accepted with probability exp((r - M) / beta), until ``limit``
+    distinct candidates are kept."""
+    reasons: dict[int, tuple[bool, str]] = {}
     kept: set[int] = set()
     for d in rng.permutation(len(draws)):
         i = draws[int(d)]
@@ -166,7 +181,7 @@ def statistical(scored: list[Scored], rng: np.random.Generator, *, beta: float =
             kept.add(i)
         else:
             reasons.setdefault(i, (False, f"{rule}: rejected"))
-    return _decisions(scored, reasons)
+    return reasons
 
 
 def best_of_n(scored: list[Scored], rng: np.random.Generator | None = None, *, k: int = 1) -> list[Decision]:

@@ -370,14 +370,7 @@ def run_rsft(cfg: RSFTConfig) -> dict:
     with dist.main_process_first():            # a model name converts into the cache once
         ref_model = _speech_model(cfg.ref_model or base_dir).eval()
 
-    init_path = out / "init_dev.json"
-    if dist.main_first(init_path.is_file()):
-        init_dev = json.loads(init_path.read_text())
-    else:
-        init_dev = dev_score(_speech_model(base_dir), dev, schema)
-        init_dev = {k: init_dev[k] for k in ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
-        if dist.is_main():
-            init_path.write_text(json.dumps(init_dev))
+    init_dev = _init_dev_score(out / "init_dev.json", base_dir, dev, schema)
     reports, current = [], base_dir
     rewards = None
     teacher, reader = load_teacher(cfg, schema), None
@@ -411,13 +404,30 @@ def run_rsft(cfg: RSFTConfig) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     if reports:
         plot_rounds(reports, init_dev, out / "rounds.png")
-    print(f"{'round':>5} {'dev intent':>10} {'accept rate':>11} {'kept prec.':>10} {'cand/s':>7}")
-    print(f"{0:>5} {init_dev['intent_accuracy']:>10.4f} {'-':>11} {'-':>10} {'-':>7}")
+    print(rounds_table(init_dev, reports))
+    return summary
+
+
+def _init_dev_score(path: Path, base_dir: Path, dev: list, schema) -> dict:
+    """The starting model's dev score (round 0), computed once per run folder."""
+    if dist.main_first(path.is_file()):
+        return json.loads(path.read_text())
+    report = dev_score(_speech_model(base_dir), dev, schema)
+    report = {k: report[k] for k in ("intent_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
+    if dist.is_main():
+        path.write_text(json.dumps(report))
+    return report
+
+
+def rounds_table(init_dev: dict, reports: list[dict]) -> str:
+    lines = [f"{'round':>5} {'dev intent':>10} {'accept rate':>11} {'kept prec.':>10} {'cand/s':>7}",
+             f"{0:>5} {init_dev['intent_accuracy']:>10.4f} {'-':>11} {'-':>10} {'-':>7}"]
     for r in reports:
         prec = r["oracle_diagnostics"]["kept_frame_precision"]
-        print(f"{r['round']:>5} {r['dev']['intent_accuracy']:>10.4f} {(r['acceptance']['acceptance_rate'] or 0):>11.3f} "
-              f"{(prec if prec is not None else float('nan')):>10.3f} {r['candidates_per_second']:>7.1f}")
-    return summary
+        lines.append(f"{r['round']:>5} {r['dev']['intent_accuracy']:>10.4f} "
+                     f"{(r['acceptance']['acceptance_rate'] or 0):>11.3f} "
+                     f"{(prec if prec is not None else float('nan')):>10.3f} {r['candidates_per_second']:>7.1f}")
+    return "\n".join(lines)
 
 
 def cli(argv: list[str]) -> int:
