@@ -35,7 +35,11 @@ from assistant.train import TrainConfig
 
 STAGES = ("corpus", "sft", "rsft", "text_pass", "evaluate", "real_speech")
 CORPUS_FILES = ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json", "summary.json")
-PEER = "peer: stock Whisper tiny.en + our text NLU"
+
+
+def peer_name(model: str) -> str:
+    """The row of the peer a user would pick instead: the same Whisper, stock, + our text NLU."""
+    return f"peer: stock Whisper {model if model in ('tiny.en', 'base') else Path(model).name} + our text NLU"
 
 
 def _recipe(cls: type, name: str):
@@ -474,7 +478,7 @@ class MainJob:
             plot_confusion(self.test, shipped, self.out / "test_confusion.png")
         cells = {"shipped": shipped}
         if self.cfg.nlu:
-            systems[PEER] = cells["stock_cascade"] = stock_cascade_predictions(self.teacher, self.test, test_stock)
+            systems[peer_name(self.cfg.sft.model)] = cells["stock_cascade"] = stock_cascade_predictions(self.teacher, self.test, test_stock)
         reports = {name: evaluation_report(self.test, preds) for name, preds in systems.items()}
         by_cell = by_engine_condition(self.test, cells)
         self._print_results(reports, shipped_name, by_cell, stock_wer, format_report)
