@@ -68,15 +68,14 @@ class InferConfig:
 
 def load_model(cfg: InferConfig):
     """The PyTorch model or the ONNX export ``cfg`` names, or (None, why not)."""
-    if cfg.onnx:
-        from assistant.export import ExportError, OnnxSLU
-
-        try:
-            return OnnxSLU(cfg.onnx, precision="int8" if cfg.int8 else "fp32"), None
-        except ExportError as e:
-            return None, str(e)
+    from assistant.model.onnx_runtime import ExportError
     from assistant.nlu import load_pipeline       # torch and both models: after the argument checks
 
+    if cfg.onnx:
+        try:
+            return load_pipeline(cfg.onnx, runtime="onnx-int8" if cfg.int8 else "onnx").eval(), None
+        except ExportError as e:
+            return None, str(e)
     model_dir, problem = resolve_model_dir(cfg.model)
     if problem:
         return None, problem

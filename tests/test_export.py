@@ -199,7 +199,7 @@ def test_transcribe_and_classify_runs_the_onnx_export(tiny, exported, tmp_path, 
 
 
 def test_text_second_pass_travels_with_the_export(tiny, waves, tmp_path):
-    from assistant.nlu import NluPass, TextTeacher
+    from assistant.nlu import NluPass, TextTeacher, load_pipeline
     from assistant.schema import load_schema
     from assistant.train import frame_target
     from assistant.data.manifest import read_manifest
@@ -210,9 +210,11 @@ def test_text_second_pass_travels_with_the_export(tiny, waves, tmp_path):
     tiny.nlu = NluPass(teacher, weight=1.0)
     try:
         folder = export_onnx(tiny, tmp_path / "onnx", progress=False)
-        runtime = OnnxSLU(folder)
-        assert runtime.nlu is not None and runtime.nlu.weight == 1.0
-        assert OnnxSLU(folder, nlu=False).nlu is None
+        runtime = load_pipeline(folder, runtime="onnx")                     # the pipeline: with its text pass
+        assert isinstance(runtime, OnnxSLU) and runtime.nlu is not None and runtime.nlu.weight == 1.0
+        assert OnnxSLU(folder).nlu is None                                  # the runtime alone: without
+        with pytest.raises(ValueError, match="runtime 'tpu': choose one of"):
+            load_pipeline(folder, runtime="tpu")
         texts = [frame_target(u) for u in read_manifest(FIXTURES / "fsc" / "data" / "train_data.csv")[:2]]
         with torch.no_grad():
             eager = tiny.sequence_logprobs(tiny.encode(tiny.features(waves)), texts, expand=[0, 3])

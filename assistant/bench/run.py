@@ -195,7 +195,8 @@ def choose_clips(run: BenchRun, results: dict) -> None:
 
 
 def _add_onnx_systems(run: BenchRun, results: dict) -> None:
-    from assistant.export import OnnxSLU, export_onnx, verify_export
+    from assistant.export import export_onnx, verify_export
+    from assistant.nlu import load_pipeline
 
     _say("export onnx (+ int8)")
     onnx_dir, seconds, _ = timed(lambda: export_onnx(run.model, run.work / "onnx", quantize="int8", verify=False,
@@ -203,9 +204,10 @@ def _add_onnx_systems(run: BenchRun, results: dict) -> None:
     verify = {p: verify_export(run.model, onnx_dir, precision=p) for p in ("fp32", "int8")}
     results["export"] = {"seconds": seconds, "verify": verify,
                          "sizes_mb": {p.name: p.stat().st_size / 1e6 for p in sorted(onnx_dir.glob("*.onnx"))}}
-    run.onnx_dir, run.runtime = onnx_dir, OnnxSLU(onnx_dir, "fp32", run.threads)
+    run.onnx_dir, run.runtime = onnx_dir, load_pipeline(onnx_dir, runtime="onnx", threads=run.threads)
     run.systems["onnx"] = OursSystem("onnx", run.runtime, run.schema)
-    run.systems["onnx-int8"] = OursSystem("onnx-int8", OnnxSLU(onnx_dir, "int8", run.threads), run.schema)
+    run.systems["onnx-int8"] = OursSystem("onnx-int8", load_pipeline(onnx_dir, runtime="onnx-int8",
+                                                                    threads=run.threads), run.schema)
 
 
 def build_systems(run: BenchRun, results: dict) -> None:

@@ -117,14 +117,11 @@ def build_classifier_peer(intents: list[str], context_seconds: float, frozen_lay
 
 def build_system(name: str, model_dir: str, onnx_dir: str, threads: int, schema, batch: int) -> System:
     """One of the systems the main run builds, by name (eager, onnx, onnx-int8, cascade), from its files."""
-    if name == "eager":
+    if name in ("eager", "onnx", "onnx-int8"):
         from assistant.nlu import load_pipeline
 
-        return OursSystem(name, load_pipeline(model_dir), schema)
-    if name in ("onnx", "onnx-int8"):
-        from assistant.export import OnnxSLU
-
-        return OursSystem(name, OnnxSLU(onnx_dir, "int8" if name == "onnx-int8" else "fp32", threads), schema)
+        return OursSystem(name, load_pipeline(model_dir if name == "eager" else onnx_dir, runtime=name,
+                                              threads=threads), schema)
     if name == "cascade":
         from assistant.nlu import default_teacher
 

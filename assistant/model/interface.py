@@ -1,7 +1,7 @@
 """``SpeechModel``: what the rest of the project needs from a speech-to-frame model.
 
 Two implementations: the eager ``SLUModel`` (assistant.model.slu: training, sampling, the stock
-reading) and the ONNX runtime ``OnnxSLU`` (assistant.export: greedy decoding on onnxruntime, no stock
+reading) and the ONNX runtime ``OnnxSLU`` (assistant.model.onnx_runtime: greedy decoding on onnxruntime, no stock
 reading). Inference (``assistant.inference``), the demo, the benchmarks, the text second pass
 (``assistant.nlu``) and RSFT's candidates and readings take either; the training loop and RSFT's
 reference scoring need ``SLUModel`` itself.
