@@ -64,7 +64,7 @@ class TrainConfig:
     asr_weight: float = 0.5           # weight of the plain-transcription loss (stock prompt) that keeps ASR alive
     asr_rows: int = 4                 # clips per batch that also get the ASR loss (its 51,864-way softmax is costly)
     lora_rank: int = 0                # > 0: train LoRA adapters (off for the stock ASR prompt) instead of the weights
-    lora_alpha: float = 0.0           # adapter scale alpha / rank (0 = rank, i.e. scale 1)
+    lora_alpha: float | None = None   # adapter scale alpha / rank (None = rank, i.e. scale 1)
     spec_augment: bool = False        # SpecAugment on log-mels (with cache_encoder: on the cached copies below)
     augment_copies: int = 1           # cache_encoder + spec_augment: differently masked copies of each clip,
                                       # encoded once; epoch e trains on copy e mod N (memory: N x the cache)
@@ -95,8 +95,8 @@ class TrainConfig:
             raise ValueError(f"save_every_steps must be >= 1, got {self.save_every_steps}")
         if not (0.0 <= self.asr_weight <= 10.0):
             raise ValueError(f"asr_weight must be in [0, 10], got {self.asr_weight}")
-        if self.lora_alpha < 0:
-            raise ValueError(f"lora_alpha must be >= 0, got {self.lora_alpha}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, or null for the rank (scale 1); got {self.lora_alpha}")
         if self.augment_copies < 1:
             raise ValueError(f"augment_copies must be >= 1, got {self.augment_copies}")
         if self.dataset and (self.train_manifest or self.dev_manifest or self.corpus):
@@ -630,7 +630,7 @@ def lora_config(cfg: TrainConfig, encoder_layers: int):
     from assistant.model.lora import LoraConfig
 
     first = encoder_layers if cfg.freeze_encoder_layers < 0 else min(cfg.freeze_encoder_layers, encoder_layers)
-    return LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha or float(cfg.lora_rank), encoder_from=first)
+    return LoraConfig(rank=cfg.lora_rank, alpha=float(cfg.lora_rank) if cfg.lora_alpha is None else cfg.lora_alpha, encoder_from=first)
 
 
 def vocabulary_texts(schema, targets: list[str]) -> list[str]:
