@@ -58,7 +58,7 @@ class TrainConfig:
     encoder_lr_scale: float = 0.3     # unfrozen encoder layers learn slower: they are already good
     weight_decay: float = 0.01
     warmup_steps: int = 30
-    freeze_encoder_layers: int = -1   # -1 = whole encoder frozen (its output is cached once per clip)
+    freeze_encoder_layers: int | None = None   # None = the whole encoder frozen (its output cached once per clip)
     cache_encoder: bool = True        # run the frozen encoder layers once, not every step (~5x faster on CPU)
     train_embeddings: bool = False    # the tied 51,864 x d token matrix: a dense gradient + Adam update per step
     asr_weight: float = 0.5           # weight of the plain-transcription loss (stock prompt) that keeps ASR alive
@@ -101,8 +101,8 @@ class TrainConfig:
             raise ValueError(f"augment_copies must be >= 1, got {self.augment_copies}")
         if self.dataset and (self.train_manifest or self.dev_manifest or self.corpus):
             raise ValueError("--dataset replaces --train-manifest / --dev-manifest / --corpus: pass one source")
-        for name in ("spec_freq_mask", "spec_time_mask", "lora_rank", "asr_rows", "warmup_steps"):
-            if getattr(self, name) < 0:
+        for name in ("spec_freq_mask", "spec_time_mask", "lora_rank", "asr_rows", "warmup_steps", "freeze_encoder_layers"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
@@ -372,7 +372,7 @@ def encode_training_inputs(model, examples: list[Example], cfg: "TrainConfig", d
         raise TrainDataError(f"fine_tune: no readable training audio: none of the {len(examples)} clips could be "
                              "read (see the 'skipped:' lines above); fix them or point the manifest at others")
     n_layers = len(model.whisper.model.encoder.layers)
-    frozen = n_layers if cfg.freeze_encoder_layers < 0 else min(cfg.freeze_encoder_layers, n_layers)
+    frozen = n_layers if cfg.freeze_encoder_layers is None else min(cfg.freeze_encoder_layers, n_layers)
     trunk_layers = frozen if cfg.cache_encoder else None
     model.eval()
     spec = SpecAugment(cfg.spec_freq_mask, cfg.spec_time_mask).train() if cfg.spec_augment else None
@@ -629,7 +629,7 @@ def lora_config(cfg: TrainConfig, encoder_layers: int):
     """Adapters on every decoder layer and on the encoder layers that train (none if it is frozen)."""
     from assistant.model.lora import LoraConfig
 
-    first = encoder_layers if cfg.freeze_encoder_layers < 0 else min(cfg.freeze_encoder_layers, encoder_layers)
+    first = encoder_layers if cfg.freeze_encoder_layers is None else min(cfg.freeze_encoder_layers, encoder_layers)
     return LoraConfig(rank=cfg.lora_rank, alpha=float(cfg.lora_rank) if cfg.lora_alpha is None else cfg.lora_alpha, encoder_from=first)
 
 

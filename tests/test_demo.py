@@ -37,7 +37,7 @@ def train_known_model(out: Path) -> Path:
     threads = torch.get_num_threads()
     cfg = load_config(TrainConfig, None, tiny_random=True, train_manifest=str(FSC), dev_manifest=str(FSC),
                       output_dir=str(out), train_limit=1, dev_limit=1, batch_size=1, max_steps=150, lr=5e-3,
-                      warmup_steps=1, freeze_encoder_layers=-1, cache_encoder=True, save_every_steps=1000,
+                      warmup_steps=1, freeze_encoder_layers=None, cache_encoder=True, save_every_steps=1000,
                       eval_every_steps=150, threads=1, train_embeddings=True)
     try:
         recipe_main(cfg)

@@ -126,7 +126,7 @@ def test_default_config_is_the_issue_table():
         "generate": {"num_samples": 0, "readings": ["text", "stock"]}, "rewards": {"agreement": 1.0},
         "accept": {"rule": "best_of_n", "k": 1, "min_vote": 0.0, "min_text_confidence": 0.0}}
     assert specs["c_rsft_label_free"] == {}
-    assert specs["x_encoder_frozen"] == {"finetune": {"freeze_encoder_layers": -1}}
+    assert specs["x_encoder_frozen"] == {"finetune": {"freeze_encoder_layers": None}}
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def _tiny_config(corpus, out, **kw):
     values = dict(corpus=str(corpus), output_dir=str(out / "out"), results_file="results/table.md", labelled_voices=1,
                   seeds=[0, 1],
                   train={"tiny_random": True, "max_steps": 2, "batch_size": 4, "dev_limit": 4, "warmup_steps": 1,
-                         "lora_rank": 0, "freeze_encoder_layers": -1},
+                         "lora_rank": 0, "freeze_encoder_layers": None},
                   rsft={"rounds": 1, "generate": {"num_samples": 2, "max_new_tokens": 12},
                         "finetune": {"max_steps": 1, "batch_size": 4, "dev_limit": 4, "warmup_steps": 1, "lora_rank": 0}})
     values.update(kw)
@@ -263,7 +263,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert set(runs[("x_reward_agreement_only", 0)].rewards) == {"agreement", "teacher"}
     assert runs[("x_abstention_off", 0)].accept.min_vote == 0.0
     assert runs[("x_targets_sampled", 0)].transcript_target == "sampled" and c.transcript_target == "majority"
-    assert runs[("x_encoder_frozen", 0)].finetune.freeze_encoder_layers == -1 != c.finetune.freeze_encoder_layers
+    assert runs[("x_encoder_frozen", 0)].finetune.freeze_encoder_layers is None and None != c.finetune.freeze_encoder_layers
     assert runs[("x_n_16", 0)].generate.num_samples == 16
     assert json.loads((out / "seed_1" / "a_supervised_slice" / "text_pass.json").read_text())["stock_bonus"] == "-inf"
 

@@ -130,7 +130,7 @@ def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
     ablations += [
         ("x_abstention_off", {"accept": NO_ABSTENTION}),
         ("x_targets_sampled", {"transcript_target": "sampled"}),
-        ("x_encoder_frozen", {"finetune": {"freeze_encoder_layers": -1}}),
+        ("x_encoder_frozen", {"finetune": {"freeze_encoder_layers": None}}),
         ("x_n_16", {"generate": {"num_samples": 16}}),
     ]
     return main + ablations
