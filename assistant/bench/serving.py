@@ -69,7 +69,7 @@ def post_clip(url: str, data: bytes, name: str, timeout: float = 120.0) -> tuple
 def _summary(latencies: list[float], errors: int, seconds: float) -> dict:
     q = sorted(latencies)
     pick = lambda f: round(q[min(len(q) - 1, int(f * len(q)))], 4) if q else None
-    return {"n": len(latencies), "errors": errors, "seconds": round(seconds, 2),
+    return {"n": len(latencies), "errors": errors, "seconds": round(seconds, 4),
             "requests_per_second": round(len(latencies) / max(seconds, 1e-9), 2),
             "p50_s": round(statistics.median(q), 4) if q else None, "p95_s": pick(0.95)}
 
@@ -86,12 +86,16 @@ def sequential(url: str, clips: list[bytes], n: int) -> dict:
 def concurrent(url: str, clips: list[bytes], clients: int, requests: int, max_seconds: float) -> dict:
     """``clients`` threads send clips back to back until ``requests`` answers or ``max_seconds``."""
     lock, lat, counter = threading.Lock(), [], {"sent": 0, "errors": 0}
-    deadline = time.perf_counter() + max_seconds
-    go = threading.Barrier(clients)
+    clock = {}
+
+    def start_clock() -> None:            # when every client is ready, not when the threads were made
+        clock["deadline"] = time.perf_counter() + max_seconds
+
+    go = threading.Barrier(clients, action=start_clock)
 
     def client(k: int) -> None:
         go.wait()
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < clock["deadline"]:
             with lock:
                 if counter["sent"] >= requests:
                     return
