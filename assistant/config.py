@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -317,8 +318,6 @@ def parse_command(cls: type[T], prog: str, doc: str | None, argv: list[str], pos
     """A command's config from its argv: every field a flag (``add_dataclass_arguments``), ``--config YAML``,
     checked values. Commands never reach for the Hugging Face hub unless the user asks (HF_HUB_OFFLINE=0):
     every default weight ships in a pip package."""
-    import os
-
     ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(ap, cls, positional=positional)
     cfg = parse_config(cls, ap.parse_args(argv))

@@ -39,7 +39,9 @@ CORPUS_FILES = ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout
 
 def peer_name(model: str) -> str:
     """The row of the peer a user would pick instead: the same Whisper, stock, + our text NLU."""
-    return f"peer: stock Whisper {model if model in ('tiny.en', 'base') else Path(model).name} + our text NLU"
+    from assistant.model.packaged import is_packaged_name
+
+    return f"peer: stock Whisper {model if is_packaged_name(model) else Path(model).name} + our text NLU"
 
 
 def _recipe(cls: type, name: str):
