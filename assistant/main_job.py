@@ -520,6 +520,11 @@ class MainJob:
         return real
 
     # ----- the summary README's tables are made from
+    def sft_model_name(self) -> str:
+        """The pretrained model the supervised model started from (its saved config: --sft-from reuses another's)."""
+        config = self._sft_dir() / "config.yaml"
+        return load_config(TrainConfig, config).model if config.is_file() else self.cfg.sft.model
+
     def summary(self) -> dict:
         if not dist.is_main():
             return {}
@@ -529,7 +534,7 @@ class MainJob:
         print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
         evaluated = self.load_result("evaluate", EvaluateResult)
         text_pass = self.load_result("text_pass", TextPassResult) if self.cfg.nlu else None
-        summary = {"final_model": str(self.out / "final"), **(asdict(evaluated) if evaluated else {}),
+        summary = {"final_model": str(self.out / "final"), "sft_model": self.sft_model_name(), **(asdict(evaluated) if evaluated else {}),
                    "timings_s": timings, "rsft_rounds": self.rsft.rounds if self.rsft else [],
                    "nlu": ({**asdict(text_pass), "stock_bonus": str(text_pass.stock_bonus)} if text_pass else None),
                    "real_speech": _read_json(self.result_path("real_speech"))}

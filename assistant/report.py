@@ -4,7 +4,9 @@
 
 For each system of the test table: intent accuracy per run, their mean and spread (max - min), slot F1,
 WER and the per-part accuracies (mean over runs); the engine x condition cells of each run; the dev
-choice and each RSFT round's diagnostics. README's measured numbers are printed by this command.
+choice and each RSFT round's diagnostics; the speech model each run trained (tiny.en, base, ...) with its
+training time, real-speech WER and, where ``assistant bench --json runs/<name>/bench.json`` was run on its
+``final`` folder, latency and memory. README's measured numbers are printed by this command.
 """
 
 from __future__ import annotations
@@ -99,13 +101,66 @@ def choice_lines(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(out)
 
 
+def speech_model_name(run_dir: Path, summary: dict) -> str:
+    """The model the run's supervised stage started from (summary, else the saved training config)."""
+    return str(summary.get("sft_model") or (_read_yaml(run_dir / "sft" / "config.yaml") or {}).get("model", "?"))
+
+
+def _bench_cells(bench: dict | None) -> str:
+    """3 s command, batch 1: p50 ms eager / ONNX / ONNX int8, int8 real-time factor, peak RSS eager / int8."""
+    if not bench:
+        return "- | - | -"
+    lat = {k: v.get("3s", {}).get("batch1", {}) for k, v in bench.get("latency", {}).items()}
+    mem = bench.get("memory", {})
+    ms = " / ".join(f"{lat.get(k, {}).get('p50_ms', float('nan')):.0f}" for k in ("eager", "onnx", "onnx-int8"))
+    rss = " / ".join(f"{mem.get(k, {}).get('rss_peak_mb', float('nan')):.0f}" for k in ("eager", "onnx-int8"))
+    return f"{ms} | {lat.get('onnx-int8', {}).get('rtf_p50', float('nan')):.3f} | {rss}"
+
+
+def models_table(run_dirs: list[str], runs: list[tuple[str, dict]]) -> str:
+    """One row per run: its speech model, supervised accuracy (alone, + text pass on dev), the shipped
+    system, training time, real-speech WER (stock prompt; SLU transcript) and, with a bench.json, serving cost."""
+    lines = ["| run | model | dev: sup. + text | test: sup. alone | test: shipped | slot F1 (shipped) | "
+             "WER (sup.) | supervised training s (per epoch) | real speech WER: stock prompt / SLU | "
+             "3 s p50 ms: eager / ONNX / int8 | RTF int8 | peak RSS MB: eager / int8 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run_dir, (name, s) in zip(run_dirs, runs):
+        folder = Path(run_dir)
+        sup = s["test"].get("supervised", {})
+        final = next((r for n, r in s["test"].items() if n.startswith("final")), {})
+        dev = (s.get("nlu") or {}).get("dev_intent_accuracy_by_model", {}).get("supervised", float("nan"))
+        sft = _read(folder / "sft" / "result.json") or {}
+        epochs = (_read_yaml(folder / "sft" / "config.yaml") or {}).get("epochs")
+        per_epoch = f" ({sft['seconds'] / epochs:.0f})" if sft.get("seconds") and epochs else ""
+        real = s.get("real_speech") or {}
+        tuned = real.get("fine-tuned", {})
+        lines.append(
+            f"| {name} | {speech_model_name(folder, s)} | {dev:.4f} | {sup.get('intent_accuracy', float('nan')):.4f} | "
+            f"{final.get('intent_accuracy', float('nan')):.4f} | {final.get('slot_f1', float('nan')):.4f} | "
+            f"{sup.get('wer', float('nan')):.4f} | {sft.get('seconds', float('nan')):.0f}{per_epoch} | "
+            f"{tuned.get('wer', float('nan')):.4f} / {tuned.get('slu_wer', float('nan')):.2f} | "
+            f"{_bench_cells(_read(folder / 'bench.json'))} |")
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_yaml(path: Path) -> dict | None:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     runs = load(argv)
     print("## test (600 clips)\n\n" + test_table(runs) + "\n\n## test per engine x condition\n\n" + cells_table(runs)
-          + "\n\n## RSFT rounds\n\n" + rounds_table(runs) + "\n\n## dev choice\n\n" + choice_lines(runs))
+          + "\n\n## RSFT rounds\n\n" + rounds_table(runs) + "\n\n## dev choice\n\n" + choice_lines(runs)
+          + "\n\n## speech models\n\n" + models_table(argv, runs))
     return 0
 
 

@@ -34,6 +34,7 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
 
     out = tmp_path / "run"
     assert (tmp_path / "data" / "smoke" / "test.jsonl").is_file()               # the corpus was synthesised
+    assert summary["sft_model"] == "tiny.en"         # the model its supervised stage started from (the report's row)
     nlu = summary["nlu"]
     assert set(nlu["dev_intent_accuracy_by_model"]) == {"supervised", "rsft round 1"}
     assert nlu["speech_model"] in nlu["dev_intent_accuracy_by_model"]

@@ -44,3 +44,32 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
     with pytest.raises(SystemExit, match="assistant run --output-dir"):
         main([str(tmp_path / "nope")])
+
+
+def test_speech_models_side_by_side(tmp_path, capsys):
+    """One row per run: the model its supervised stage trained (summary, else sft/config.yaml), training time
+    per epoch, real-speech WER and, where the run has a bench.json, latency and peak memory."""
+    for name, model, seconds, bench in (("tiny", "tiny.en", 1000.0, None), ("base", "base", 2500.0, (300, 150, 80))):
+        run = tmp_path / name
+        (run / "sft").mkdir(parents=True)
+        summary = _summary("final = supervised + text pass", 0.9, 0.93 if model == "base" else 0.88, (0.7, 0.6))
+        summary["test"]["supervised"] = {"intent_accuracy": 0.85, "slot_f1": 0.8, "wer": 0.09}
+        summary["nlu"]["dev_intent_accuracy_by_model"] = {"supervised": 0.91}
+        summary["real_speech"] = {"fine-tuned": {"wer": 0.05, "slu_wer": 0.6}}
+        if model == "base":
+            summary["sft_model"] = "base"
+        else:
+            (run / "sft" / "config.yaml").write_text("model: tiny.en\nepochs: 5\n")
+        (run / "sft" / "result.json").write_text(json.dumps({"seconds": seconds}))
+        (run / "summary.json").write_text(json.dumps(summary))
+        if bench:
+            lat = {k: {"3s": {"batch1": {"p50_ms": v, "rtf_p50": v / 3000}}} for k, v in zip(("eager", "onnx", "onnx-int8"), bench)}
+            (run / "bench.json").write_text(json.dumps({"latency": lat, "memory": {"eager": {"rss_peak_mb": 900},
+                                                                                  "onnx-int8": {"rss_peak_mb": 400}}}))
+    assert main([str(tmp_path / "tiny"), str(tmp_path / "base")]) == 0
+    rows = [line for line in capsys.readouterr().out.split("## speech models")[1].splitlines() if line.startswith("| ")]
+    assert rows[1] == ("| tiny | tiny.en | 0.9100 | 0.8500 | 0.8800 | 0.8000 | 0.0900 | 1000 (200) | 0.0500 / 0.60 "
+                       "| - | - | - |")
+    # no config.yaml: no per-epoch figure; the bench's 3 s row: 300 / 150 / 80 ms, RTF 80 / 3000
+    assert rows[2] == ("| base | base | 0.9100 | 0.8500 | 0.9300 | 0.8000 | 0.0900 | 2500 | 0.0500 / 0.60 "
+                       "| 300 / 150 / 80 | 0.027 | 900 / 400 |")
