@@ -120,7 +120,7 @@ def _bench_cells(bench: dict | None) -> str:
 def models_table(run_dirs: list[str], runs: list[tuple[str, dict]]) -> str:
     """One row per run: its speech model, supervised accuracy (alone, + text pass on dev), the shipped
     system, training time, real-speech WER (stock prompt; SLU transcript) and, with a bench.json, serving cost."""
-    lines = ["| run | model | dev: sup. + text | test: sup. alone | test: shipped | slot F1 (shipped) | "
+    lines = ["| run | model | dev: sup. alone / + text | test: sup. alone | test: shipped | slot F1 (shipped) | "
              "WER (sup.) | supervised training s (per epoch) | real speech WER: stock prompt / SLU | "
              "3 s p50 ms: eager / ONNX / int8 | RTF int8 | peak RSS MB: eager / int8 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -128,14 +128,17 @@ def models_table(run_dirs: list[str], runs: list[tuple[str, dict]]) -> str:
         folder = Path(run_dir)
         sup = s["test"].get("supervised", {})
         final = next((r for n, r in s["test"].items() if n.startswith("final")), {})
-        dev = (s.get("nlu") or {}).get("dev_intent_accuracy_by_model", {}).get("supervised", float("nan"))
+        nlu = s.get("nlu") or {}
+        dev = nlu.get("dev_intent_accuracy_by_model", {}).get("supervised", float("nan"))
+        # the text pass's grid holds "speech model alone" (w=0, no stock reading) for the model it joined
+        alone = nlu.get("dev_intent_accuracy_by_choice", {}).get("w=0 b=-inf") if nlu.get("speech_model") == "supervised" else None
         sft = _read(folder / "sft" / "result.json") or {}
         epochs = (_read_yaml(folder / "sft" / "config.yaml") or {}).get("epochs")
         per_epoch = f" ({sft['seconds'] / epochs:.0f})" if sft.get("seconds") and epochs else ""
         real = s.get("real_speech") or {}
         tuned = real.get("fine-tuned", {})
         lines.append(
-            f"| {name} | {speech_model_name(folder, s)} | {dev:.4f} | {sup.get('intent_accuracy', float('nan')):.4f} | "
+            f"| {name} | {speech_model_name(folder, s)} | {'-' if alone is None else f'{alone:.4f}'} / {dev:.4f} | {sup.get('intent_accuracy', float('nan')):.4f} | "
             f"{final.get('intent_accuracy', float('nan')):.4f} | {final.get('slot_f1', float('nan')):.4f} | "
             f"{sup.get('wer', float('nan')):.4f} | {sft.get('seconds', float('nan')):.0f}{per_epoch} | "
             f"{tuned.get('wer', float('nan')):.4f} / {tuned.get('slu_wer', float('nan')):.2f} | "
