@@ -107,6 +107,7 @@ def evaluation_report(utterances: list[Utterance], preds: list[Prediction]) -> d
         "mean_latency_s": sum(p.latency_s for _, p in pairs) / max(len(pairs), 1),
         "text_reader_share": sum(p.reader == "text" for _, p in pairs) / max(len(pairs), 1),
         "stock_reader_share": sum(p.reader == "stock" for _, p in pairs) / max(len(pairs), 1),
+        "sample_reader_share": sum(p.reader.startswith("sample") for _, p in pairs) / max(len(pairs), 1),
         **error_sources(pairs, correct),
     }
 
@@ -183,9 +184,10 @@ def format_report(report: dict) -> str:
         f"WER              {report['wer']:.4f}",
         f"invalid outputs  {report['invalid_rate']:.4f}",
     ]
-    if report.get("text_reader_share") or report.get("stock_reader_share"):
+    if report.get("text_reader_share") or report.get("stock_reader_share") or report.get("sample_reader_share"):
         lines.append(f"text NLU pass    changed {report['text_reader_share']:.1%} of the frames; the stock "
-                     f"transcript's reading won on {report.get('stock_reader_share', 0):.1%}")
+                     f"transcript's reading won on {report.get('stock_reader_share', 0):.1%}, the n-best's on "
+                     f"{report.get('sample_reader_share', 0):.1%}")
     for key, label in (("per_engine", "per engine      "), ("per_condition", "per condition   "),
                        ("per_part", "per phrasing    ")):
         if len(report.get(key, {})) > 1:

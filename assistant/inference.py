@@ -14,7 +14,6 @@ from typing import Iterable, Iterator
 import torch
 
 from assistant.audio import AudioError, load_audio
-from assistant.frames import parse_frame
 from assistant.model.interface import SpeechModel
 
 
@@ -30,8 +29,9 @@ class Prediction:
     response: str = ""
     latency_s: float = 0.0
     error: str = ""                    # set when the file could not be read
-    reader: str = "speech"             # whose reading won: "speech", "text" (NLU pass on our transcript) or
-                                       # "stock" (NLU pass on stock Whisper's transcript)
+    reader: str = "speech"             # whose reading won: "speech", "text" (NLU pass on our transcript),
+                                       # "stock" (NLU pass on stock Whisper's transcript), "sample" / "sample
+                                       # text" (a sampled frame of the n-best / the NLU pass on its transcript)
     stock_transcript: str = ""         # stock Whisper's transcript, when the pass decoded it
     stock_intent: str = ""             # the text model's reading of it: what "stock Whisper + our NLU" says
     stock_slots: dict[str, str] = field(default_factory=dict)
@@ -52,26 +52,28 @@ def predict_waves(model: SpeechModel, waves: list[torch.Tensor], schema=None, pa
 
     A model loaded with a text second pass (``model.nlu``, see assistant.nlu) lets it re-read each valid
     transcript -- and, when the pass uses the stock reading, stock Whisper's transcript too (decoded here
-    unless ``stock_transcripts`` gives it); ``use_nlu=False`` scores the speech model alone."""
+    unless ``stock_transcripts`` gives it); with an n-best (``NluPass.samples``) also the speech model's
+    sampled frames and their transcripts. ``use_nlu=False`` scores the speech model alone."""
     paths = paths or [f"<clip {i}>" for i in range(len(waves))]
     start = time.perf_counter()
     enc = model.encode(model.features(waves))
-    candidates = model.generate(enc, num_samples=0, greedy=True, max_new_tokens=max_new_tokens)
+    nlu = model.nlu if use_nlu else None
+    if nlu is not None:        # greedy, plus the n-best's samples when the pass reads them
+        greedy, sampled = nlu.decode(model, enc, max_new_tokens)
+    else:
+        greedy, sampled = [c[0] for c in model.generate(enc, num_samples=0, greedy=True, max_new_tokens=max_new_tokens)], None
     out, frames = [], []
-    for path, cands in zip(paths, candidates):
-        best = cands[0]
-        parsed = parse_frame(best.text)
+    for path, best in zip(paths, greedy):
         # Cut off at max_new_tokens: the slots may be truncated, so the frame cannot be trusted.
-        pred = Prediction(path=path, raw=best.text, valid=parsed.valid and best.finished,
+        pred = Prediction(path=path, raw=best.text, valid=best.frame is not None,
                           confidence=_confidence(best.logprob, len(best.token_ids)))
         out.append(pred)
-        frames.append(parsed.frame if pred.valid else None)
-    nlu = model.nlu if use_nlu else None
+        frames.append(best.frame)
     readers = ["speech"] * len(out)
     if nlu is not None:
         if nlu.uses_stock and model.has_stock_path and stock_transcripts is None:
             stock_transcripts = model.stock_greedy(model.stock_encode(waves))
-        readings = nlu.readings(model, enc, frames, stock_transcripts if nlu.uses_stock else None)
+        readings = nlu.readings(model, enc, frames, stock_transcripts if nlu.uses_stock else None, sampled)
         frames, readers = readings.choose(nlu.weight, nlu.stock_bonus)
         for pred, heard, reading in zip(out, stock_transcripts or [], readings.stock):
             pred.stock_transcript = heard

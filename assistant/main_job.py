@@ -67,6 +67,9 @@ class MainConfig:
     seed; ``--rsft.rounds 0`` trains the supervised model only."""
     profile: str = field(default="default", metadata={"help": "synth profile of the corpus"})
     nlu: bool = True                          # give the final model the text NLU second pass (assistant.nlu)
+    nlu_samples: int = field(default=8, metadata={
+        "help": "the text pass may also read an n-best: this many frames sampled per clip, each with the text "
+                "model's reading of its transcript; kept only if it wins on dev (0: greedy only)"})
     real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
     output_dir: str | None = None             # None: runs/main
     sft_from: str | None = None               # another run's folder (e.g. runs/main): reuse its supervised model
@@ -81,6 +84,8 @@ class MainConfig:
     rsft: RSFTConfig = field(default_factory=_rsft_recipe)
 
     def validate(self) -> None:
+        if self.nlu_samples < 0:
+            raise ValueError(f"nlu_samples must be >= 0 (0: the text pass reads the greedy frame only), got {self.nlu_samples}")
         for name in ("stage", "stop_stage"):
             if getattr(self, name) is not None and getattr(self, name) not in STAGES:
                 raise ValueError(f"{name} {getattr(self, name)!r}: choose one of {STAGES}")
@@ -112,7 +117,8 @@ class TextPassChoice:
     dev_accuracy: float
     weight: float
     stock_bonus: float
-    by_choice: dict[str, float]               # "w=.. b=.." -> dev intent accuracy
+    by_choice: dict[str, float]               # "w=.. b=.." (greedy only) / "w=.. b=.. n=N" (n-best) -> dev accuracy
+    samples: int = 0                          # the n-best's draws per clip (0: greedy only)
 
 
 @dataclass
@@ -121,6 +127,7 @@ class TextPassResult:
     model_dir: str
     weight: float
     stock_bonus: float
+    samples: int                              # the shipped pass's n-best draws per clip (0: greedy only)
     dev_intent_accuracy_by_model: dict[str, float]
     dev_intent_accuracy_by_choice: dict[str, float]
     dev_stock_cascade_accuracy: float
@@ -290,11 +297,14 @@ class MainJob:
         return self.out / "stages" / f"{stage}.inputs"
 
     def _inputs_key(self, stage: str) -> str:
-        """What a stage's result was computed from: the results of the stages before it."""
+        """What a stage's result was computed from: the results of the stages before it (and, for the text
+        pass, the n-best it may try)."""
         h = hashlib.sha256()
         for before in STAGES[:STAGES.index(stage)]:
             path = self.result_path(before)
             h.update(path.read_bytes() if path.is_file() else b"-")
+        if stage == "text_pass" and self.cfg.nlu_samples:
+            h.update(f"nlu_samples={self.cfg.nlu_samples}".encode())
         return h.hexdigest()[:16]
 
     # ----- 1. corpus
@@ -367,14 +377,15 @@ class MainJob:
     # ----- 4. text pass
     def text_pass_choice(self, name: str, model_dir: Path) -> TextPassChoice:
         """The text pass of one speech model chosen on every dev clip; kept per model folder."""
-        path = self.out / "cache" / f"text_pass_{_slug(name)}.json"
+        samples = self.cfg.nlu_samples
+        path = self.out / "cache" / f"text_pass_{_slug(name)}{f'_n{samples}' if samples else ''}.json"
         mark = fingerprint(model_dir)
         kept = _kept(path)
         if kept and kept["model_dir"] == str(model_dir) and kept["fingerprint"] == mark:
             return TextPassChoice(**kept)
-        acc, _, _, w, b, by_choice = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock)
+        acc, w, b, n, by_choice = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock, samples)
         choice = TextPassChoice(name=name, model_dir=str(model_dir), fingerprint=mark, dev_accuracy=acc, weight=w,
-                                stock_bonus=b, by_choice={f"w={w_:g} b={b_:g}": a for (w_, b_), a in by_choice.items()})
+                                stock_bonus=b, by_choice=by_choice, samples=n)
         _write_json(path, asdict(choice))
         return choice
 
@@ -396,10 +407,12 @@ class MainJob:
         cascade = evaluation_report(self.dev, stock_cascade_predictions(self.teacher, self.dev, self.dev_stock))
         result = TextPassResult(
             speech_model=best.name, model_dir=best.model_dir, weight=best.weight, stock_bonus=best.stock_bonus,
+            samples=best.samples,
             dev_intent_accuracy_by_model={c.name: c.dev_accuracy for c in choices},
             dev_intent_accuracy_by_choice=best.by_choice, dev_stock_cascade_accuracy=cascade["intent_accuracy"],
             teacher_dev_gold_transcript_accuracy=gold / len(self.dev))
-        print(f"-> {best.name} + text pass (weight {best.weight:g}, stock bonus {best.stock_bonus:g}); stock Whisper "
+        print(f"-> {best.name} + text pass (weight {best.weight:g}, stock bonus {best.stock_bonus:g}, n-best "
+              f"{best.samples or 'off'}); stock Whisper "
               f"+ text NLU on dev: {result.dev_stock_cascade_accuracy:.4f}; the text model alone on the gold dev "
               f"transcripts: {result.teacher_dev_gold_transcript_accuracy:.4f}")
         self._ship(Path(best.model_dir), best)
@@ -418,7 +431,7 @@ class MainJob:
             if choice is not None:
                 from assistant.nlu import attach
 
-                attach(final, self.teacher, choice.weight, choice.stock_bonus)
+                attach(final, self.teacher, choice.weight, choice.stock_bonus, choice.samples)
         dist.barrier()
 
     # ----- 5. evaluation on test
@@ -450,7 +463,7 @@ class MainJob:
         from assistant.model.slu import SLUModel
         from assistant.nlu import NluPass, load_pipeline
 
-        key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}"
+        key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}|{text_pass.samples}"
                                         if isinstance(text_pass, TextPassChoice) else f"|{text_pass}")
         path = self.out / "cache" / f"test_{_slug(name)}.json"
         kept = _kept(path)
@@ -458,7 +471,7 @@ class MainJob:
             return [Prediction(**p) for p in kept["predictions"]]
         model = load_pipeline(model_dir) if text_pass == "saved" else SLUModel.from_pretrained(model_dir)
         if isinstance(text_pass, TextPassChoice):
-            model.nlu = NluPass(self.teacher, text_pass.weight, text_pass.stock_bonus)
+            model.nlu = NluPass(self.teacher, text_pass.weight, text_pass.stock_bonus, text_pass.samples)
         _, preds = evaluate_model(model.eval(), self.test, self.schema, desc=f"test: {name}",
                                   use_nlu=text_pass is not None, stock=stock)
         _write_json(path, {"key": key, "ids": [u.id for u in self.test], "predictions": [p.to_dict() for p in preds]})
@@ -546,22 +559,33 @@ def run_main(cfg: MainConfig) -> dict:
     return MainJob(cfg).run()
 
 
-def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock) -> tuple:
-    """(dev accuracy, name, folder, weight, stock bonus, accuracy per choice) of speech model + text pass:
-    the text pass's weight and stock bonus (``assistant.nlu.choose_weight``) chosen on the ``dev``
-    utterances, whose stock transcripts are ``dev_stock`` (used when the model has a stock path)."""
+def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock, samples: int = 0) -> tuple:
+    """(dev accuracy, weight, stock bonus, n-best draws, {"w=.. b=..[ n=N]": dev accuracy}) of speech model +
+    text pass: its weight and stock bonus (``assistant.nlu.choose_weight``) chosen on the ``dev``
+    utterances, whose stock transcripts are ``dev_stock`` (used when the model has a stock path); with
+    ``samples``, the same grid with the n-best too, which is kept only if it does strictly better (it
+    costs a sampled decode per request)."""
     from assistant.model.slu import SLUModel      # torch and both models: only when it runs
     from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings
 
     model = SLUModel.from_pretrained(model_dir)
-    readings = dev_readings(model, dev, NluPass(teacher), desc=f"nlu: dev readings, {name}",
+    readings = dev_readings(model, dev, NluPass(teacher, samples=samples), desc=f"nlu: dev readings, {name}",
                             stock=dev_stock if model.has_stock_path else None)
     bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
-    (w, b), by_choice = choose_weight(readings, [u.intent for u in dev], stock_bonuses=bonuses)
+    gold = [u.intent for u in dev]
+    (w, b), by_choice = choose_weight(readings, gold, stock_bonuses=bonuses, samples=False)
+    table = {f"w={w_:g} b={b_:g}": a for (w_, b_), a in by_choice.items()}
     print(f"{name}: dev intent accuracy {by_choice[(0.0, -math.inf)]:.4f} alone, "
           f"{by_choice[(w, -math.inf)]:.4f} with the text pass on its transcript, {by_choice[(w, b)]:.4f} "
           f"with the stock reading too (weight {w:g}, stock bonus {b:g})")
-    return by_choice[(w, b)], name, model_dir, w, b, by_choice
+    best = (by_choice[(w, b)], w, b, 0)
+    if samples:
+        (wn, bn), by_n = choose_weight(readings, gold, stock_bonuses=bonuses, samples=True)
+        table.update({f"w={w_:g} b={b_:g} n={samples}": a for (w_, b_), a in by_n.items()})
+        print(f"{name}: with an n-best of {samples} samples {by_n[(wn, bn)]:.4f} (weight {wn:g}, stock bonus {bn:g})")
+        if by_n[(wn, bn)] > best[0]:
+            best = (by_n[(wn, bn)], wn, bn, samples)
+    return (*best, table)
 
 
 def with_text_pass(rcfg, weight: float, stock_bonus: float):

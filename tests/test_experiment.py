@@ -195,7 +195,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
 
     def fake_text_pass(name, model_dir, dev, teacher, dev_stock):
         w, b = (2.0, 4.0) if "seed 0" in name else (3.0, -math.inf)    # seed 1's pass never uses the stock reading
-        return 0.6, name, model_dir, w, b, {(0.0, -math.inf): 0.5, (w, b): 0.6}
+        return 0.6, w, b, 0, {"w=0 b=-inf": 0.5, f"w={w:g} b={b:g}": 0.6}
 
     monkeypatch.setattr(exp_mod, "recipe_main", fake_train)
     monkeypatch.setattr(exp_mod, "run_rsft", fake_rsft)

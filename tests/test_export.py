@@ -131,11 +131,42 @@ def test_int8_graphs_run_and_stay_close(tiny, exported, waves):
     assert len(out) == len(waves) and all(len(c) == 1 for c in out)
 
 
-def test_runtime_refuses_sampling_and_bad_inputs(exported, tiny):
+def test_runtime_samples_the_model_distribution(tiny, exported, waves):
+    """The text pass's n-best samples through the runtime: seeded, greedy first (the eager greedy string),
+    votes counted, each candidate's log-prob the model's own, first tokens drawn with softmax's frequencies."""
+    runtime = OnnxSLU(exported)
+    encoded = runtime.encode(tiny.features(waves[:2]))
+    first = runtime.generate(encoded, num_samples=8, max_new_tokens=12, seed=3)
+    assert first == runtime.generate(encoded, num_samples=8, max_new_tokens=12, seed=3)
+    eager = tiny.generate(tiny.encode(tiny.features(waves[:2])), max_new_tokens=12)
+    for cands, greedy in zip(first, eager):
+        assert cands[0].greedy and cands[0].text == greedy[0].text and sum(c.count for c in cands) == 8
+        done = [c for c in cands if c.finished]
+        if done:
+            scores = runtime.sequence_logprobs(encoded, [c.token_ids for c in done], expand=[first.index(cands)] * len(done))
+            np.testing.assert_allclose(scores.numpy(), [c.logprob for c in done], atol=1e-3)
+    # the random model's next-token distribution is nearly flat (705 tokens, none above 0.3 %): at T = 0.03
+    # its top tokens have ~0.89 / 0.05 / 0.02 / 0.01, so a sampler that ignores T or takes the argmax fails
+    n, temperature = 4000, 0.03
+    draws = runtime.generate(encoded.rows(slice(0, 1)), num_samples=n, greedy=False, max_new_tokens=1, seed=0,
+                             temperature=temperature)[0]
+    prefix = np.asarray([runtime.slu_prefix])
+    logits = runtime.decoder_logits(prefix, encoded.rows(slice(0, 1)))[0, -1].astype(np.float64) / temperature
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    freq = {(c.token_ids or [runtime.eot_id])[0]: c.count / n for c in draws}
+    assert sum(c.count for c in draws) == n
+    assert probs.max() > 0.5
+    for index in np.argsort(probs)[::-1][:5]:
+        p = probs[index]
+        assert abs(freq.get(int(runtime.output_ids[index]), 0.0) - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3
+
+
+def test_runtime_refuses_truncated_sampling_and_bad_inputs(exported, tiny):
     runtime = OnnxSLU(exported)
     encoded = runtime.encode(torch.zeros(1, 80, tiny.n_frames))
-    with pytest.raises(ExportError, match="greedily"):
-        runtime.generate(encoded, num_samples=4)
+    with pytest.raises(ExportError, match="top-p"):
+        runtime.generate(encoded, num_samples=4, top_p=0.9)
     with pytest.raises(ValueError, match="context"):
         runtime.encode(torch.zeros(1, 80, 100))
     with pytest.raises(ValueError, match="1-D mono"):

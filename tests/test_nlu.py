@@ -163,3 +163,81 @@ def test_corrupt_nlu_folder_is_one_clear_error(model, tmp_path):
     (folder / "nlu" / "nlu.json").write_text('{"weight": 1.0}')
     with pytest.raises(NluError, match="teacher"):
         load_pipeline(folder)
+
+
+def _frame(intent: str, transcript: str = "t") -> Frame:
+    return Frame(intent, {}, transcript)
+
+
+def test_the_n_best_joins_the_choice_only_when_asked():
+    from assistant.nlu.second_pass import Hypothesis
+
+    # clip 0: the greedy frame "a" scores -1 + w*(-3); a sampled frame "c" -2 + w*(-0.5); its transcript's
+    # text reading "d" -6 + w*0. Clip 1 has no sampled readings.
+    r = Readings([_frame("a"), _frame("b")], [None, None], speech_lp=np.array([[-1.0, 0, 0], [-1.0, 0, 0]]),
+                 text_lp=np.array([[-3.0, 0, 0], [0, 0, 0]]),
+                 samples=[[Hypothesis(_frame("c", "u"), -2.0, -0.5, "sample"),
+                           Hypothesis(_frame("d", "u"), -6.0, 0.0, "sample text")], []])
+    assert [f.intent for f in r.choose(0.0)[0]] == ["a", "b"]                  # weight 0: the speech model alone
+    frames, readers = r.choose(1.0)
+    assert [f.intent for f in frames] == ["c", "b"] and readers == ["sample", "speech"]
+    assert r.choose(1.0, samples=False)[0][0].intent == "a"
+    frames, readers = r.choose(10.0)
+    assert frames[0].intent == "d" and readers[0] == "sample text"
+    best, accuracy = choose_weight(r, ["c", "b"], weights=(0.0, 1.0))
+    assert best == (1.0, -math.inf) and accuracy[(1.0, -math.inf)] == 1.0
+    _, without = choose_weight(r, ["c", "b"], weights=(0.0, 1.0), samples=False)
+    assert without[(1.0, -math.inf)] == 0.5
+
+
+def test_readings_score_the_sampled_frames_and_their_transcripts(model, enc, teacher):
+    from assistant.model.candidate import Candidate
+
+    other = Frame("alarm_set", {"time": "seven"}, "turn on the lights in the kitchen")
+    sampled = [[Candidate(text=format_frame(FRAMES[0])),          # repeats the greedy frame: not read again
+                Candidate(text=format_frame(other)),              # another frame of the greedy transcript
+                Candidate(text="no frame here"),                  # does not parse: not a reading
+                Candidate(text=format_frame(FRAMES[1]), finished=False)],   # cut off: not a reading
+               [Candidate(text=format_frame(FRAMES[0])), Candidate(text=format_frame(FRAMES[0]))]]
+    r = NluPass(teacher, samples=4).readings(model, enc, FRAMES, sampled=sampled)
+    # clip 0: only the other frame (its transcript is the greedy one, whose text reading exists already)
+    assert [(h.frame, h.reader) for h in r.samples[0]] == [(other, "sample")]
+    # clip 1: a sampled frame with another transcript, and the text model's reading of that transcript
+    # unless it is the same frame
+    readers = [h.reader for h in r.samples[1]]
+    assert readers[0] == "sample" and r.samples[1][0].frame == FRAMES[0] and len(readers) <= 2
+    intent, slots, _ = teacher.predict([FRAMES[0].transcript])[0]
+    if len(readers) == 2:
+        assert readers[1] == "sample text" and (r.samples[1][1].frame.intent, r.samples[1][1].frame.slots) == (intent, slots)
+    else:
+        assert (intent, slots) == (FRAMES[0].intent, FRAMES[0].slots)
+    for i, h in ((0, r.samples[0][0]), (1, r.samples[1][0])):
+        with torch.no_grad():
+            own = float(model.sequence_logprobs(enc[i:i + 1], [format_frame(h.frame)])[0])
+        assert h.speech_lp == pytest.approx(max(own, -1e9), rel=1e-5)
+        want = teacher.log_likelihood([h.frame.transcript], [h.frame.intent], [h.frame.slots])[0]
+        assert h.text_lp == pytest.approx(want, rel=1e-6)
+    assert NluPass(teacher).readings(model, enc, FRAMES).samples is None     # greedy only: no n-best
+
+
+def test_n_best_is_saved_loaded_and_reproducible_at_inference(model, teacher, tmp_path):
+    from assistant.inference import predict_waves
+
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    attach(folder, teacher, weight=1.0, samples=4)
+    assert json.loads((folder / "nlu" / "nlu.json").read_text()) == {"weight": 1.0, "samples": 4}
+    loaded = load_pipeline(folder)
+    assert loaded.nlu.samples == 4
+    g = torch.Generator().manual_seed(2)
+    waves = [0.1 * torch.randn(24000, generator=g) for _ in range(3)]
+    first = predict_waves(loaded, waves, load_schema())
+    again = predict_waves(loaded, waves, load_schema())
+    assert [p.to_dict() | {"latency_s": 0} for p in first] == [p.to_dict() | {"latency_s": 0} for p in again]
+    alone = predict_waves(loaded, waves, load_schema(), use_nlu=False)
+    assert [p.raw for p in first] == [p.raw for p in alone]          # the greedy decode is the same
+    (folder / "nlu" / "nlu.json").write_text('{"weight": 1.0, "samples": -2}')
+    with pytest.raises(NluError, match="nlu.json.*samples"):
+        load_pipeline(folder)
+    with pytest.raises(NluError, match="samples"):
+        NluPass(teacher, samples=1.5)

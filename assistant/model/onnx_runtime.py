@@ -1,4 +1,4 @@
-"""The ONNX runtime of an exported SLU model (``assistant export``): greedy decoding on onnxruntime.
+"""The ONNX runtime of an exported SLU model (``assistant export``): greedy and sampled decoding on onnxruntime.
 
 ``OnnxSLU`` is a ``SpeechModel`` (assistant.model.interface) like ``SLUModel``; load it with its text pass
 through ``assistant.nlu.load_pipeline(folder, runtime="onnx" | "onnx-int8")``. The graphs and the export
@@ -45,9 +45,20 @@ class OnnxEncoded:
     def __len__(self) -> int:
         return int(self.states.shape[0])
 
+    def rows(self, index) -> "OnnxEncoded":
+        return OnnxEncoded(self.states[index], self.cross_keys[:, index], self.cross_values[:, index])
+
+    def repeat(self, times: int) -> "OnnxEncoded":
+        """Each utterance's states ``times`` times in a row (its decoder rows: greedy, then the samples)."""
+        if times == 1:
+            return self
+        return OnnxEncoded(np.repeat(self.states, times, axis=0), np.repeat(self.cross_keys, times, axis=1),
+                           np.repeat(self.cross_values, times, axis=1))
+
 
 class OnnxSLU(TokenText):
-    """Greedy SLU inference on onnxruntime (CPU), equal to ``SLUModel`` greedy decoding.
+    """SLU inference on onnxruntime (CPU): greedy decoding equal to ``SLUModel``'s, sampling from the same
+    distribution.
 
     A ``SpeechModel`` (assistant.model.interface) like SLUModel, so ``assistant.inference.predict_waves``
     / ``predict_files``, the demo and the benchmarks run on it unchanged::
@@ -55,7 +66,7 @@ class OnnxSLU(TokenText):
         model = OnnxSLU("runs/export/onnx")
         preds = predict_files(model, ["clip.wav"], schema)
 
-    What it cannot do: sample (``generate`` is greedy only) and the stock reading (the export merges the
+    What it cannot do: truncated sampling (top-p / top-k) and the stock reading (the export merges the
     adapters: ``has_stock_path`` is False).
     """
 
@@ -132,18 +143,35 @@ class OnnxSLU(TokenText):
     def generate(self, encoded: OnnxEncoded, num_samples: int = 0, greedy: bool = True, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 96, seed: int | None = None,
                  max_rows: int = 512) -> list[list[Candidate]]:
-        """The greedy candidate per utterance, as ``SLUModel.generate(num_samples=0)`` returns it (the
-        sampling arguments are there for the interface; sampling is refused)."""
-        if num_samples or not greedy:
-            raise ExportError("OnnxSLU decodes greedily only; use SLUModel for sampled (RSFT) candidates")
-        n = len(encoded)
+        """Greedy and/or ``num_samples`` sampled frame strings per utterance, distinct texts, greedy first, as
+        ``SLUModel.generate`` returns them (the text pass's n-best samples through here). Sampling draws from
+        softmax(logits / temperature) with numpy's generator (``seed``): the same distribution as the eager
+        model, another random stream; top-p / top-k truncation is eager-only."""
+        if num_samples < 0 or (num_samples == 0 and not greedy):
+            raise ValueError("generate: ask for greedy=True and/or num_samples > 0")
+        if num_samples and (temperature <= 0 or top_p != 1.0 or top_k):
+            raise ExportError("OnnxSLU samples at a temperature > 0 without top-p / top-k truncation; "
+                              "use SLUModel for truncated sampling")
+        per_utt = int(greedy) + num_samples
         max_new_tokens = min(max_new_tokens, int(self.meta["max_target_positions"]) - len(self.slu_prefix))
-        tokens, logprob, finished = self._greedy_rows(encoded, max_new_tokens)
-        return self.collect_candidates(tokens, logprob, finished, np.ones(n, dtype=bool), n, 1)
+        rng = np.random.default_rng(seed)
+        out: list[list[Candidate]] = []
+        group = max(1, max_rows // per_utt)
+        for start in range(0, len(encoded), group):
+            part = encoded if len(encoded) <= group else encoded.rows(slice(start, start + group))
+            is_greedy = np.zeros((len(part), per_utt), dtype=bool)
+            is_greedy[:, 0] = greedy
+            is_greedy = is_greedy.reshape(-1)
+            tokens, logprob, finished = self._decode_rows(part.repeat(per_utt), is_greedy, temperature,
+                                                          max_new_tokens, rng)
+            out += self.collect_candidates(tokens, logprob, finished, is_greedy, len(part), per_utt)
+        return out
 
-    def _greedy_rows(self, encoded: OnnxEncoded, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Greedy decoding with the KV cache: tokens [n, max_new_tokens] (<|endoftext|>-padded), each
-        row's log-prob and whether it finished; finished rows leave the decoder batch."""
+    def _decode_rows(self, encoded: OnnxEncoded, is_greedy: np.ndarray, temperature: float, max_new_tokens: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decoding with the KV cache, greedy rows by argmax and the others sampled: tokens [n,
+        max_new_tokens] (<|endoftext|>-padded), each row's T=1 log-prob and whether it finished; finished
+        rows leave the decoder batch."""
         n = len(encoded)
         tokens = np.full((n, max_new_tokens), self.eot_id, dtype=np.int64)
         logprob = np.zeros(n, dtype=np.float64)
@@ -157,6 +185,9 @@ class OnnxSLU(TokenText):
             last = logits[:, -1].astype(np.float32)
             logp = last - _logsumexp(last)
             choice = last.argmax(axis=-1)
+            drawn = ~is_greedy[alive]
+            if drawn.any():
+                choice[drawn] = _sample(last[drawn] / temperature, rng)
             logprob[alive] += logp[np.arange(len(alive)), choice]
             tokens[alive, step] = self.output_ids[choice]
             done = choice == self.eot_index
@@ -221,6 +252,14 @@ class OnnxSLU(TokenText):
                                        "self_keys": keys, "self_values": values,
                                        "cross_keys": np.ascontiguousarray(cross_k),
                                        "cross_values": np.ascontiguousarray(cross_v)})
+
+
+def _sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One index per row drawn from softmax(logits) (inverse CDF)."""
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    cdf = np.cumsum(probs, axis=-1)
+    u = rng.random(len(logits))[:, None] * cdf[:, -1:]
+    return np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

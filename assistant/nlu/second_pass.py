@@ -8,8 +8,12 @@ compared — the speech model's own and the text model's reading of that transcr
 
     score(frame) = log p_speech(frame | audio) + weight * log p_text(intent, slots | transcript)
 
-and the higher one wins (``weight`` is picked on dev by ``choose_weight``). The transcript is always the
-speech model's; weight 0 is the speech model alone.
+and the higher one wins (``weight`` is picked on dev by ``choose_weight``). Weight 0 is the speech model
+alone. Two more kinds of reading can join (each kept only if dev says so): the text model's reading of
+*stock* Whisper's transcript (``stock_bonus``), and an **n-best**: ``samples`` frames sampled from the
+speech model, each with the text model's reading of its transcript. Most intent errors follow a misheard
+word; another sampled transcript often holds the right one, and the same score picks it (as an ASR n-best
+is rescored with a language model).
 
 A model folder with an ``nlu/`` subfolder (a saved teacher + ``nlu.json``) gets this pass when loaded with
 ``assistant.nlu.load_pipeline``; ``attach`` writes it.
@@ -29,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from assistant.audio import AudioError, load_audio
-from assistant.frames import Frame, format_frame, parse_frame
+from assistant.frames import Frame, format_frame
 from assistant.model.interface import SpeechModel
 from assistant.nlu.model import TeacherError, TextTeacher
 from assistant.text import normalize_text
@@ -43,8 +47,19 @@ class NluError(ValueError):
     """An nlu/ folder that cannot be used; the message names it and the fix."""
 
 
-READERS = ("speech", "text", "stock")   # whose reading a chosen frame is (columns of Readings' scores)
+READERS = ("speech", "text", "stock", "sample", "sample text")   # whose reading a chosen frame is
+SAMPLE_SEED = 0               # the n-best's draws are seeded: the same clips give the same answer
 STOCK_BONUSES = (-math.inf, -8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0, 16.0, 32.0, math.inf)   # tried on dev
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """An n-best reading of a clip: a sampled frame ("sample") or the text model's reading of a sampled
+    transcript ("sample text"), with its two scores."""
+    frame: Frame
+    speech_lp: float
+    text_lp: float
+    reader: str
 
 
 @dataclass
@@ -59,6 +74,7 @@ class Readings:
     speech_lp: np.ndarray             # [n, 3] log p_speech(frame line | audio) of each reading
     text_lp: np.ndarray               # [n, 3] log p_text(intent, slots | the reading's transcript)
     stock: list[Frame | None] | None = None   # the text model's frame for the stock transcript
+    samples: list[list[Hypothesis]] | None = None   # per clip, the n-best's other readings (None: greedy only)
 
     def __post_init__(self) -> None:
         n = len(self.speech)
@@ -67,33 +83,40 @@ class Readings:
         pad = lambda a: np.concatenate([a, np.zeros((n, 3 - a.shape[1]))], axis=1) if a.shape[1] < 3 else a
         self.speech_lp, self.text_lp = pad(np.asarray(self.speech_lp, float)), pad(np.asarray(self.text_lp, float))
 
-    def choose(self, weight: float, stock_bonus: float = -math.inf) -> tuple[list[Frame | None], list[str]]:
+    def choose(self, weight: float, stock_bonus: float = -math.inf, samples: bool = True
+               ) -> tuple[list[Frame | None], list[str]]:
         """The winning frame per clip and whose reading it is (READERS).
 
         score = log p_speech + weight * log p_text (+ stock_bonus for the stock reading); ties keep the
         earlier reader. stock_bonus -inf never uses the stock reading, +inf always does when it exists.
-        The text reading of the speech transcript needs a valid speech frame; the stock reading does not
-        (it rescues clips whose speech output did not parse)."""
+        The text reading of the speech transcript needs a valid speech frame; the stock reading and the
+        n-best's (``samples``: whether to use them) do not (they rescue clips whose output did not parse)."""
         total = self.speech_lp + weight * self.text_lp
         frames, readers = [], []
-        for i, (s, t, k) in enumerate(zip(self.speech, self.text, self.stock)):
-            options = [(0, s)] if s is not None else []
-            if t is not None and s is not None:
-                options.append((1, t))
-            if k is not None and stock_bonus > -math.inf:
-                if stock_bonus == math.inf:
-                    options = [(2, k)]
-                else:
-                    options.append((2, k))
+        for i in range(len(self.speech)):
+            options = self._options(i, total[i], weight, stock_bonus, samples)
             if not options:
                 frames.append(None)
                 readers.append("speech")
                 continue
-            bonus = lambda col: stock_bonus if col == 2 else 0.0
-            col, frame = max(options, key=lambda o: (total[i, o[0]] + bonus(o[0]), -o[0]))
+            _, col, frame = max(options, key=lambda o: (o[0], -o[1]))
             frames.append(frame)
             readers.append(READERS[col])
         return frames, readers
+
+    def _options(self, i: int, total: np.ndarray, weight: float, stock_bonus: float, samples: bool) -> list:
+        """(score, reader column, frame) of clip i's readings."""
+        s, t, k = self.speech[i], self.text[i], self.stock[i]
+        if k is not None and stock_bonus == math.inf:
+            return [(total[2], 2, k)]
+        options = [(total[0], 0, s)] if s is not None else []
+        if t is not None and s is not None:
+            options.append((total[1], 1, t))
+        if k is not None and stock_bonus > -math.inf:
+            options.append((total[2] + stock_bonus, 2, k))
+        if samples and self.samples is not None:
+            options += [(h.speech_lp + weight * h.text_lp, READERS.index(h.reader), h.frame) for h in self.samples[i]]
+        return options
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -102,27 +125,40 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 
 class NluPass:
-    """The text second pass: a teacher and the weight / stock bonus its choice uses (see ``Readings.choose``)."""
+    """The text second pass: a teacher and the weight / stock bonus its choice uses (see ``Readings.choose``);
+    ``samples``: frames sampled from the speech model per clip for the n-best (0: the greedy frame only)."""
 
-    def __init__(self, teacher, weight: float = 1.0, stock_bonus: float = -math.inf):
+    def __init__(self, teacher, weight: float = 1.0, stock_bonus: float = -math.inf, samples: int = 0):
         if not weight >= 0:
             raise NluError(f"nlu weight must be >= 0, got {weight}")
         if math.isnan(stock_bonus):
             raise NluError("nlu stock_bonus must be a number or +-inf, got nan")
+        if not (isinstance(samples, int) and samples >= 0):
+            raise NluError(f"nlu samples must be an integer >= 0 (0: greedy only), got {samples!r}")
         self.teacher = teacher
         self.weight = float(weight)
         self.stock_bonus = float(stock_bonus)
+        self.samples = samples
 
     @property
     def uses_stock(self) -> bool:
         """Whether the deployed choice can pick the stock reading (then inference decodes it)."""
         return self.stock_bonus > -math.inf
 
+    def decode(self, model: SpeechModel, enc, max_new_tokens: int = 96) -> tuple[list, list[list] | None]:
+        """The speech model's greedy candidate per clip and, with ``samples``, the other distinct sampled
+        candidates (None without): what ``readings`` reads."""
+        cands = model.generate(enc, num_samples=self.samples, greedy=True, max_new_tokens=max_new_tokens,
+                               seed=SAMPLE_SEED if self.samples else None)
+        return [c[0] for c in cands], ([c[1:] for c in cands] if self.samples else None)
+
     @torch.no_grad()
     def readings(self, model: SpeechModel, enc, frames: Sequence[Frame | None],
-                 stock_transcripts: Sequence[str] | None = None) -> Readings:
+                 stock_transcripts: Sequence[str] | None = None, sampled: Sequence[Sequence] | None = None
+                 ) -> Readings:
         """Score the readings; ``enc`` holds the clips' encoder states (row i = frames[i]);
-        ``stock_transcripts`` (optional) the stock Whisper transcript of each clip."""
+        ``stock_transcripts`` (optional) the stock Whisper transcript of each clip; ``sampled`` (optional)
+        each clip's other sampled candidates (``decode``), read as the n-best."""
         n = len(frames)
         text: list[Frame | None] = [None] * n
         stock: list[Frame | None] = [None] * n
@@ -151,7 +187,38 @@ class NluPass:
                     text_lp[i, 2] = math.log(max(confidence, 1e-300))
                 speech_lp[rows, 2] = model.sequence_logprobs(enc, [format_frame(stock[i]) for i in rows],
                                                              expand=rows).cpu().numpy()
-        return Readings(list(frames), text, _finite(speech_lp), text_lp, stock)
+        hypotheses = None if sampled is None else self._hypotheses(model, enc, frames, text, sampled)
+        return Readings(list(frames), text, _finite(speech_lp), text_lp, stock, hypotheses)
+
+    def _hypotheses(self, model: SpeechModel, enc, frames: Sequence[Frame | None], text: Sequence[Frame | None],
+                    sampled: Sequence[Sequence]) -> list[list[Hypothesis]]:
+        """Each clip's distinct sampled frames and the text model's reading of each sampled transcript (none
+        that repeats the greedy frame or its text reading), scored like the greedy ones."""
+        taken = [{format_frame(f) for f in (s, t) if f is not None} for s, t in zip(frames, text)]
+        spoken = []                                   # (clip, sampled frame)
+        for i, cands in enumerate(sampled):
+            for c in cands:
+                if c.frame is not None and format_frame(c.frame) not in taken[i]:
+                    taken[i].add(format_frame(c.frame))
+                    spoken.append((i, c.frame))
+        if not spoken:
+            return [[] for _ in frames]
+        found = []                                    # (clip, frame, text log-prob, reader)
+        read_transcripts = {(i, f.transcript) for i, f in enumerate(frames) if f is not None}
+        for (i, f), (intent, slots, own_ll, given_ll) in zip(spoken, self.teacher.read(
+                [f.transcript for _, f in spoken], [f.intent for _, f in spoken], [f.slots for _, f in spoken])):
+            found.append((i, f, given_ll, "sample"))
+            reading = Frame(intent=intent, slots=dict(slots), transcript=f.transcript)
+            if (i, f.transcript) not in read_transcripts and format_frame(reading) not in taken[i]:
+                read_transcripts.add((i, f.transcript))
+                taken[i].add(format_frame(reading))
+                found.append((i, reading, own_ll, "sample text"))
+        speech = _finite(model.sequence_logprobs(enc, [format_frame(f) for _, f, _, _ in found],
+                                                 expand=[i for i, _, _, _ in found]).cpu().numpy())
+        out: list[list[Hypothesis]] = [[] for _ in frames]
+        for (i, f, text_lp, reader), speech_lp in zip(found, speech):
+            out[i].append(Hypothesis(f, float(speech_lp), float(text_lp), reader))
+        return out
 
     def apply(self, model: SpeechModel, enc, frames: Sequence[Frame | None],
               stock_transcripts: Sequence[str] | None = None) -> tuple[list[Frame | None], list[str]]:
@@ -164,7 +231,8 @@ class NluPass:
         tmp = target.with_name(NLU_DIR + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.teacher.save(tmp)
-        meta = {"weight": self.weight, **({"stock_bonus": str(self.stock_bonus)} if self.uses_stock else {})}
+        meta = {"weight": self.weight, **({"stock_bonus": str(self.stock_bonus)} if self.uses_stock else {}),
+                **({"samples": self.samples} if self.samples else {})}
         (tmp / NLU_FILE).write_text(json.dumps(meta, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
@@ -180,31 +248,35 @@ class NluPass:
             saved = json.loads(meta.read_text())
             weight = float(saved["weight"])
             stock_bonus = float(saved.get("stock_bonus", "-inf"))
+            samples = saved.get("samples", 0)
+            if not isinstance(samples, int) or samples < 0:
+                raise ValueError(f"samples {samples!r} is not an integer >= 0")
         except FileNotFoundError:
             raise NluError(f"{meta} not found; {fix}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise NluError(f"{meta}: unreadable ({e}); {fix}") from None
         try:
-            return cls(TextTeacher.load(folder), weight, stock_bonus)
+            return cls(TextTeacher.load(folder), weight, stock_bonus, samples)
         except TeacherError as e:
             raise NluError(f"{e}") from None
 
 
-def attach(model_folder: str | Path, teacher, weight: float, stock_bonus: float = -math.inf) -> Path:
+def attach(model_folder: str | Path, teacher, weight: float, stock_bonus: float = -math.inf, samples: int = 0) -> Path:
     """Give a saved SLU model folder the text second pass."""
-    return NluPass(teacher, weight, stock_bonus).save(model_folder)
+    return NluPass(teacher, weight, stock_bonus, samples).save(model_folder)
 
 
 def choose_weight(readings: Readings, gold_intents: Sequence[str], weights: Sequence[float] = WEIGHTS,
-                  stock_bonuses: Sequence[float] = (-math.inf,)
+                  stock_bonuses: Sequence[float] = (-math.inf,), samples: bool = True
                   ) -> tuple[tuple[float, float], dict[tuple[float, float], float]]:
-    """The (weight, stock_bonus) with the best intent accuracy on (dev) readings.
+    """The (weight, stock_bonus) with the best intent accuracy on (dev) readings (``samples``: with the
+    n-best's readings, when the readings have them).
 
     Ties go to the stock bonus nearest to "never" (-inf first), then to the smaller weight."""
     accuracy = {}
     for b in stock_bonuses:
         for w in weights:
-            frames, _ = readings.choose(w, b)
+            frames, _ = readings.choose(w, b, samples)
             accuracy[(w, b)] = float(np.mean([f is not None and f.intent == g for f, g in zip(frames, gold_intents)]))
     rank = {b: i for i, b in enumerate(sorted(stock_bonuses))}
     best = max(accuracy, key=lambda wb: (accuracy[wb], -rank[wb[1]], -wb[0]))
@@ -234,17 +306,17 @@ def stock_transcripts(model: SpeechModel, utterances, batch_size: int = 16, desc
 @torch.no_grad()
 def dev_readings(model: SpeechModel, utterances, nlu: NluPass, batch_size: int = 16, desc: str = "nlu: dev readings",
                  stock: Sequence[str] | None = None) -> Readings:
-    """Greedy-decode the utterances once and score the readings of each (for ``choose_weight``);
-    ``stock``: the clips' stock transcripts (``stock_transcripts``) to add the stock reading."""
+    """Decode the utterances once as ``nlu`` would (greedy, plus its n-best samples) and score the readings
+    of each (for ``choose_weight``); ``stock``: the clips' stock transcripts (``stock_transcripts``) to add
+    the stock reading."""
     parts: list[Readings] = []
     for start in tqdm(range(0, len(utterances), batch_size), desc=desc, unit="batch", disable=None):
         waves = _load_batch(model, utterances[start:start + batch_size])
         enc = model.encode(model.features(waves))
-        frames = []
-        for cands in model.generate(enc, num_samples=0, greedy=True):
-            parsed = parse_frame(cands[0].text)
-            frames.append(parsed.frame if parsed.valid and cands[0].finished else None)
-        parts.append(nlu.readings(model, enc, frames, None if stock is None else stock[start:start + batch_size]))
+        greedy, sampled = nlu.decode(model, enc)
+        parts.append(nlu.readings(model, enc, [c.frame for c in greedy],
+                                  None if stock is None else stock[start:start + batch_size], sampled))
     return Readings([f for p in parts for f in p.speech], [f for p in parts for f in p.text],
                     np.concatenate([p.speech_lp for p in parts]), np.concatenate([p.text_lp for p in parts]),
-                    [f for p in parts for f in p.stock])
+                    [f for p in parts for f in p.stock],
+                    None if nlu.samples == 0 else [h for p in parts for h in p.samples])

@@ -30,7 +30,6 @@ share of the (a) -> (e) gap closed; `<results_file>` and the same name with .jso
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 import time
@@ -278,10 +277,10 @@ class Experiment:
             info = json.loads(path.read_text())
         else:
             dev = read_manifest(self.dev_path)
-            acc, _, _, w, b, by_choice = text_pass_on_dev(f"seed {seed} a_supervised_slice", Path(model_dir), dev,
-                                                          self.teacher(), self.dev_stock(model_dir, dev))
+            acc, w, b, _, by_choice = text_pass_on_dev(f"seed {seed} a_supervised_slice", Path(model_dir), dev,
+                                                       self.teacher(), self.dev_stock(model_dir, dev))
             info = {"weight": w, "stock_bonus": str(b), "dev_n": len(dev),
-                    "dev_intent_accuracy_alone": by_choice[(0.0, -math.inf)],
+                    "dev_intent_accuracy_alone": by_choice["w=0 b=-inf"],
                     "dev_intent_accuracy_text_pass": acc}
             path.write_text(json.dumps(info, indent=1))
         self.seed_info.setdefault(seed, {})["text_pass"] = info
