@@ -127,11 +127,11 @@ class TextPassResult:
     model_dir: str
     weight: float
     stock_bonus: float
-    samples: int                              # the shipped pass's n-best draws per clip (0: greedy only)
     dev_intent_accuracy_by_model: dict[str, float]
     dev_intent_accuracy_by_choice: dict[str, float]
     dev_stock_cascade_accuracy: float
     teacher_dev_gold_transcript_accuracy: float
+    samples: int = 0                          # the shipped pass's n-best draws per clip (0: greedy only)
 
 
 @dataclass
