@@ -378,12 +378,13 @@ class MainJob:
     def text_pass_choice(self, name: str, model_dir: Path) -> TextPassChoice:
         """The text pass of one speech model chosen on every dev clip; kept per model folder."""
         samples = self.cfg.nlu_samples
-        path = self.out / "cache" / f"text_pass_{_slug(name)}{f'_n{samples}' if samples else ''}.json"
+        path = self.out / "cache" / f"text_pass_{_slug(name)}{f'_n{samples}_seed{self.cfg.seed}' if samples else ''}.json"
         mark = fingerprint(model_dir)
         kept = _kept(path)
         if kept and kept["model_dir"] == str(model_dir) and kept["fingerprint"] == mark:
             return TextPassChoice(**kept)
-        acc, w, b, n, by_choice = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock, samples)
+        acc, w, b, n, by_choice = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock, samples,
+                                                   self.cfg.seed)
         choice = TextPassChoice(name=name, model_dir=str(model_dir), fingerprint=mark, dev_accuracy=acc, weight=w,
                                 stock_bonus=b, by_choice=by_choice, samples=n)
         _write_json(path, asdict(choice))
@@ -431,7 +432,7 @@ class MainJob:
             if choice is not None:
                 from assistant.nlu import attach
 
-                attach(final, self.teacher, choice.weight, choice.stock_bonus, choice.samples)
+                attach(final, self.teacher, choice.weight, choice.stock_bonus, choice.samples, self.cfg.seed)
         dist.barrier()
 
     # ----- 5. evaluation on test
@@ -463,7 +464,7 @@ class MainJob:
         from assistant.model.slu import SLUModel
         from assistant.nlu import NluPass, load_pipeline
 
-        key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}|{text_pass.samples}"
+        key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}|{text_pass.samples}|{self.cfg.seed}"
                                         if isinstance(text_pass, TextPassChoice) else f"|{text_pass}")
         path = self.out / "cache" / f"test_{_slug(name)}.json"
         kept = _kept(path)
@@ -471,7 +472,7 @@ class MainJob:
             return [Prediction(**p) for p in kept["predictions"]]
         model = load_pipeline(model_dir) if text_pass == "saved" else SLUModel.from_pretrained(model_dir)
         if isinstance(text_pass, TextPassChoice):
-            model.nlu = NluPass(self.teacher, text_pass.weight, text_pass.stock_bonus, text_pass.samples)
+            model.nlu = NluPass(self.teacher, text_pass.weight, text_pass.stock_bonus, text_pass.samples, self.cfg.seed)
         _, preds = evaluate_model(model.eval(), self.test, self.schema, desc=f"test: {name}",
                                   use_nlu=text_pass is not None, stock=stock)
         _write_json(path, {"key": key, "ids": [u.id for u in self.test], "predictions": [p.to_dict() for p in preds]})
@@ -559,17 +560,17 @@ def run_main(cfg: MainConfig) -> dict:
     return MainJob(cfg).run()
 
 
-def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock, samples: int = 0) -> tuple:
+def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock, samples: int = 0, seed: int = 0) -> tuple:
     """(dev accuracy, weight, stock bonus, n-best draws, {"w=.. b=..[ n=N]": dev accuracy}) of speech model +
     text pass: its weight and stock bonus (``assistant.nlu.choose_weight``) chosen on the ``dev``
     utterances, whose stock transcripts are ``dev_stock`` (used when the model has a stock path); with
-    ``samples``, the same grid with the n-best too, which is kept only if it does strictly better (it
-    costs a sampled decode per request)."""
+    ``samples``, the same grid with the n-best too (drawn with ``seed``), which is kept only if it does
+    strictly better (it costs a sampled decode per request)."""
     from assistant.model.slu import SLUModel      # torch and both models: only when it runs
     from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings
 
     model = SLUModel.from_pretrained(model_dir)
-    readings = dev_readings(model, dev, NluPass(teacher, samples=samples), desc=f"nlu: dev readings, {name}",
+    readings = dev_readings(model, dev, NluPass(teacher, samples=samples, seed=seed), desc=f"nlu: dev readings, {name}",
                             stock=dev_stock if model.has_stock_path else None)
     bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
     gold = [u.intent for u in dev]

@@ -225,10 +225,10 @@ def test_n_best_is_saved_loaded_and_reproducible_at_inference(model, teacher, tm
 
     folder = tmp_path / "m"
     model.save_pretrained(folder)
-    attach(folder, teacher, weight=1.0, samples=4)
-    assert json.loads((folder / "nlu" / "nlu.json").read_text()) == {"weight": 1.0, "samples": 4}
+    attach(folder, teacher, weight=1.0, samples=4, seed=7)
+    assert json.loads((folder / "nlu" / "nlu.json").read_text()) == {"weight": 1.0, "samples": 4, "seed": 7}
     loaded = load_pipeline(folder)
-    assert loaded.nlu.samples == 4
+    assert (loaded.nlu.samples, loaded.nlu.seed) == (4, 7)
     g = torch.Generator().manual_seed(2)
     waves = [0.1 * torch.randn(24000, generator=g) for _ in range(3)]
     first = predict_waves(loaded, waves, load_schema())

@@ -48,7 +48,6 @@ class NluError(ValueError):
 
 
 READERS = ("speech", "text", "stock", "sample", "sample text")   # whose reading a chosen frame is
-SAMPLE_SEED = 0               # the n-best's draws are seeded: the same clips give the same answer
 STOCK_BONUSES = (-math.inf, -8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0, 16.0, 32.0, math.inf)   # tried on dev
 
 
@@ -126,9 +125,10 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 class NluPass:
     """The text second pass: a teacher and the weight / stock bonus its choice uses (see ``Readings.choose``);
-    ``samples``: frames sampled from the speech model per clip for the n-best (0: the greedy frame only)."""
+    ``samples``: frames sampled from the speech model per clip for the n-best (0: the greedy frame only),
+    drawn with ``seed`` (the same clips give the same answer)."""
 
-    def __init__(self, teacher, weight: float = 1.0, stock_bonus: float = -math.inf, samples: int = 0):
+    def __init__(self, teacher, weight: float = 1.0, stock_bonus: float = -math.inf, samples: int = 0, seed: int = 0):
         if not weight >= 0:
             raise NluError(f"nlu weight must be >= 0, got {weight}")
         if math.isnan(stock_bonus):
@@ -139,6 +139,7 @@ class NluPass:
         self.weight = float(weight)
         self.stock_bonus = float(stock_bonus)
         self.samples = samples
+        self.seed = int(seed)
 
     @property
     def uses_stock(self) -> bool:
@@ -149,7 +150,7 @@ class NluPass:
         """The speech model's greedy candidate per clip and, with ``samples``, the other distinct sampled
         candidates (None without): what ``readings`` reads."""
         cands = model.generate(enc, num_samples=self.samples, greedy=True, max_new_tokens=max_new_tokens,
-                               seed=SAMPLE_SEED if self.samples else None)
+                               seed=self.seed if self.samples else None)
         return [c[0] for c in cands], ([c[1:] for c in cands] if self.samples else None)
 
     @torch.no_grad()
@@ -232,7 +233,7 @@ class NluPass:
         shutil.rmtree(tmp, ignore_errors=True)
         self.teacher.save(tmp)
         meta = {"weight": self.weight, **({"stock_bonus": str(self.stock_bonus)} if self.uses_stock else {}),
-                **({"samples": self.samples} if self.samples else {})}
+                **({"samples": self.samples, "seed": self.seed} if self.samples else {})}
         (tmp / NLU_FILE).write_text(json.dumps(meta, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
@@ -251,19 +252,21 @@ class NluPass:
             samples = saved.get("samples", 0)
             if not isinstance(samples, int) or samples < 0:
                 raise ValueError(f"samples {samples!r} is not an integer >= 0")
+            seed = int(saved.get("seed", 0))
         except FileNotFoundError:
             raise NluError(f"{meta} not found; {fix}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise NluError(f"{meta}: unreadable ({e}); {fix}") from None
         try:
-            return cls(TextTeacher.load(folder), weight, stock_bonus, samples)
+            return cls(TextTeacher.load(folder), weight, stock_bonus, samples, seed)
         except TeacherError as e:
             raise NluError(f"{e}") from None
 
 
-def attach(model_folder: str | Path, teacher, weight: float, stock_bonus: float = -math.inf, samples: int = 0) -> Path:
+def attach(model_folder: str | Path, teacher, weight: float, stock_bonus: float = -math.inf, samples: int = 0,
+           seed: int = 0) -> Path:
     """Give a saved SLU model folder the text second pass."""
-    return NluPass(teacher, weight, stock_bonus, samples).save(model_folder)
+    return NluPass(teacher, weight, stock_bonus, samples, seed).save(model_folder)
 
 
 def choose_weight(readings: Readings, gold_intents: Sequence[str], weights: Sequence[float] = WEIGHTS,
