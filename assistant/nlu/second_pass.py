@@ -63,7 +63,7 @@ class Hypothesis:
 
 @dataclass
 class Readings:
-    """Up to three readings of each clip and their scores.
+    """Up to three readings of each clip and their scores, and the n-best's (``samples``).
 
     Columns: 0 the speech model's frame, 1 the text model's reading of the speech model's transcript,
     2 the text model's reading of the *stock* transcript (the pretrained Whisper, adapters off). Scores
