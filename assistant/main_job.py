@@ -34,6 +34,8 @@ from assistant.rsft.loop import RSFTConfig
 from assistant.train import TrainConfig
 
 STAGES = ("corpus", "sft", "rsft", "text_pass", "evaluate", "real_speech")
+# MainConfig fields a stage reads beyond the results before it: changing one runs the stage again
+STAGE_SETTINGS = {"text_pass": ("nlu", "nlu_samples")}
 CORPUS_FILES = ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json", "summary.json")
 
 
@@ -297,14 +299,13 @@ class MainJob:
         return self.out / "stages" / f"{stage}.inputs"
 
     def _inputs_key(self, stage: str) -> str:
-        """What a stage's result was computed from: the results of the stages before it (and, for the text
-        pass, the n-best it may try)."""
+        """What a stage's result was computed from: the results of the stages before it and the run settings
+        the stage reads itself (``STAGE_SETTINGS``)."""
         h = hashlib.sha256()
         for before in STAGES[:STAGES.index(stage)]:
             path = self.result_path(before)
             h.update(path.read_bytes() if path.is_file() else b"-")
-        if stage == "text_pass" and self.cfg.nlu_samples:
-            h.update(f"nlu_samples={self.cfg.nlu_samples}".encode())
+        h.update(repr([(name, getattr(self.cfg, name)) for name in STAGE_SETTINGS.get(stage, ())]).encode())
         return h.hexdigest()[:16]
 
     # ----- 1. corpus

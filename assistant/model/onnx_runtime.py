@@ -158,7 +158,7 @@ class OnnxSLU(TokenText):
         out: list[list[Candidate]] = []
         group = max(1, max_rows // per_utt)
         for start in range(0, len(encoded), group):
-            part = encoded if len(encoded) <= group else encoded.rows(slice(start, start + group))
+            part = encoded.rows(slice(start, start + group))
             is_greedy = np.zeros((len(part), per_utt), dtype=bool)
             is_greedy[:, 0] = greedy
             is_greedy = is_greedy.reshape(-1)
