@@ -21,7 +21,7 @@ rather than by tracing transformers' decoder: its cache objects change between r
 Whisper layer does not. ``verify_export`` checks exported against eager outputs after every export.
 
 ``OnnxSLU`` implements the speech-model interface (``assistant.model.interface.SpeechModel``) like the
-eager ``SLUModel`` does (greedy decoding only, no stock reading), so every inference path runs on it.
+eager ``SLUModel`` does (greedy and sampled decoding without top-p / top-k, no stock reading), so every inference path runs on it.
 """
 
 from __future__ import annotations

@@ -138,6 +138,8 @@ def test_runtime_samples_the_model_distribution(tiny, exported, waves):
     encoded = runtime.encode(tiny.features(waves[:2]))
     first = runtime.generate(encoded, num_samples=8, max_new_tokens=12, seed=3)
     assert first == runtime.generate(encoded, num_samples=8, max_new_tokens=12, seed=3)
+    one_by_one = runtime.generate(encoded, num_samples=8, max_new_tokens=12, seed=3, max_rows=9)  # a group per clip
+    assert [c[0] for c in one_by_one] == [c[0] for c in first] and [sum(x.count for x in c) for c in one_by_one] == [8, 8]
     eager = tiny.generate(tiny.encode(tiny.features(waves[:2])), max_new_tokens=12)
     for cands, greedy in zip(first, eager):
         assert cands[0].greedy and cands[0].text == greedy[0].text and sum(c.count for c in cands) == 8
