@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from assistant import distributed as dist
 from assistant.config import parse_command
-from assistant.data.manifest import ManifestError, Utterance, read_manifest
+from assistant.data.manifest import ManifestError, Utterance, condition_of_utterance, engine_of, read_manifest
 from assistant.inference import Prediction, predict_files
 from assistant.metrics import grouped_accuracy, score_frames
 from assistant.model.slu import SLUModel
@@ -41,20 +41,6 @@ def predict_manifest(model, utterances: list[Utterance], schema=None, batch_size
             bar.update(1)
     bar.close()
     return dist.gather_rows(rows, len(utterances))
-
-
-def engine_of(u: Utterance) -> str:
-    """The TTS engine (or 'recorded' for manifests of real recordings) behind a clip."""
-    return str(u.meta.get("engine") or "unknown")
-
-
-def condition_of_utterance(u: Utterance) -> str:
-    """clean / noise / room for corpus clips (assistant.data.augment.condition_of); 'unknown' otherwise."""
-    from assistant.data.augment import condition_of
-
-    if u.meta.get("condition"):
-        return str(u.meta["condition"])
-    return condition_of(u.meta["augment"]) if isinstance(u.meta.get("augment"), dict) else "unknown"
 
 
 def by_engine_condition(utterances: list[Utterance], systems: dict[str, list[Prediction]]) -> dict:

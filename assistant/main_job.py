@@ -5,7 +5,8 @@
     rsft         RSFT rounds on the unlabelled field `pool` (the labelled `train` mixed in)
     text_pass    the text NLU second pass: speech model, weight and stock bonus chosen on all of `dev`;
                  the chosen pair is copied to <out>/final
-    evaluate     every speech model, supervised + text pass, the shipped pair and the stock peer on `test`
+    evaluate     every speech model alone and with its text pass (the shipped pair among them) and the stock
+                 peer on `test`
     real_speech  stock-prompt WER on real human clips, before / after fine-tuning
 
 Each stage skips what it finds done (`done()`), so a re-run after a crash resumes; its result is a
@@ -445,9 +446,10 @@ class MainJob:
         out = [(name, d, None) for name, d in self.speech_models()]
         shipped = self.load_result("text_pass", TextPassResult) if self.cfg.nlu else None
         if shipped is not None:
-            if shipped.speech_model != "supervised":  # the baseline RSFT must beat: supervised + its text pass
-                out.append(("supervised + text pass", Path(self.sft.best_dir),
-                            self.text_pass_choice("supervised", Path(self.sft.best_dir))))
+            # every speech model with its own text pass, not only the shipped one: RSFT's effect on what is
+            # deployed is the RSFT pair against the supervised pair on the same test clips, whichever ships
+            out += [(f"{name} + text pass", d, self.text_pass_choice(name, d))
+                    for name, d in self.speech_models() if name != shipped.speech_model]
             out.append((f"final = {shipped.speech_model} + text pass", self.out / "final", "saved"))
         return out
 

@@ -241,3 +241,49 @@ def test_n_best_is_saved_loaded_and_reproducible_at_inference(model, teacher, tm
         load_pipeline(folder)
     with pytest.raises(NluError, match="samples"):
         NluPass(teacher, samples=1.5)
+
+
+def test_nbest_diagnostics_oracle_recoverable_and_vote():
+    """The oracle counts a clip when any reading is right; the score's misses with a right reading are
+    recoverable, per cell; the vote term can overturn the score and the plain majority is the draws'."""
+    from collections import Counter
+
+    from assistant.nlu.diagnostics import Clip, summarise
+
+    clips = [
+        Clip("a", "espeak/room", [(-1.0, -1.0, "a", False), (-2.0, -0.1, "b", False)], Counter(a=8)),
+        # the score prefers b at every weight; a is in the n-best and holds 6 of 8 draws
+        Clip("a", "kokoro/clean", [(-1.0, -0.5, "b", False), (-5.0, -3.0, "a", True)], Counter(a=6, b=2)),
+        Clip("c", "espeak/room", [(-1.0, -1.0, "a", False)], Counter(a=8)),      # nothing right: not recoverable
+    ]
+    out = summarise(clips)
+    assert out["oracle"] == round(2 / 3, 4)
+    assert out["best"] == {"weight": 0.0, "accuracy": round(1 / 3, 4)}          # ties go to the smaller weight
+    assert out["score"]["w=64"] == 0.0                 # weight 64: clip 0 reads b too (-2 - 6.4 > -1 - 64)
+    assert out["recoverable"] == {"total": 1, "kokoro/clean": 1}
+    assert out["greedy_pass"] == round(1 / 3, 4)         # without the n-best clip 1 has no right reading
+    assert out["majority_vote"] == round(2 / 3, 4)
+    # lambda 4: clip 1's a gains 4 log(6/8) - 4 log(2/8) = 4.4 > its 4 + 2.5w deficit at w = 0
+    assert clips[1].pick(0.0, vote_weight=4.0) == "a" and out["score_plus_vote"]["lambda=4"] == round(2 / 3, 4)
+    assert clips[1].pick(0.0, vote_weight=4.0, samples=False) == "b"
+
+
+def test_nbest_diagnostics_read_clips_like_the_deployed_pass(model, teacher, tmp_path):
+    import soundfile as sf
+
+    from assistant.data.manifest import Utterance
+    from assistant.nlu.diagnostics import read_clips
+
+    g = np.random.default_rng(0)
+    utts = []
+    for i, f in enumerate(FRAMES):
+        sf.write(tmp_path / f"{i}.wav", (0.1 * g.standard_normal(16000)).astype(np.float32), 16000)
+        utts.append(Utterance(str(tmp_path / f"{i}.wav"), f.transcript, f.intent, dict(f.slots), id=str(i),
+                              meta={"engine": "espeak", "augment": {"room": {"rt60": 0.3}}}))
+    clips = read_clips(model, utts, teacher, samples=6, seed=1)
+    assert [c.gold for c in clips] == [f.intent for f in FRAMES] and {c.cell for c in clips} == {"espeak/room"}
+    for c in clips:
+        assert sum(c.votes.values()) <= 6                # the draws' votes (a draw that does not parse has none)
+        assert sum(not sampled for *_, sampled in c.options) in (0, 2)    # greedy frame + its text reading
+    again = read_clips(model, utts, teacher, samples=6, seed=1)
+    assert [(c.options, c.votes) for c in again] == [(c.options, c.votes) for c in clips]   # seeded

@@ -65,6 +65,20 @@ class Utterance:
 _KNOWN = {f.name for f in dataclasses.fields(Utterance)} - {"meta"}
 
 
+def engine_of(u: Utterance) -> str:
+    """The TTS engine (or 'recorded' for manifests of real recordings) behind a clip."""
+    return str(u.meta.get("engine") or "unknown")
+
+
+def condition_of_utterance(u: Utterance) -> str:
+    """clean / noise / room for corpus clips (assistant.data.augment.condition_of); 'unknown' otherwise."""
+    from assistant.data.augment import condition_of   # numpy-heavy: only when asked
+
+    if u.meta.get("condition"):
+        return str(u.meta["condition"])
+    return condition_of(u.meta["augment"]) if isinstance(u.meta.get("augment"), dict) else "unknown"
+
+
 def utterance_from_json(obj: Any, base: Path, where: str) -> Utterance:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: expected a JSON object per line, got {type(obj).__name__}")
