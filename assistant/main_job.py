@@ -306,7 +306,9 @@ class MainJob:
         for before in STAGES[:STAGES.index(stage)]:
             path = self.result_path(before)
             h.update(path.read_bytes() if path.is_file() else b"-")
-        h.update(repr([(name, getattr(self.cfg, name)) for name in STAGE_SETTINGS.get(stage, ())]).encode())
+        settings = STAGE_SETTINGS.get(stage, ())
+        if settings:           # nothing hashed for a stage without settings: its key is what it always was
+            h.update(repr([(name, getattr(self.cfg, name)) for name in settings]).encode())
         return h.hexdigest()[:16]
 
     # ----- 1. corpus

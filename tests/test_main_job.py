@@ -79,3 +79,21 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
     with pytest.raises(ConfigError, match="stage 'sft' before it is not done"):
         run_main(load_config(MainConfig, None, **{**cfg.__dict__, "output_dir": str(tmp_path / "new"),
                                                   "stage": "rsft"}))
+
+
+def test_a_stage_key_holds_the_results_before_it_and_only_its_own_settings(tmp_path):
+    """A stage without settings keys on the earlier results alone, so run folders made before a setting
+    was added to another stage stay done; the text pass's key changes with its n-best size."""
+    import hashlib
+
+    from assistant.main_job import MainJob
+
+    def job(**kw):
+        return MainJob(load_config(MainConfig, None, output_dir=str(tmp_path / "run"), **kw))
+
+    stages = tmp_path / "run" / "stages"
+    stages.mkdir(parents=True)
+    (stages / "corpus.json").write_text('{"corpus": "x"}')
+    assert job()._inputs_key("sft") == hashlib.sha256(b'{"corpus": "x"}').hexdigest()[:16]
+    assert job(nlu_samples=0)._inputs_key("sft") == job(nlu_samples=8)._inputs_key("sft")
+    assert job(nlu_samples=0)._inputs_key("text_pass") != job(nlu_samples=8)._inputs_key("text_pass")
