@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from assistant.config import ConfigError, parse_command
+from assistant.config import ConfigError, parse_command, run_command
 from assistant.data.manifest import condition_of_utterance, engine_of
 from assistant.nlu.second_pass import WEIGHTS, NluPass, _load_batch
 
@@ -117,7 +117,7 @@ class NbestDiagnosticsConfig:
             raise ValueError(f"--samples must be n-best sizes >= 1, got {self.samples}")
 
 
-def main(argv: list[str]) -> int:
+def diagnose(cfg: NbestDiagnosticsConfig) -> dict:
     from pathlib import Path
 
     from assistant.data.manifest import read_manifest
@@ -125,20 +125,21 @@ def main(argv: list[str]) -> int:
     from assistant.nlu.training import default_teacher
     from assistant.schema import load_schema
 
-    prog = "python -m assistant.nlu.diagnostics"
-    try:
-        cfg = parse_command(NbestDiagnosticsConfig, prog, __doc__, argv, positional=("model", "manifest"))
-    except ConfigError as e:
-        print(f"{prog}: config error: {e}", file=sys.stderr)
-        return 2
     utterances = read_manifest(cfg.manifest)[:cfg.limit]
     holdout = cfg.holdout_file or Path(cfg.manifest).with_name("holdout.json")
     teacher = default_teacher(load_schema(), holdout_file=holdout)
     model = SLUModel.from_pretrained(cfg.model).eval()
-    out = {"model": cfg.model, "manifest": cfg.manifest, "n": len(utterances), "seed": cfg.seed,
-           "by_samples": {str(n): summarise(read_clips(model, utterances, teacher, n, cfg.seed)) for n in cfg.samples}}
-    print(json.dumps(out, indent=1))
-    return 0
+    return {"model": cfg.model, "manifest": cfg.manifest, "n": len(utterances), "seed": cfg.seed,
+            "by_samples": {str(n): summarise(read_clips(model, utterances, teacher, n, cfg.seed)) for n in cfg.samples}}
+
+
+def main(argv: list[str]) -> int:
+    from assistant.data.manifest import ManifestError
+
+    prog = "python -m assistant.nlu.diagnostics"
+    return run_command(prog, lambda: print(json.dumps(diagnose(parse_command(
+        NbestDiagnosticsConfig, prog, __doc__, argv, positional=("model", "manifest"))), indent=1)),
+        (ConfigError, ManifestError))
 
 
 if __name__ == "__main__":

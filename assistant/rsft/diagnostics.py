@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.config import ConfigError, parse_command
+from assistant.config import ConfigError, parse_command, run_command
 
 
 def _pairs_auc(good: list[float], bad: list[float]) -> tuple[float, int]:
@@ -245,19 +245,17 @@ class DiagnosticsConfig:
 
 
 def main(argv: list[str]) -> int:
-
     prog = "python -m assistant.rsft.diagnostics"
-    try:
+
+    def work() -> None:
         cfg = parse_command(DiagnosticsConfig, prog, __doc__, argv, positional=("round_dir", "pool_manifest"))
-    except ConfigError as e:
-        print(f"{prog}: config error: {e}", file=sys.stderr)
-        return 2
-    if cfg.compare is None:
-        out = diagnose_round_dir(cfg.round_dir, cfg.pool_manifest)
-    else:
-        out = compare_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.compare, cfg.target_model, cfg.limit)
-    print(json.dumps(out, indent=1))
-    return 0
+        if cfg.compare is None:
+            out = diagnose_round_dir(cfg.round_dir, cfg.pool_manifest)
+        else:
+            out = compare_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.compare, cfg.target_model, cfg.limit)
+        print(json.dumps(out, indent=1))
+
+    return run_command(prog, work, (ConfigError,))
 
 
 if __name__ == "__main__":
