@@ -20,12 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CLIPS = sorted((FIXTURES / "fsc" / "wavs").rglob("*.wav"))[:2] + sorted((FIXTURES / "slurp").rglob("*.flac"))[:2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

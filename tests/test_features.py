@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 from assistant.features import (HOP_LENGTH, LogMel, SpecAugment, batch_log_mel, frames_for_seconds, log_mel,
                                 pad_or_trim)
 
 
-def speak(text: str, path) -> torch.Tensor:
-    """Real TTS (espeak-ng) -> 16 kHz mono float32 waveform."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng binary missing: `apt-get install espeak-ng`")
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text], check=True)
-    wave, sr = sf.read(str(path), dtype="float32")
-    return AF.resample(torch.from_numpy(wave), sr, 16000)
-
-
 @pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> torch.Tensor:
+def speech(tmp_path_factory, speak) -> torch.Tensor:
     return speak("turn on the lights in the kitchen", tmp_path_factory.mktemp("tts") / "kitchen.wav")
 
 

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
 
 from assistant.model.slu import Candidate, SLUModel
 from assistant.model.vocab import OutputVocab, text_token_ids
@@ -37,20 +34,7 @@ def words(text: str) -> list[str]:
     return "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text.lower()).split()
 
 
-def speak(text: str, path) -> torch.Tensor:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng binary missing: `apt-get install espeak-ng`")
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text], check=True)
-    wave, sr = sf.read(str(path), dtype="float32")
-    return AF.resample(torch.from_numpy(wave), sr, 16000)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
@@ -417,7 +401,7 @@ def test_a_stock_checkpoint_reads_the_vocabulary_its_caller_gives(pretrained):
 
 
 @pytest.mark.slow
-def test_pretrained_short_context_recognises_short_clip(pretrained, tmp_path):
+def test_pretrained_short_context_recognises_short_clip(pretrained, tmp_path, speak):
     """6 s context vs Whisper's 30 s on a short command: same transcript at 30 s via the stock path,
     and the 6 s encoder still recognises the words (see transcribe() for the known looping caveat)."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -440,7 +424,7 @@ def test_pretrained_short_context_recognises_short_clip(pretrained, tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrained_slu_path_scores_and_generates(pretrained, tmp_path):
+def test_pretrained_slu_path_scores_and_generates(pretrained, tmp_path, speak):
     wave = speak("turn on the lights in the kitchen", tmp_path / "kitchen.wav")
     enc = pretrained.encode(pretrained.features([wave]))
     (utt,) = pretrained.generate(enc, num_samples=2, seed=0, max_new_tokens=24)
