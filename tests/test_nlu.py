@@ -287,3 +287,34 @@ def test_nbest_diagnostics_read_clips_like_the_deployed_pass(model, teacher, tmp
         assert sum(not sampled for *_, sampled in c.options) in (0, 2)    # greedy frame + its text reading
     again = read_clips(model, utts, teacher, samples=6, seed=1)
     assert [(c.options, c.votes) for c in again] == [(c.options, c.votes) for c in clips]   # seeded
+
+
+def test_misses_split_errors_into_misheard_and_misunderstood(tmp_path):
+    from assistant.config import ConfigError
+    from assistant.data.manifest import Utterance
+    from assistant.nlu.misses import classify_misses, main, read_predictions
+
+    gold = [("a", "wake me up at six", "alarm_set", "field", "alarm/wake"),
+            ("b", "do not wake me up at six", "alarm_remove", "field", "alarm/no_wake"),
+            ("c", "have i set an alarm", "alarm_query", "novel", "alarm/check"),
+            ("d", "music on", "activate_music", "novel", "music/on")]
+    utts = [Utterance(audio=f"{i}.wav", text=t, intent=g, id=i, meta={"part": p, "template": tp})
+            for i, t, g, p, tp in gold]
+    predictions = [{"id": "a", "intent": "alarm_set", "transcript": "wake me up at six"},     # right
+                   {"id": "b", "intent": "alarm_set", "transcript": "Do not wake me up at six."},  # heard right
+                   {"id": "c", "intent": "alarm_set", "transcript": "have i set an alarm"},  # heard right
+                   {"id": "d", "intent": "lists_add", "transcript": "use e can"}]           # misheard
+    text_intents = {"a": "alarm_set", "b": "alarm_set", "c": "alarm_query", "d": "activate_music"}
+    out = classify_misses(predictions, utts, text_intents)
+    assert (out["errors"], out["misheard"], out["heard_right"], out["heard_right_text_model_wrong"]) == (3, 1, 2, 1)
+    assert out["intent_accuracy"] == 0.25
+    assert out["errors_by_part"] == {"field": 1, "novel": 2}
+    assert out["text_model_on_gold_text"] == {"all": 0.75, "field": 0.5, "novel": 1.0}
+    assert out["text_model_worst_phrasings"] == [{"template": "alarm/no_wake", "accuracy": 0.0, "n": 1}]
+    with pytest.raises(ValueError, match="not in the manifest"):
+        classify_misses([{"id": "zz", "intent": "x", "transcript": ""}], utts, text_intents)
+    bad = tmp_path / "p.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(ConfigError, match="JSON lines"):
+        read_predictions(bad)
+    assert main([str(tmp_path / "missing.jsonl"), str(tmp_path / "m.jsonl")]) == 2
