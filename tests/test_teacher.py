@@ -241,3 +241,23 @@ def test_no_dev_or_test_sentence_reaches_the_teacher_whatever_the_corpus_seed(se
     assert field_pool and not {i.template for i in field_pool} & taught_templates
     if seed:   # the old rule (default seed) would have let this corpus's held-out phrasings in
         assert {i.template for i in dev_test} & {s.template_id for s in default_sentences(load_schema())}
+
+
+def test_another_encoder_folder_trains_and_is_scored_on_gold_text(schema, split, tmp_path):
+    """`python -m assistant.nlu.encoders`: the recipe runs on any transformers encoder folder (here the
+    MiniLM folder itself, passed as a folder) and the gold-text score is per part."""
+    from assistant.data.manifest import Utterance
+    from assistant.nlu.encoders import gold_text_accuracy, main
+
+    teacher = train_teacher(split[0][:64], schema, epochs=1, seed=0, progress=False, encoder=minilm_dir())
+    assert teacher.info["encoder"] == str(minilm_dir())
+    held = split[1][:6]
+    utts = [Utterance(audio="x.wav", text=s.text, intent=s.intent, id=str(i), meta={"part": ("field", "novel")[i % 2]})
+            for i, s in enumerate(held)]
+    read = [p[0] == s.intent for p, s in zip(teacher.predict([s.text for s in held]), held)]
+    scores = gold_text_accuracy(teacher, utts)
+    assert scores == {"all": round(sum(read) / 6, 4), "field": round(sum(read[0::2]) / 3, 4),
+                      "novel": round(sum(read[1::2]) / 3, 4)}
+    with pytest.raises(TeacherError, match="config.json not found"):
+        TextTeacher.fresh(["a"], [], encoder=tmp_path)
+    assert main([str(tmp_path)]) == 2                 # not an encoder folder: one clear error

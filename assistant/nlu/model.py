@@ -159,12 +159,17 @@ class TextTeacher:
 
     # ------------------------------------------------------------------ building and persistence
     @classmethod
-    def fresh(cls, intents: list[str], slot_names: list[str], **kwargs) -> "TextTeacher":
-        """An untrained teacher: the pretrained MiniLM encoder with new (random) intent and tag heads for
-        ``intents`` and ``slot_names``; ``kwargs`` as for the constructor (implied_slots, intent_slots)."""
+    def fresh(cls, intents: list[str], slot_names: list[str], encoder: str | Path | None = None,
+              **kwargs) -> "TextTeacher":
+        """An untrained teacher: a pretrained encoder (``encoder``: a transformers folder; None = the
+        packaged MiniLM) with new (random) intent and tag heads for ``intents`` and ``slot_names``;
+        ``kwargs`` as for the constructor (implied_slots, intent_slots)."""
         from transformers import AutoModel, AutoTokenizer   # heavy: only when a teacher is built
 
-        base = minilm_dir()
+        base = minilm_dir() if encoder is None else Path(encoder)
+        if not (base / "config.json").is_file():
+            raise TeacherError(f"{base}/config.json not found: pass a transformers encoder folder "
+                               "(config.json, weights, tokenizer)")
         tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         with _quiet_transformers():   # the checkpoint's sentence pooler is unused on purpose; no report
             encoder = AutoModel.from_pretrained(base, local_files_only=True, add_pooling_layer=False)

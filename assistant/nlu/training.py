@@ -133,8 +133,10 @@ def _implied_slots(sentences: Sequence[Any], schema: Any) -> dict[str, dict[str,
 
 def train_teacher(sentences: Sequence[Any], schema: Any = None, epochs: int = 4, seed: int = 0,
                   batch_size: int = 32, lr: float = 1.5e-4, head_lr: float = 2e-3, augment: float = 0.5,
-                  freeze_layers: int = 2, device: str | torch.device = "cpu", progress: bool = True) -> TextTeacher:
-    """Fine-tune MiniLM on grammar sentences (objects with .text, .intent, .slots).
+                  freeze_layers: int = 2, device: str | torch.device = "cpu", progress: bool = True,
+                  encoder: str | Path | None = None) -> TextTeacher:
+    """Fine-tune MiniLM (or ``encoder``, another transformers encoder folder) on grammar sentences (objects
+    with .text, .intent, .slots).
 
     ``schema`` (optional) fixes the label space — every schema intent and slot gets an output, even
     ones without sentences — and tells which slots each intent may fill. ``augment`` is the share of
@@ -157,7 +159,7 @@ def train_teacher(sentences: Sequence[Any], schema: Any = None, epochs: int = 4,
     if unknown:
         raise TeacherError(f"sentences use intents missing from the schema: {unknown[:5]}; "
                            "regenerate them from the current grammar")
-    teacher = TextTeacher.fresh(intents, slot_names, implied_slots=_implied_slots(sentences, schema),
+    teacher = TextTeacher.fresh(intents, slot_names, encoder, implied_slots=_implied_slots(sentences, schema),
                                 intent_slots=intent_slots)
     net = teacher.net.to(device)
     steps = epochs * math.ceil(len(examples) / batch_size)
@@ -178,7 +180,7 @@ def train_teacher(sentences: Sequence[Any], schema: Any = None, epochs: int = 4,
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     bar.close()
     net.eval()
-    teacher.info.update({"sentences": len(examples), "epochs": epochs, "seed": seed,
+    teacher.info.update({"sentences": len(examples), "epochs": epochs, "seed": seed, "encoder": str(encoder or "minilm"),
                          "final_loss": float(np.mean(losses[-20:])) if losses else None,
                          "train_seconds": round(time.perf_counter() - started, 1)})
     return teacher
