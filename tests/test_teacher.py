@@ -258,6 +258,10 @@ def test_another_encoder_folder_trains_and_is_scored_on_gold_text(schema, split,
     scores = gold_text_accuracy(teacher, utts)
     assert scores == {"all": round(sum(read) / 6, 4), "field": round(sum(read[0::2]) / 3, 4),
                       "novel": round(sum(read[1::2]) / 3, 4)}
+    assert gold_text_accuracy([teacher, teacher], utts) == scores      # an ensemble of one model twice
+    other = TextTeacher.fresh(["a", "b"], [], encoder=minilm_dir())
+    with pytest.raises(ValueError, match="one label space"):
+        gold_text_accuracy([teacher, other], utts)
     with pytest.raises(TeacherError, match="config.json not found"):
         TextTeacher.fresh(["a"], [], encoder=tmp_path)
     assert main([str(tmp_path)]) == 2                 # not an encoder folder: one clear error

