@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import types
@@ -323,6 +324,14 @@ def parse_command(cls: type[T], prog: str, doc: str | None, argv: list[str], pos
     cfg = parse_config(cls, ap.parse_args(argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return cfg
+
+
+def json_command(cls: type[T], prog: str, doc: str | None, argv: list[str], work: Callable[[T], Any],
+                 errors: tuple[type[BaseException], ...], positional: tuple[str, ...] = ()) -> int:
+    """A report command: its config from argv (``parse_command``), ``work(cfg)`` printed as indented JSON,
+    expected errors as one line (``run_command``)."""
+    return run_command(prog, lambda: print(json.dumps(work(parse_command(cls, prog, doc, argv, positional)),
+                                                      indent=1)), errors)
 
 
 def run_command(prog: str, work: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> int:

@@ -18,7 +18,6 @@ its transcript -- and, per N:
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections import Counter
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from assistant.config import ConfigError, parse_command, run_command
+from assistant.config import ConfigError, json_command
 from assistant.data.manifest import condition_of_utterance, engine_of
 from assistant.nlu.second_pass import WEIGHTS, NluPass, _load_batch
 
@@ -136,10 +135,8 @@ def diagnose(cfg: NbestDiagnosticsConfig) -> dict:
 def main(argv: list[str]) -> int:
     from assistant.data.manifest import ManifestError
 
-    prog = "python -m assistant.nlu.diagnostics"
-    return run_command(prog, lambda: print(json.dumps(diagnose(parse_command(
-        NbestDiagnosticsConfig, prog, __doc__, argv, positional=("model", "manifest"))), indent=1)),
-        (ConfigError, ManifestError))
+    return json_command(NbestDiagnosticsConfig, "python -m assistant.nlu.diagnostics", __doc__, argv, diagnose, (ConfigError, ManifestError),
+                        positional=("model", "manifest"))
 
 
 if __name__ == "__main__":

