@@ -131,3 +131,9 @@ def grouped_accuracy(keys: list[str], correct: list[bool]) -> dict[str, dict[str
         totals[k][0] += int(c)
         totals[k][1] += 1
     return {k: {"accuracy": ok / n, "n": n} for k, (ok, n) in sorted(totals.items())}
+
+
+def accuracy_by(keys: list[str], correct: list[bool], digits: int = 4) -> dict[str, float]:
+    """``{"all": accuracy, key: accuracy per key}`` (``grouped_accuracy`` without the counts), rounded."""
+    groups = {"all": {"accuracy": sum(map(bool, correct)) / len(correct)}, **grouped_accuracy(keys, correct)}
+    return {k: round(v["accuracy"], digits) for k, v in groups.items()}

@@ -135,8 +135,8 @@ def diagnose(cfg: NbestDiagnosticsConfig) -> dict:
 def main(argv: list[str]) -> int:
     from assistant.data.manifest import ManifestError
 
-    return json_command(NbestDiagnosticsConfig, "python -m assistant.nlu.diagnostics", __doc__, argv, diagnose, (ConfigError, ManifestError),
-                        positional=("model", "manifest"))
+    return json_command(NbestDiagnosticsConfig, "python -m assistant.nlu.diagnostics", __doc__, argv, diagnose,
+                        (ConfigError, ManifestError), positional=("model", "manifest"))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from assistant.config import ConfigError, json_command
+from assistant.metrics import accuracy_by
 
 SPLITS = ("dev", "test")
 
@@ -59,35 +59,24 @@ def gold_text_accuracy(members, utterances) -> dict[str, float]:
     if any(m.intents != members[0].intents for m in members):
         raise ValueError("ensemble members must share one label space (the same schema)")
     texts = [u.text for u in utterances]
-    logp = np.sum([np.stack([e.intent_logp for e in m._encode(texts)]) for m in members], axis=0)
-    right: dict[str, list[bool]] = defaultdict(list)
-    for u, best in zip(utterances, logp.argmax(-1)):
-        ok = members[0].intents[int(best)] == u.intent
-        right["all"].append(ok)
-        right[u.meta.get("part", "-")].append(ok)
-    return {k: round(sum(v) / len(v), 4) for k, v in sorted(right.items())}
+    best = np.sum([m.intent_logprobs(texts) for m in members], axis=0).argmax(-1)
+    correct = [members[0].intents[int(b)] == u.intent for u, b in zip(utterances, best)]
+    return accuracy_by([u.meta.get("part", "-") for u in utterances], correct)
 
 
 def trial_teacher(folder: str | None, schema, holdout: Path, seed: int = 0):
     """The default recipe trained on ``folder``'s encoder (None: MiniLM) with ``seed``: loaded from the
     trials cache, or trained and kept."""
-    from assistant.nlu.model import TextTeacher
-    from assistant.nlu.training import (DEFAULT_EPOCHS, _load_if_current, _save_atomically, default_sentences,
-                                        train_teacher, training_fingerprint)
+    from assistant.nlu.training import (DEFAULT_EPOCHS, cached_teacher, default_sentences, train_teacher,
+                                        training_fingerprint)
     from assistant.paths import cache_dir
 
     sentences = default_sentences(schema, holdout)
     name = "minilm" if folder is None else Path(folder).resolve().name
     base = training_fingerprint(sentences, schema, DEFAULT_EPOCHS, seed)
     fingerprint = hashlib.sha256(f"{base}:{name}".encode()).hexdigest()[:16]
-    target = cache_dir() / "text-encoder-trials" / f"{name}-{fingerprint}"
-    teacher = _load_if_current(target, fingerprint)
-    if teacher is None:
-        teacher = train_teacher(sentences, schema, epochs=DEFAULT_EPOCHS, seed=seed, encoder=folder)
-        teacher.info["fingerprint"] = fingerprint
-        _save_atomically(teacher, target)
-    assert isinstance(teacher, TextTeacher)
-    return teacher
+    return cached_teacher(cache_dir() / "text-encoder-trials" / f"{name}-{fingerprint}", fingerprint, True,
+                          lambda: train_teacher(sentences, schema, epochs=DEFAULT_EPOCHS, seed=seed, encoder=folder))
 
 
 def compare(cfg: EncodersConfig) -> dict:

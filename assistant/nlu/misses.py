@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from assistant.config import ConfigError, json_command
+from assistant.metrics import accuracy_by, grouped_accuracy
 from assistant.text import normalize_text
 
 
@@ -35,10 +36,10 @@ def classify_misses(predictions: list[dict], utterances, text_intents: dict[str,
     if missing:
         raise ValueError(f"{len(missing)} prediction ids are not in the manifest (first {missing[0]!r}): "
                          "pass the manifest the predictions were made on")
+    utts = [by_id[p["id"]] for p in predictions]
     counts: Counter = Counter()
     errors_by_part: Counter = Counter()
-    for p in predictions:
-        u = by_id[p["id"]]
+    for p, u in zip(predictions, utts):
         if p["intent"] == u.intent:
             continue
         counts["errors"] += 1
@@ -48,21 +49,15 @@ def classify_misses(predictions: list[dict], utterances, text_intents: dict[str,
             counts["heard_right_text_model_wrong"] += text_intents[u.id] != u.intent
         else:
             counts["misheard"] += 1
-    ceiling: dict[str, list[bool]] = defaultdict(list)
-    templates: dict[str, list[bool]] = defaultdict(list)
-    for p in predictions:
-        u = by_id[p["id"]]
-        right = text_intents[u.id] == u.intent
-        ceiling["all"].append(right)
-        ceiling[u.meta.get("part", "-")].append(right)
-        templates[u.meta.get("template", "-")].append(right)
-    share = lambda xs: round(sum(xs) / len(xs), 4)   # noqa: E731
-    worst = sorted((share(v), k, len(v)) for k, v in templates.items() if share(v) < 1)
-    return {"n": len(predictions), "intent_accuracy": share([p["intent"] == by_id[p["id"]].intent for p in predictions]),
+    read_right = [text_intents[u.id] == u.intent for u in utts]
+    templates = grouped_accuracy([u.meta.get("template", "-") for u in utts], read_right)
+    worst = sorted((round(v["accuracy"], 4), k, v["n"]) for k, v in templates.items() if v["accuracy"] < 1)
+    return {"n": len(predictions),
+            "intent_accuracy": round(sum(p["intent"] == u.intent for p, u in zip(predictions, utts)) / len(utts), 4),
             "errors": counts["errors"], "misheard": counts["misheard"], "heard_right": counts["heard_right"],
             "heard_right_text_model_wrong": counts["heard_right_text_model_wrong"],
             "errors_by_part": dict(sorted(errors_by_part.items())),
-            "text_model_on_gold_text": {k: share(v) for k, v in sorted(ceiling.items())},
+            "text_model_on_gold_text": accuracy_by([u.meta.get("part", "-") for u in utts], read_right),
             "text_model_worst_phrasings": [{"template": k, "accuracy": a, "n": n} for a, k, n in worst[:10]]}
 
 
@@ -109,8 +104,8 @@ def misses(cfg: MissesConfig) -> dict:
 def main(argv: list[str]) -> int:
     from assistant.data.manifest import ManifestError
 
-    return json_command(MissesConfig, "python -m assistant.nlu.misses", __doc__, argv, misses, (ConfigError, ManifestError),
-                        positional=("predictions", "manifest"))
+    return json_command(MissesConfig, "python -m assistant.nlu.misses", __doc__, argv, misses,
+                        (ConfigError, ManifestError), positional=("predictions", "manifest"))
 
 
 if __name__ == "__main__":

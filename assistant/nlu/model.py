@@ -276,6 +276,10 @@ class TextTeacher:
         return np.array([self._frame_logp(e, i, s or {}) for e, i, s in zip(encoded, intents, slots)],
                         dtype=np.float64)
 
+    def intent_logprobs(self, transcripts: Sequence[str]) -> np.ndarray:
+        """[n transcripts, n intents]: log p(intent | transcript), in ``self.intents`` order."""
+        return np.stack([e.intent_logp for e in self._encode(transcripts)])
+
     def predict(self, transcripts: Sequence[str]) -> list[tuple[str, dict[str, str], float]]:
         """(intent, slots, confidence) per transcript. Slots are restricted to the predicted intent's
         slots, in spoken form; confidence is the teacher's probability of the frame it returns."""

@@ -20,7 +20,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -180,7 +180,8 @@ def train_teacher(sentences: Sequence[Any], schema: Any = None, epochs: int = 4,
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     bar.close()
     net.eval()
-    teacher.info.update({"sentences": len(examples), "epochs": epochs, "seed": seed, "encoder": str(encoder or "minilm"),
+    teacher.info.update({"sentences": len(examples), "epochs": epochs, "seed": seed,
+                         "encoder": str(encoder or "minilm"),
                          "final_loss": float(np.mean(losses[-20:])) if losses else None,
                          "train_seconds": round(time.perf_counter() - started, 1)})
     return teacher
@@ -320,11 +321,18 @@ def default_teacher(schema: Any = None, progress: bool = True, train_if_missing:
         schema = load_schema()
     sentences = default_sentences(schema, holdout_file)
     fingerprint = training_fingerprint(sentences, schema, DEFAULT_EPOCHS, 0)
-    target = cache_dir() / CACHE_NAME
+    return cached_teacher(cache_dir() / CACHE_NAME, fingerprint, train_if_missing,
+                          lambda: train_teacher(sentences, schema, epochs=DEFAULT_EPOCHS, seed=0, progress=progress))
+
+
+def cached_teacher(target: Path, fingerprint: str, train_if_missing: bool,
+                   train: Callable[[], TextTeacher]) -> TextTeacher | None:
+    """The teacher cached in ``target`` if its fingerprint is ``fingerprint``; else ``train()``'s, cached
+    atomically (None instead when ``train_if_missing`` is false)."""
     cached = _load_if_current(target, fingerprint)
     if cached is not None or not train_if_missing:
         return cached
-    teacher = train_teacher(sentences, schema, epochs=DEFAULT_EPOCHS, seed=0, progress=progress)
+    teacher = train()
     teacher.info["fingerprint"] = fingerprint
     _save_atomically(teacher, target)
     return teacher
