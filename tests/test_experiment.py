@@ -17,7 +17,8 @@ from assistant.rsft.types import Candidate, Decision, Scored, write_records
 ROOT = Path(__file__).resolve().parents[1]
 FSC = Path(__file__).parent / "fixtures" / "fsc" / "data"
 CONDITION_KEYS = {"test_intent_accuracy_mean", "test_intent_accuracy_per_seed", "gap_closed", "selected_round",
-                  "fell_back_to_start"}
+                  "fell_back_to_start", "test_text_pass_intent_accuracy_mean", "test_text_pass_intent_accuracy_per_seed",
+                  "text_pass_gap_closed"}
 
 
 def _result(name, acc, seed=0, best_round=None, rounds=()):
@@ -67,6 +68,7 @@ def test_write_table_reports_seeds_fall_back_json_and_diagnostics(tmp_path, monk
     exp = Experiment(cfg)
     exp.pool, exp.test = [object()] * 2, [object()] * 10
     exp.seed_info = {0: {"slice": 3, "voices": ["v1"]}, 1: {"slice": 4, "voices": ["v2"]}}
+    exp.peer = {"intent_accuracy": 0.55, "wer": 0.1, "n": 10, "intent_accuracy_by_part": {"seen": 0.6, "novel": 0.5}}
     pool = tmp_path / "pool.jsonl"
     pool.write_text('{"id": "u1", "audio": "a.wav", "text": "t", "intent": "alarm_set", "slots": {}}\n'
                     '{"id": "u2", "audio": "b.wav", "text": "t", "intent": "weather_query", "slots": {}}\n')
@@ -98,8 +100,12 @@ def test_write_table_reports_seeds_fall_back_json_and_diagnostics(tmp_path, monk
     diag = [line for line in text.splitlines() if line.startswith("| c_rsft_label_free | 0 | 1 | 1.000 |")]
     # coverage 1.0, greedy accuracy 0.5, 1 mixed utterance, top-reward pick right, greedy wrong, AUC 1, kept all right
     assert diag and "| 0.500 | 1 | 1.000 | 0.000 | 1.000 | 1.000 |" in diag[0]
+    assert "stock Whisper's transcript -> the text NLU: intent accuracy 0.5500 (seen / field / novel 0.6000 / - / " \
+           "0.5000), WER 0.1000" in text
+    assert rows["c_rsft_label_free"].split(" | ")[11:15] == ["-", "-, -", "-", "-"]   # no text pass scored here
     table = json.loads((tmp_path / "results.json").read_text())
-    assert set(table) == {"conditions", "config", "n_test"} and table["n_test"] == 10
+    assert set(table) == {"conditions", "config", "n_test", "stock_cascade"} and table["n_test"] == 10
+    assert table["stock_cascade"]["intent_accuracy"] == 0.55
     assert table["config"]["seeds"] == [0, 1]
     assert table["conditions"]["c_rsft_label_free"]["fell_back_to_start"] == [False, True]
     assert table["conditions"]["c_rsft_label_free"]["gap_closed"] == pytest.approx(0.25)
@@ -202,14 +208,21 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     monkeypatch.setattr(exp_mod, "_test_scores", fake_test)
     monkeypatch.setattr(exp_mod, "text_pass_on_dev", fake_text_pass)
     monkeypatch.setattr(Experiment, "teacher", lambda self: None)
-    monkeypatch.setattr(Experiment, "dev_stock", lambda self, model_dir, dev: None)
+    monkeypatch.setattr(Experiment, "stock", lambda self, split, model_dir: None)
+    deployed = []
+
+    def fake_text_pass_scores(model_dir, nlu_pass, test, schema, stock):
+        deployed.append((model_dir, nlu_pass.weight))
+        return {**fake_test(model_dir, test, schema), "intent_accuracy_by_part": {"seen": 1.0}}
+
+    monkeypatch.setattr(exp_mod, "_text_pass_scores", fake_text_pass_scores)
     cfg = _tiny_config(tiny_corpus, tmp_path)
     exp = Experiment(cfg)
     exp.setup()
     exp.write_table(exp.run())
 
     table = json.loads((tmp_path / "results" / "table.json").read_text())
-    assert set(table) == {"conditions", "config", "n_test"} and table["n_test"] == 3
+    assert set(table) == {"conditions", "config", "n_test", "stock_cascade"} and table["n_test"] == 3
     assert list(table["conditions"]) == names == [
         "a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label_text_pass", "c_rsft_label_free",
         "d_rsft_gold_label", "e_oracle_supervised", "x_reward_agreement_only", "x_abstention_off",
@@ -267,11 +280,27 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert runs[("x_n_16", 0)].generate.num_samples == 16
     assert json.loads((out / "seed_1" / "a_supervised_slice" / "text_pass.json").read_text())["stock_bonus"] == "-inf"
 
+    # every condition's deployed pipeline: its model + its own text pass (seed 0's weight 2, seed 1's 3), kept
+    # (x_abstention_off's seed 1 fell back: its model is (a)'s, scored for each row)
+    assert len(deployed) == 2 * len(names) and len({d for d, _ in deployed}) == len(deployed) - 1
+    assert all(w == (2.0 if "seed_0" in d else 3.0) for d, w in deployed)
+    c0 = json.loads((out / "seed_0" / "c_rsft_label_free" / "result.json").read_text())
+    assert c0["test_text_pass"]["weight"] == 2.0 and c0["test_text_pass"]["intent_accuracy_by_part"] == {"seen": 1.0}
+    assert (out / "seed_0" / "c_rsft_label_free" / "text_pass.json").is_file()
+    row = table["conditions"]["c_rsft_label_free"]
+    assert row["test_text_pass_intent_accuracy_per_seed"] == row["test_intent_accuracy_per_seed"]   # the stub's
+    assert row["text_pass_gap_closed"] == pytest.approx(row["gap_closed"])
+    assert table["stock_cascade"] is None                                # no stock path: no peer
+    c_line = [line for line in md.splitlines() if line.startswith("| c_rsft_label_free |")][0].split(" | ")
+    assert c_line[11:14] == [f"{row['test_intent_accuracy_mean']:.4f}", "0.4300, 0.5300", "+60%"]
+    assert c_line[14] == "1.0000 / - / -"
+
     # a rerun resumes: nothing runs again
     calls.clear()
+    deployed.clear()
     exp2 = Experiment(cfg)
     exp2.setup()
-    assert len(exp2.run()) == 2 * len(names) and calls == []
+    assert len(exp2.run()) == 2 * len(names) and calls == [] and deployed == []
 
 
 def test_one_condition_end_to_end_on_a_tiny_model(tiny_corpus, tmp_path, monkeypatch):

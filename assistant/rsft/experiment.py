@@ -92,6 +92,9 @@ class ExperimentConfig:
     rsft: RSFTConfig = field(default_factory=_rsft_recipe)
     ablation: bool = True
     include_target_likelihood: bool = False   # the x_reward_target_likelihood row (loads stock Whisper base)
+    # score each condition's deployed pipeline too: its model + its own text pass chosen on dev (the main
+    # job's pairing), and the peer with no training (stock Whisper + the text NLU) on the same test clips
+    deployed: bool = True
     only: list[str] = field(default_factory=list)   # run just the conditions whose names start so (a always)
     seeds: list[int] = field(default_factory=lambda: [0, 1])   # every condition runs once per seed
 
@@ -155,10 +158,26 @@ def _write_manifest(utts, path: Path) -> str:
     return str(path)
 
 
+SCORES = ("intent_accuracy", "frame_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")
+
+
+def _scores(report: dict) -> dict:
+    """The table's metrics of an evaluation report, with intent accuracy per test part (seen / field / novel)."""
+    return {**{k: report[k] for k in SCORES},
+            "intent_accuracy_by_part": {p: v["accuracy"] for p, v in report.get("per_part", {}).items()}}
+
+
 def _test_scores(model_dir: str, test, schema) -> dict:
     model = SLUModel.from_pretrained(model_dir).eval()
-    report, _ = evaluate_model(model, test, schema, desc=f"test {Path(model_dir).parent.name}")
-    return {k: report[k] for k in ("intent_accuracy", "frame_accuracy", "slot_f1", "slu_f1", "wer", "invalid_rate", "n")}
+    report, _ = evaluate_model(model, test, schema, desc=f"test {Path(model_dir).parent.name}", use_nlu=False)
+    return _scores(report)
+
+
+def _text_pass_scores(model_dir: str, nlu_pass, test, schema, stock: list[str] | None) -> dict:
+    model = SLUModel.from_pretrained(model_dir).eval()
+    model.nlu = nlu_pass
+    report, _ = evaluate_model(model, test, schema, desc=f"test {Path(model_dir).parent.name} + text pass", stock=stock)
+    return _scores(report)
 
 
 def _mean(xs):
@@ -172,17 +191,21 @@ def summarize(results: list[dict], seeds: list[int]) -> dict[str, dict]:
     round 0 (the starting model). A seed a condition has no result for reads None and is left out of the mean."""
     by = {(r["name"], r["seed"]): r for r in results}
     names = list(dict.fromkeys(r["name"] for r in results))
-    per_seed = {n: [by[(n, s)]["test"]["intent_accuracy"] if (n, s) in by else None for s in seeds] for n in names}
-    means = {n: _mean(v) for n, v in per_seed.items()}
-    a = means["a_supervised_slice"]                 # the table is relative to condition a
-    e = means.get("e_oracle_supervised")
-    out = {}
+    out = {n: {} for n in names}
+    # the speech model alone ("test") and the deployed pipeline: the model + its text pass ("test_text_pass")
+    for key, prefix in (("test", "test_intent_accuracy"), ("test_text_pass", "test_text_pass_intent_accuracy")):
+        per_seed = {n: [by[(n, s)][key]["intent_accuracy"] if key in by.get((n, s), {}) else None for s in seeds]
+                    for n in names}
+        means = {n: _mean(v) for n, v in per_seed.items()}
+        a = means["a_supervised_slice"]                 # the table is relative to condition a
+        e = means.get("e_oracle_supervised")
+        for n in names:
+            gap = (means[n] - a) / (e - a) if None not in (a, e, means[n]) and e != a else None
+            out[n].update({f"{prefix}_mean": means[n], f"{prefix}_per_seed": per_seed[n],
+                           ("gap_closed" if key == "test" else "text_pass_gap_closed"): gap})
     for n in names:
         rounds = [by[(n, s)].get("best_round") if (n, s) in by else None for s in seeds]
-        out[n] = {"test_intent_accuracy_mean": means[n], "test_intent_accuracy_per_seed": per_seed[n],
-                  "gap_closed": (means[n] - a) / (e - a) if e is not None and means[n] is not None and e != a else None,
-                  "selected_round": rounds,
-                  "fell_back_to_start": [r == 0 for r in rounds]}
+        out[n].update({"selected_round": rounds, "fell_back_to_start": [r == 0 for r in rounds]})
     return out
 
 
@@ -193,7 +216,7 @@ class Experiment:
         self.corpus = Path(cfg.corpus or generated_dir() / "default")
         self.seed_info: dict[int, dict] = {}      # seed -> labelled slice, text pass chosen for (a)
         self._teacher = None
-        self._dev_stock = None
+        self.peer: dict | None = None          # stock Whisper + the text NLU on test (deployed: true)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -209,6 +232,7 @@ class Experiment:
         pool = read_manifest(self.corpus / "pool.jsonl")
         self.pool = pool[: cfg.pool_limit]
         self.dev_path = str(self.corpus / "dev.jsonl")
+        self.dev = read_manifest(self.dev_path)
         test = read_manifest(self.corpus / "test.jsonl")
         self.test = test[: cfg.test_limit]
         self.pool_path = _write_manifest(self.pool, self.out / "manifests" / "pool.jsonl")
@@ -259,32 +283,66 @@ class Experiment:
             self._teacher = nlu.default_teacher(self.schema, holdout_file=self.holdout)
         return self._teacher
 
-    def dev_stock(self, model_dir: str, dev) -> list[str] | None:
-        """Stock Whisper's transcripts of dev, for a model with a stock path (adapters): the same for every
-        seed's model, so decoded once (None for a model without one: its text pass has no stock reading)."""
-        if self._dev_stock is None:
+    def stock(self, split: str, model_dir: str) -> list[str] | None:
+        """Stock Whisper's transcripts of dev or test, for a model with a stock path (adapters): the same for
+        every model, so decoded once and kept in <output_dir>/manifests/stock_<split>.json (None for a model
+        without one: its text pass has no stock reading)."""
+        if not SLUModel.from_pretrained(model_dir).has_stock_path:
+            return None
+        utts = self.dev if split == "dev" else self.test
+        path = self.out / "manifests" / f"stock_{split}.json"
+        ids = [u.id for u in utts]
+        kept = json.loads(path.read_text()) if path.is_file() else None
+        if kept is None or kept["ids"] != ids:
             model = SLUModel.from_pretrained(model_dir)
-            if not model.has_stock_path:
-                return None
-            self._dev_stock = nlu.stock_transcripts(model, dev, desc="nlu: stock transcripts of dev")
-        return self._dev_stock
+            kept = {"ids": ids, "transcripts": nlu.stock_transcripts(model, utts, desc=f"nlu: stock transcripts of {split}")}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(kept))
+        return kept["transcripts"]
 
-    def text_pass(self, seed: int, model_dir: str) -> dict:
-        """The text pass of model (a) chosen on every dev clip, as the main job chooses its supervised model's
-        (``assistant.main_job.text_pass_on_dev``); kept in a_supervised_slice/text_pass.json."""
-        path = self._dir(seed, "a_supervised_slice") / "text_pass.json"
+    def text_pass(self, seed: int, name: str, model_dir: str) -> dict:
+        """The text pass of one condition's model chosen on every dev clip, as the main job chooses its
+        speech models' (``assistant.main_job.text_pass_on_dev``); kept in <condition>/text_pass.json. (a)'s
+        also sets the agreement weight and stock bonus of every RSFT condition of the seed."""
+        path = self._dir(seed, name) / "text_pass.json"
         if path.is_file():
             info = json.loads(path.read_text())
         else:
-            dev = read_manifest(self.dev_path)
-            acc, w, b, _, by_choice = text_pass_on_dev(f"seed {seed} a_supervised_slice", Path(model_dir), dev,
-                                                       self.teacher(), self.dev_stock(model_dir, dev))
-            info = {"weight": w, "stock_bonus": str(b), "dev_n": len(dev),
+            acc, w, b, _, by_choice = text_pass_on_dev(f"seed {seed} {name}", Path(model_dir), self.dev,
+                                                       self.teacher(), self.stock("dev", model_dir))
+            info = {"weight": w, "stock_bonus": str(b), "dev_n": len(self.dev),
                     "dev_intent_accuracy_alone": by_choice["w=0 b=-inf"],
                     "dev_intent_accuracy_text_pass": acc}
             path.write_text(json.dumps(info, indent=1))
-        self.seed_info.setdefault(seed, {})["text_pass"] = info
+        if name == "a_supervised_slice":
+            self.seed_info.setdefault(seed, {})["text_pass"] = info
         return info
+
+    def score_deployed(self, result: dict) -> dict:
+        """Adds the deployed pipeline's test scores to a finished condition (its result.json too): the
+        condition's model + its own text pass chosen on dev, on the same test clips as the speech model alone.
+        RSFT's gain has to show here, where the supervised model already gets the text pass's help."""
+        if "test_text_pass" in result:
+            return result
+        seed, name, model_dir = result["seed"], result["name"], result["model_dir"]
+        info = self.text_pass(seed, name, model_dir)
+        nlu_pass = nlu.NluPass(self.teacher(), info["weight"], float(info["stock_bonus"]))
+        stock = self.stock("test", model_dir) if nlu_pass.uses_stock else None
+        scores = _text_pass_scores(model_dir, nlu_pass, self.test, self.schema, stock)
+        result["test_text_pass"] = {**scores, "weight": info["weight"], "stock_bonus": info["stock_bonus"]}
+        (self._dir(seed, name) / "result.json").write_text(json.dumps(result, indent=1, default=float))
+        print(f"seed {seed} {name} + text pass: test intent accuracy {scores['intent_accuracy']:.4f}")
+        return result
+
+    def stock_cascade(self, model_dir: str) -> dict | None:
+        """The peer a user would pick with no training at all: stock Whisper's transcript -> the text NLU."""
+        from assistant.evaluate import evaluation_report, stock_cascade_predictions
+
+        stock = self.stock("test", model_dir)
+        if stock is None:
+            return None
+        report = evaluation_report(self.test, stock_cascade_predictions(self.teacher(), self.test, stock))
+        return _scores(report)
 
     def rsft(self, seed: int, name: str, paths: dict, init: str, text_pass: dict, overrides: dict) -> dict:
         if (r := self._done(seed, name)):
@@ -341,9 +399,12 @@ class Experiment:
                     break
                 paths, init = start(seed)
                 for name, overrides in todo:
-                    results.append(self.rsft(seed, name, paths, init, self.text_pass(seed, init), overrides))
+                    results.append(self.rsft(seed, name, paths, init, self.text_pass(seed, "a_supervised_slice", init), overrides))
                 if phase == "main" and want("e"):
                     results.append(self.supervised(seed, "e_oracle_supervised", paths["slice+pool"]))
+        if cfg.deployed:
+            results = [self.score_deployed(r) for r in results]
+            self.peer = self.stock_cascade(starts[cfg.seeds[0]][1])
         order = {n: i for i, n in enumerate(condition_names(cfg))}
         return sorted(results, key=lambda r: (order.get(r["name"], len(order)), cfg.seeds.index(r["seed"])))
 
@@ -384,6 +445,11 @@ class Experiment:
             "Gap closed = (mean - mean a) / (mean e - mean a). The selected round is the RSFT round dev chose; "
             "\"fell back to start\" marks a seed where no round beat the starting model (a) on dev: that row "
             "then reports (a)'s test score for the seed.",
+            "",
+            "Two scores per condition, on the same test clips: the speech model alone (its own frame), and the "
+            "pipeline a user deploys, the model + its own text pass (weight and stock bonus chosen on dev for that "
+            "model, as `assistant run` does). Adaptation earns its place only where the second improves: the "
+            "text pass already gives (a) much of what RSFT distils into the speech model.",
         ]
 
     def write_table(self, results: list[dict]) -> str:
@@ -395,8 +461,9 @@ class Experiment:
             "",
             f"| condition | test intent acc (mean of {len(seeds)}) | per seed ({', '.join(map(str, seeds))}) | "
             "spread (max - min) | gap closed | selected round per seed | frame acc | slot F1 | SLU-F1 | WER | "
-            "invalid | minutes (all seeds) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "invalid | + text pass: intent acc (mean) | + text pass: per seed | + text pass: gap closed | "
+            "+ text pass: seen / field / novel | minutes (all seeds) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         f4 = lambda x: "-" if x is None else f"{x:.4f}"   # noqa: E731
         for name, s in summary.items():
@@ -411,10 +478,21 @@ class Experiment:
                                    for rd, fb in zip(s["selected_round"], s["fell_back_to_start"]))
             metric = lambda k: f4(_mean([t[k] for t in present]))   # noqa: E731
             minutes = sum(by[(name, sd)].get("minutes", 0) for sd in seeds if (name, sd) in by)
+            deployed = [by[(name, sd)]["test_text_pass"] for sd in seeds if "test_text_pass" in by.get((name, sd), {})]
+            parts = " / ".join(f4(_mean([d["intent_accuracy_by_part"].get(p) for d in deployed]))
+                               for p in ("seen", "field", "novel"))
+            tp_gap = "-" if s["text_pass_gap_closed"] is None else f"{s['text_pass_gap_closed']:+.0%}"
             lines.append(f"| {name} | {f4(s['test_intent_accuracy_mean'])} | "
                          f"{', '.join(f4(v) for v in s['test_intent_accuracy_per_seed'])} | {f4(spread)} | {gap} | "
                          f"{rounds} | {metric('frame_accuracy')} | {metric('slot_f1')} | {metric('slu_f1')} | "
-                         f"{metric('wer')} | {metric('invalid_rate')} | {minutes:.1f} |")
+                         f"{metric('wer')} | {metric('invalid_rate')} | {f4(s['test_text_pass_intent_accuracy_mean'])} | "
+                         f"{', '.join(f4(v) for v in s['test_text_pass_intent_accuracy_per_seed'])} | {tp_gap} | "
+                         f"{parts if deployed else '-'} | {minutes:.1f} |")
+        if self.peer is not None:
+            by_part = " / ".join(f4(self.peer["intent_accuracy_by_part"].get(p)) for p in ("seen", "field", "novel"))
+            lines += ["", f"The peer with no training, on the same {self.peer['n']} test clips: stock Whisper's "
+                      f"transcript -> the text NLU: intent accuracy {f4(self.peer['intent_accuracy'])} (seen / field / "
+                      f"novel {by_part}), WER {f4(self.peer['wer'])}."]
         lines += ["", "Per RSFT round (dev accuracy; acceptance; oracle-only precision of the kept frames):", "",
                   "| condition | seed | round | dev intent acc | acceptance rate | kept-frame precision | kept nothing | "
                   "mean reward all → kept | cand/s |",
@@ -445,7 +523,7 @@ class Experiment:
         path = REPO_ROOT / cfg.results_file
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        table = {"conditions": summary, "config": asdict(cfg), "n_test": len(self.test)}
+        table = {"conditions": summary, "config": asdict(cfg), "n_test": len(self.test), "stock_cascade": self.peer}
         path.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
