@@ -124,7 +124,7 @@ def test_default_config_is_the_issue_table():
     names = condition_names(cfg)
     assert names[:6] == list(MAIN_CONDITIONS)
     assert names[6:] == ["x_reward_agreement_only", "x_abstention_off", "x_targets_sampled", "x_encoder_frozen",
-                         "x_n_16"]
+                         "x_n_16", "x_finetune_sft_recipe"]
     assert "x_reward_target_likelihood" in condition_names(replace(cfg, include_target_likelihood=True))
     assert condition_names(replace(cfg, ablation=False)) == list(MAIN_CONDITIONS)
     specs = dict(rsft_conditions(cfg))
@@ -226,7 +226,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert list(table["conditions"]) == names == [
         "a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label_text_pass", "c_rsft_label_free",
         "d_rsft_gold_label", "e_oracle_supervised", "x_reward_agreement_only", "x_abstention_off",
-        "x_targets_sampled", "x_encoder_frozen", "x_n_16"]
+        "x_targets_sampled", "x_encoder_frozen", "x_n_16", "x_finetune_sft_recipe"]
     out = tmp_path / "out"
     for name, row in table["conditions"].items():
         assert set(row) == CONDITION_KEYS, name
@@ -278,6 +278,9 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert runs[("x_targets_sampled", 0)].transcript_target == "sampled" and c.transcript_target == "majority"
     assert runs[("x_encoder_frozen", 0)].finetune.freeze_encoder_layers is None and None != c.finetune.freeze_encoder_layers
     assert runs[("x_n_16", 0)].generate.num_samples == 16
+    longer = runs[("x_finetune_sft_recipe", 0)].finetune
+    assert (longer.epochs, longer.lr, longer.warmup_steps) == (5, 0.001, 30) and c.finetune.epochs == 1
+    assert longer.lora_rank == c.finetune.lora_rank      # only the schedule changes
     assert json.loads((out / "seed_1" / "a_supervised_slice" / "text_pass.json").read_text())["stock_bonus"] == "-inf"
 
     # every condition's deployed pipeline: its model + its own text pass (seed 0's weight 2, seed 1's 3), kept

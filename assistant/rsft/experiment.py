@@ -16,7 +16,8 @@ scores on `test` (the field: unseen voices, field and novel phrasings).
   d_rsft_gold_label               c's candidates and recipe, the gold `label` reward picks (no abstention)
   e_oracle_supervised             supervised on slice + pool with labels (oracle)
   x_<lever>_<value>               one ablation of c per lever: reward, abstention, targets, encoder
-                                  adapters, N (x_reward_target_likelihood only with include_target_likelihood)
+                                  adapters, N, each round's training (x_reward_target_likelihood only with
+                                  include_target_likelihood)
 
 The text pass's weight and stock bonus (b', c and its ablations: the agreement reward and the readings)
 are chosen on dev for model (a), as `assistant run` does for its supervised model
@@ -134,6 +135,9 @@ def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
         ("x_targets_sampled", {"transcript_target": "sampled"}),
         ("x_encoder_frozen", {"finetune": {"freeze_encoder_layers": None}}),
         ("x_n_16", {"generate": {"num_samples": 16}}),
+        # each round trains as the main job's supervised recipe does (5 epochs at lr 1e-3, 30 warm-up steps)
+        # instead of c's one light epoch: the slice is small, so the kept pool is most of what (c) learns from
+        ("x_finetune_sft_recipe", {"finetune": {"epochs": 5, "lr": 0.001, "warmup_steps": 30}}),
     ]
     return main + ablations
 
