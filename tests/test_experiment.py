@@ -100,8 +100,8 @@ def test_write_table_reports_seeds_fall_back_json_and_diagnostics(tmp_path, monk
     diag = [line for line in text.splitlines() if line.startswith("| c_rsft_label_free | 0 | 1 | 1.000 |")]
     # coverage 1.0, greedy accuracy 0.5, 1 mixed utterance, top-reward pick right, greedy wrong, AUC 1, kept all right
     assert diag and "| 0.500 | 1 | 1.000 | 0.000 | 1.000 | 1.000 |" in diag[0]
-    assert "stock Whisper's transcript -> the text NLU: intent accuracy 0.5500 (seen / field / novel 0.6000 / - / " \
-           "0.5000), WER 0.1000" in text
+    assert "stock Whisper's transcript -> the text NLU: intent accuracy 0.5500 (novel 0.5000, seen 0.6000), " \
+           "WER 0.1000" in text
     assert rows["c_rsft_label_free"].split(" | ")[11:15] == ["-", "-, -", "-", "-"]   # no text pass scored here
     table = json.loads((tmp_path / "results.json").read_text())
     assert set(table) == {"conditions", "config", "n_test", "stock_cascade"} and table["n_test"] == 10
@@ -296,7 +296,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert table["stock_cascade"] is None                                # no stock path: no peer
     c_line = [line for line in md.splitlines() if line.startswith("| c_rsft_label_free |")][0].split(" | ")
     assert c_line[11:14] == [f"{row['test_intent_accuracy_mean']:.4f}", "0.4300, 0.5300", "+60%"]
-    assert c_line[14] == "1.0000 / - / -"
+    assert c_line[14] == "seen 1.0000"
 
     # a rerun resumes: nothing runs again
     calls.clear()

@@ -466,7 +466,7 @@ class Experiment:
             f"| condition | test intent acc (mean of {len(seeds)}) | per seed ({', '.join(map(str, seeds))}) | "
             "spread (max - min) | gap closed | selected round per seed | frame acc | slot F1 | SLU-F1 | WER | "
             "invalid | + text pass: intent acc (mean) | + text pass: per seed | + text pass: gap closed | "
-            "+ text pass: seen / field / novel | minutes (all seeds) |",
+            "+ text pass: by test part | minutes (all seeds) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         f4 = lambda x: "-" if x is None else f"{x:.4f}"   # noqa: E731
@@ -483,8 +483,8 @@ class Experiment:
             metric = lambda k: f4(_mean([t[k] for t in present]))   # noqa: E731
             minutes = sum(by[(name, sd)].get("minutes", 0) for sd in seeds if (name, sd) in by)
             deployed = [by[(name, sd)]["test_text_pass"] for sd in seeds if "test_text_pass" in by.get((name, sd), {})]
-            parts = " / ".join(f4(_mean([d["intent_accuracy_by_part"].get(p) for d in deployed]))
-                               for p in ("seen", "field", "novel"))
+            part_names = sorted({p for d in deployed for p in d["intent_accuracy_by_part"]})
+            parts = ", ".join(f"{p} {f4(_mean([d['intent_accuracy_by_part'].get(p) for d in deployed]))}" for p in part_names)
             tp_gap = "-" if s["text_pass_gap_closed"] is None else f"{s['text_pass_gap_closed']:+.0%}"
             lines.append(f"| {name} | {f4(s['test_intent_accuracy_mean'])} | "
                          f"{', '.join(f4(v) for v in s['test_intent_accuracy_per_seed'])} | {f4(spread)} | {gap} | "
@@ -493,10 +493,10 @@ class Experiment:
                          f"{', '.join(f4(v) for v in s['test_text_pass_intent_accuracy_per_seed'])} | {tp_gap} | "
                          f"{parts if deployed else '-'} | {minutes:.1f} |")
         if self.peer is not None:
-            by_part = " / ".join(f4(self.peer["intent_accuracy_by_part"].get(p)) for p in ("seen", "field", "novel"))
+            by_part = ", ".join(f"{p} {f4(v)}" for p, v in sorted(self.peer["intent_accuracy_by_part"].items()))
             lines += ["", f"The peer with no training, on the same {self.peer['n']} test clips: stock Whisper's "
-                      f"transcript -> the text NLU: intent accuracy {f4(self.peer['intent_accuracy'])} (seen / field / "
-                      f"novel {by_part}), WER {f4(self.peer['wer'])}."]
+                      f"transcript -> the text NLU: intent accuracy {f4(self.peer['intent_accuracy'])} ({by_part}), "
+                      f"WER {f4(self.peer['wer'])}."]
         lines += ["", "Per RSFT round (dev accuracy; acceptance; oracle-only precision of the kept frames):", "",
                   "| condition | seed | round | dev intent acc | acceptance rate | kept-frame precision | kept nothing | "
                   "mean reward all → kept | cand/s |",
