@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.config import load_config
+from assistant.config import load_config, save_yaml
 from assistant.rsft.experiment import (MAIN_CONDITIONS, Experiment, ExperimentConfig, condition_names,
                                        rsft_conditions, summarize)
 from assistant.rsft.types import Candidate, Decision, Scored, write_records
@@ -176,6 +176,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
         calls.append(("train", tcfg))
         best = Path(tcfg.output_dir) / "best"
         best.mkdir(parents=True, exist_ok=True)
+        save_yaml(tcfg, Path(tcfg.output_dir) / "config.yaml")          # as recipe_main does
         return {"best_dir": str(best), "best_dev": {"intent_accuracy": 0.5}}
 
     def fake_rsft(rcfg):
@@ -185,6 +186,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
         fell_back = out.name == "x_abstention_off" and rcfg.seed == 1
         best = out / "round_1" / "train" / "best"
         best.mkdir(parents=True, exist_ok=True)
+        save_yaml(rcfg, out / "config.yaml")                            # as run_rsft does
         rd = {"round": 1, "dev": {"intent_accuracy": 0.5}, "candidates_per_second": 1.0,
               "acceptance": {"acceptance_rate": 0.5, "n_utterances_kept_nothing": 1, "mean_reward_all": 0.0,
                              "mean_reward_kept": 1.0}, "oracle_diagnostics": {"kept_frame_precision": 0.9}}
@@ -304,6 +306,20 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     exp2 = Experiment(cfg)
     exp2.setup()
     assert len(exp2.run()) == 2 * len(names) and calls == [] and deployed == []
+
+    # ... from another working directory too (paths are the experiment's own), but a finished condition that
+    # ran with another setting is refused, naming its folder and the setting, never reported as today's
+    moved = replace(cfg, output_dir=str(Path(cfg.output_dir).relative_to(tmp_path)))
+    monkeypatch.chdir(tmp_path)
+    exp3 = Experiment(moved)
+    exp3.setup()
+    assert len(exp3.run()) == 2 * len(names) and calls == []
+    changed = replace(moved, rsft=replace(cfg.rsft, accept=replace(cfg.rsft.accept, min_vote=0.25)))
+    exp4 = Experiment(changed)
+    exp4.setup()
+    with pytest.raises(exp_mod.ExperimentError, match=r"seed_0/c_rsft_label_free ran with another config \(accept differ"):
+        exp4.run()
+    assert calls == []
 
 
 def test_one_condition_end_to_end_on_a_tiny_model(tiny_corpus, tmp_path, monkeypatch):

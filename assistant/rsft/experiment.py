@@ -39,7 +39,7 @@ from pathlib import Path
 
 from assistant import nlu
 from assistant import paths as assistant_paths   # the recipes' root; REPO_ROOT below is the results' root
-from assistant.config import from_dict, load_yaml, override, parse_command
+from assistant.config import from_dict, load_yaml, override, parse_command, to_dict
 from assistant.data.manifest import ManifestError, read_manifest, write_jsonl
 from assistant.evaluate import evaluate_model
 from assistant.main_job import text_pass_on_dev, with_text_pass
@@ -61,6 +61,10 @@ MAIN_CONDITIONS = ("a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label
                    "d_rsft_gold_label", "e_oracle_supervised")
 SUPERVISED = ("a_supervised_slice", "e_oracle_supervised")
 NO_ABSTENTION = {"min_vote": 0.0, "min_text_confidence": 0.0}          # accept: keys
+
+
+class ExperimentError(ValueError):
+    """A condition's folder holds a run made with another config."""
 
 
 def _recipe(cls, path: str, owned: tuple[str, ...]):
@@ -260,9 +264,23 @@ class Experiment:
     def _dir(self, seed: int, name: str) -> Path:
         return self.out / f"seed_{seed}" / name
 
-    def _done(self, seed: int, name: str) -> dict | None:
-        p = self._dir(seed, name) / "result.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+    def _done(self, seed: int, name: str, cfg) -> dict | None:
+        """A finished condition's result, if it ran with ``cfg`` (a rerun resumes); one run with another
+        config is refused rather than reported under today's settings."""
+        folder = self._dir(seed, name)
+        if not (folder / "result.json").is_file():
+            return None
+        saved = folder / "config.yaml"
+        if saved.is_file():
+            old, new = load_yaml(saved), json.loads(json.dumps(to_dict(cfg)))
+            # the paths and seed follow from the folder's place (a moved or relative output_dir is the same run)
+            owned = _SUPERVISED_PATHS if name in SUPERVISED else _RSFT_PATHS
+            changed = sorted(k for k in set(old) | set(new) if k not in owned and old.get(k) != new.get(k))
+            if changed:
+                raise ExperimentError(f"{folder} ran with another config ({', '.join(changed)} differ from "
+                                      f"{saved}): delete the folder to rerun it with today's settings, or "
+                                      "restore the config it ran with")
+        return json.loads((folder / "result.json").read_text())
 
     def _finish(self, seed: int, name: str, model_dir: str, t0: float, extra: dict) -> dict:
         result = {"name": name, "seed": seed, "model_dir": model_dir,
@@ -274,11 +292,11 @@ class Experiment:
         return result
 
     def supervised(self, seed: int, name: str, manifest: str) -> dict:
-        if (r := self._done(seed, name)):
-            return r
-        t0 = time.perf_counter()
         tcfg = replace(self.cfg.train, train_manifest=manifest, dev_manifest=self.dev_path,
                        output_dir=str(self._dir(seed, name)), seed=seed)
+        if (r := self._done(seed, name, tcfg)):
+            return r
+        t0 = time.perf_counter()
         res = recipe_main(tcfg)
         return self._finish(seed, name, res["best_dir"], t0, {"dev": res["best_dev"], "best_round": None})
 
@@ -349,8 +367,6 @@ class Experiment:
         return _scores(report)
 
     def rsft(self, seed: int, name: str, paths: dict, init: str, text_pass: dict, overrides: dict) -> dict:
-        if (r := self._done(seed, name)):
-            return r
         t0 = time.perf_counter()
         values = dict(init_model=init, pool_manifest=paths["pool"], labelled_manifest=paths["slice"],
                       dev_manifest=paths["dev"], output_dir=str(self._dir(seed, name)), seed=seed,
@@ -359,6 +375,8 @@ class Experiment:
         # the agreement reward and the readings follow (a)'s text pass, as chosen on dev
         rcfg = with_text_pass(rcfg, weight=text_pass["weight"], stock_bonus=float(text_pass["stock_bonus"]))
         rcfg.validate()
+        if (r := self._done(seed, name, rcfg)):
+            return r
         summary = run_rsft(rcfg)
         rounds_info = [{"round": r["round"], "dev_intent_accuracy": r["dev"]["intent_accuracy"],
                         "acceptance_rate": r["acceptance"]["acceptance_rate"],
@@ -539,8 +557,9 @@ def cli(argv: list[str]) -> int:
     exp = Experiment(cfg)
     try:
         exp.setup()
-    except ManifestError as e:
+        results = exp.run()
+    except (ManifestError, ExperimentError) as e:
         print(f"assistant experiment: {e}", file=sys.stderr)
         return 2
-    print(exp.write_table(exp.run()))
+    print(exp.write_table(results))
     return 0
