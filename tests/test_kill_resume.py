@@ -199,7 +199,7 @@ def test_generation_torn_by_a_kill_is_redone_exactly(init_model, tmp_path, cut):
     """What a SIGKILL can leave on disk mid-batch (Python flushes its buffer whenever it fills): the resumed
     file must equal an uninterrupted run's, byte for byte, with no lost or doubled candidates."""
     from assistant.model.slu import SLUModel
-    from assistant.rsft.generate import GenerateConfig, generate_candidates, progress_path
+    from assistant.rsft.generate import GenerateConfig, candidates_on_disk, generate_candidates, progress_path
 
     pool = _pool(12)
     broken = tmp_path / "broken.wav"
@@ -224,6 +224,7 @@ def test_generation_torn_by_a_kill_is_redone_exactly(init_model, tmp_path, cut):
     out = tmp_path / "resumed.jsonl"
     out.write_bytes(cut_data)
     progress_path(out).write_text(cut_log)
+    assert candidates_on_disk(out) == sum(len(g) for g in ref[:8])       # the two committed batches only
     with one_thread():
         resumed = generate_candidates(model, pool, out, params, seed=7)
     assert out.read_bytes() == data
@@ -292,6 +293,10 @@ def test_rsft_killed_during_generation_resumes_without_lost_or_duplicate_samples
     assert not (out / "round_1" / "decisions.jsonl").exists(), "generation had finished before the kill"
     run_cli(args, log)
     _assert_same_rsft_result(rsft_setup["reference"], out)
+    # the round's speed counts only what the resumed run drew
+    report, ref_report = (json.loads((d / "round_1" / "report.json").read_text()) for d in (out, rsft_setup["reference"]))
+    assert ref_report["candidates_reused"] == 0 and 0 < report["candidates_reused"] < report["candidates"]
+    assert report["candidates_per_second"] > 0
 
 
 def test_rsft_killed_during_fine_tuning_resumes_to_the_same_result(rsft_setup):
@@ -307,3 +312,5 @@ def test_rsft_killed_during_fine_tuning_resumes_to_the_same_result(rsft_setup):
     # Generation was complete: the re-run must not have sampled anything again.
     assert (out / "round_1" / "candidates.jsonl").read_text().count("\n") == lines_before
     _assert_same_rsft_result(rsft_setup["reference"], out)
+    report = json.loads((out / "round_1" / "report.json").read_text())
+    assert report["candidates_reused"] == report["candidates"] and report["candidates_per_second"] is None

@@ -46,7 +46,7 @@ from assistant.main_job import text_pass_on_dev, with_text_pass
 from assistant.model.slu import SLUModel
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
 from assistant.rsft.diagnostics import diagnose_round_dir
-from assistant.rsft.loop import RSFTConfig, run_rsft
+from assistant.rsft.loop import RSFTConfig, rate_text, run_rsft
 from assistant.schema import load_schema
 from assistant.train import TrainConfig, recipe_main
 
@@ -525,7 +525,7 @@ class Experiment:
                 lines.append(f"| {r['name']} | {r['seed']} | {rd['round']} | {rd['dev_intent_accuracy']:.4f} | "
                              f"{(rd['acceptance_rate'] or 0):.3f} | {'-' if prec is None else f'{prec:.3f}'} | "
                              f"{rd['kept_nothing']} | {(rd['mean_reward_all'] or 0):.3f} → "
-                             f"{(rd['mean_reward_kept'] or 0):.3f} | {rd['candidates_per_second']} |")
+                             f"{(rd['mean_reward_kept'] or 0):.3f} | {rate_text(rd)} |")
         lines += ["", "Why (oracle diagnostics of each round's candidates, `assistant.rsft.diagnostics`; correct = "
                   "intent exact): coverage = some candidate correct; greedy = the argmax candidate correct; on "
                   "utterances with both correct and wrong candidates, how often the top-reward one is correct vs the "

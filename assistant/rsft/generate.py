@@ -247,6 +247,14 @@ def _generate_into(model, utterances, out_path: Path, params: GenerateConfig, re
     bar.close()
 
 
+def candidates_on_disk(path: Path) -> int:
+    """How many candidates a resumed run will take from `path` rather than draw (the committed batches;
+    a file from before the commit log: its whole lines)."""
+    if _read_progress(progress_path(path)) is None:
+        return sum(len(c) for c in read_done(path).values())
+    return sum(len(lines) for lines in _committed_groups(path)[0].values())
+
+
 def _committed_groups(path: Path) -> tuple[dict[str, list[str]], set[str]]:
     """({utt_id: its candidate lines}, ids of finished batches) from the committed part of a candidates
     file (what its commit log vouches for; nothing past it)."""

@@ -33,7 +33,7 @@ from assistant.model.slu import SLUModel
 from assistant.paths import runs_dir
 from assistant.rsft.accept import AcceptConfig, accept_all, acceptance_report
 from assistant.rsft.diagnostics import round_diagnostics
-from assistant.rsft.generate import GenerateConfig, generate_candidates
+from assistant.rsft.generate import GenerateConfig, candidates_on_disk, generate_candidates
 from assistant.rsft.readings import Reader
 from assistant.rsft.rewards import LearnedRewardModel, build_reward_fns, make_teacher_reward, reward_specs
 from assistant.rsft.rewards import score as score_candidates
@@ -263,6 +263,7 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     rdir = out / f"round_{k}"
     rdir.mkdir(parents=True, exist_ok=True)
     model = _speech_model(model_dir).eval()
+    reused = candidates_on_disk(rdir / "candidates.jsonl")
     t0 = time.perf_counter()
     candidates = generate_candidates(model, pool, rdir / "candidates.jsonl", cfg.generate, ref_model=ref_model,
                                      seed=cfg.seed * 100 + k, desc=f"round {k}: generate", reader=reader)
@@ -307,7 +308,9 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
         "reward_values": [s.reward for ss in scored for s in ss],
         "kept_reward_values": [s.reward for ss, ds in zip(scored, decisions) for s, d in zip(ss, ds) if d.accepted],
         "seconds": {"generate": round(t_gen, 1), "score": round(t_score, 1), "fine_tune": result["seconds"]},
-        "candidates_per_second": round(n_cand / max(t_gen, 1e-9), 1),
+        # over this run's draws only: candidates a resumed run found on disk took no time here
+        "candidates_reused": reused,
+        "candidates_per_second": round((n_cand - reused) / max(t_gen, 1e-9), 1) if n_cand > reused else None,
     }
     if dist.is_main():
         (rdir / "report.json").write_text(json.dumps(report, indent=1, default=float))
@@ -419,6 +422,12 @@ def _init_dev_score(path: Path, base_dir: Path, dev: list, schema) -> dict:
     return report
 
 
+def rate_text(report: dict) -> str:
+    """Candidates per second, or "reused" where every candidate came from a previous run's file."""
+    rate = report.get("candidates_per_second")
+    return "reused" if rate is None else f"{rate:.1f}"
+
+
 def rounds_table(init_dev: dict, reports: list[dict]) -> str:
     lines = [f"{'round':>5} {'dev intent':>10} {'accept rate':>11} {'kept prec.':>10} {'cand/s':>7}",
              f"{0:>5} {init_dev['intent_accuracy']:>10.4f} {'-':>11} {'-':>10} {'-':>7}"]
@@ -426,7 +435,7 @@ def rounds_table(init_dev: dict, reports: list[dict]) -> str:
         prec = r["oracle_diagnostics"]["kept_frame_precision"]
         lines.append(f"{r['round']:>5} {r['dev']['intent_accuracy']:>10.4f} "
                      f"{(r['acceptance']['acceptance_rate'] or 0):>11.3f} "
-                     f"{(prec if prec is not None else float('nan')):>10.3f} {r['candidates_per_second']:>7.1f}")
+                     f"{(prec if prec is not None else float('nan')):>10.3f} {rate_text(r):>7}")
     return "\n".join(lines)
 
 
