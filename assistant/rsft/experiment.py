@@ -100,7 +100,9 @@ class ExperimentConfig:
     # score each condition's deployed pipeline too: its model + its own text pass chosen on dev (the main
     # job's pairing), and the peer with no training (stock Whisper + the text NLU) on the same test clips
     deployed: bool = True
-    only: list[str] = field(default_factory=list)   # run just the conditions whose names start so (a always)
+    # run just the conditions whose names start so (a always); the table still reports every finished one
+    only: list[str] = field(default_factory=list)
+    report_only: bool = False            # run nothing: write the table from the conditions already finished
     seeds: list[int] = field(default_factory=lambda: [0, 1])   # every condition runs once per seed
 
     def validate(self) -> None:
@@ -196,7 +198,8 @@ def _mean(xs):
 def summarize(results: list[dict], seeds: list[int]) -> dict[str, dict]:
     """Per condition (table order = first appearance): test intent accuracy per seed and its mean, the share
     of the (a) -> (e) gap the mean closes, each seed's selected round and whether selection fell back to
-    round 0 (the starting model). A seed a condition has no result for reads None and is left out of the mean."""
+    round 0 (the starting model). A seed a condition has no result for reads None and is left out of the mean,
+    and of (a)'s and (e)'s means its gap is measured against."""
     by = {(r["name"], r["seed"]): r for r in results}
     names = list(dict.fromkeys(r["name"] for r in results))
     out = {n: {} for n in names}
@@ -205,10 +208,12 @@ def summarize(results: list[dict], seeds: list[int]) -> dict[str, dict]:
         per_seed = {n: [by[(n, s)][key]["intent_accuracy"] if key in by.get((n, s), {}) else None for s in seeds]
                     for n in names}
         means = {n: _mean(v) for n, v in per_seed.items()}
-        a = means["a_supervised_slice"]                 # the table is relative to condition a
-        e = means.get("e_oracle_supervised")
+        # relative to (a) and (e) on the seeds the condition has too (a seed still running is left out)
+        a, e = (per_seed.get(n, [None] * len(seeds)) for n in ("a_supervised_slice", "e_oracle_supervised"))
         for n in names:
-            gap = (means[n] - a) / (e - a) if None not in (a, e, means[n]) and e != a else None
+            both = [i for i, v in enumerate(per_seed[n]) if None not in (v, a[i], e[i])]
+            ma, me = _mean([a[i] for i in both]), _mean([e[i] for i in both])
+            gap = (_mean([per_seed[n][i] for i in both]) - ma) / (me - ma) if both and me != ma else None
             out[n].update({f"{prefix}_mean": means[n], f"{prefix}_per_seed": per_seed[n],
                            ("gap_closed" if key == "test" else "text_pass_gap_closed"): gap})
     for n in names:
@@ -264,9 +269,19 @@ class Experiment:
     def _dir(self, seed: int, name: str) -> Path:
         return self.out / f"seed_{seed}" / name
 
-    def _done(self, seed: int, name: str, cfg) -> dict | None:
+    def _done(self, seed: int, name: str, cfg, run: bool = True) -> dict | None:
         """A finished condition's result, if it ran with ``cfg`` (a rerun resumes); one run with another
-        config is refused rather than reported under today's settings."""
+        config is refused rather than reported under today's settings (with ``run`` false, the condition
+        is only being reported: it is left out with a note instead)."""
+        try:
+            return self._finished(seed, name, cfg)
+        except ExperimentError as e:
+            if run:
+                raise
+            print(f"left out of the table: {e}", file=sys.stderr)
+            return None
+
+    def _finished(self, seed: int, name: str, cfg) -> dict | None:
         folder = self._dir(seed, name)
         if not (folder / "result.json").is_file():
             return None
@@ -291,10 +306,11 @@ class Experiment:
               f"({result['minutes']} min)")
         return result
 
-    def supervised(self, seed: int, name: str, manifest: str) -> dict:
+    def supervised(self, seed: int, name: str, manifest: str, run: bool = True) -> dict | None:
+        """(a) or (e): the supervised recipe on ``manifest``; with ``run`` false, only a finished result."""
         tcfg = replace(self.cfg.train, train_manifest=manifest, dev_manifest=self.dev_path,
                        output_dir=str(self._dir(seed, name)), seed=seed)
-        if (r := self._done(seed, name, tcfg)):
+        if (r := self._done(seed, name, tcfg, run)) or not run:
             return r
         t0 = time.perf_counter()
         res = recipe_main(tcfg)
@@ -366,7 +382,9 @@ class Experiment:
         report = evaluation_report(self.test, stock_cascade_predictions(self.teacher(), self.test, stock))
         return _scores(report)
 
-    def rsft(self, seed: int, name: str, paths: dict, init: str, text_pass: dict, overrides: dict) -> dict:
+    def rsft(self, seed: int, name: str, paths: dict, init: str, text_pass: dict, overrides: dict,
+             run: bool = True) -> dict | None:
+        """One RSFT condition from (a)'s model; with ``run`` false, only a finished result."""
         t0 = time.perf_counter()
         values = dict(init_model=init, pool_manifest=paths["pool"], labelled_manifest=paths["slice"],
                       dev_manifest=paths["dev"], output_dir=str(self._dir(seed, name)), seed=seed,
@@ -375,7 +393,7 @@ class Experiment:
         # the agreement reward and the readings follow (a)'s text pass, as chosen on dev
         rcfg = with_text_pass(rcfg, weight=text_pass["weight"], stock_bonus=float(text_pass["stock_bonus"]))
         rcfg.validate()
-        if (r := self._done(seed, name, rcfg)):
+        if (r := self._done(seed, name, rcfg, run)) or not run:
             return r
         summary = run_rsft(rcfg)
         rounds_info = [{"round": r["round"], "dev_intent_accuracy": r["dev"]["intent_accuracy"],
@@ -400,33 +418,41 @@ class Experiment:
         return out
 
     def run(self) -> list[dict]:
-        """The main conditions for every seed, then the ablations for every seed; (a) first in each seed."""
+        """The main conditions for every seed, then the ablations for every seed; (a) first in each seed.
+        A condition `only` leaves out (all of them with `report_only`) is not run, but reported if it has
+        finished with today's config, so a partial rerun's table still holds everything done."""
         cfg = self.cfg
-        want = lambda n: not cfg.only or any(n.startswith(o) for o in cfg.only)  # noqa: E731
+        want = lambda n: not cfg.report_only and (not cfg.only or any(n.startswith(o) for o in cfg.only))  # noqa: E731
         results, starts = [], {}
 
-        def start(seed: int) -> tuple[dict, str]:
+        def keep(result: dict | None) -> None:
+            if result is not None:
+                results.append(result)
+
+        def start(seed: int) -> tuple[dict, str] | None:
             if seed not in starts:
                 paths = self.seed_paths(seed)
-                a = self.supervised(seed, "a_supervised_slice", paths["slice"])
-                results.append(a)
-                starts[seed] = (paths, a["model_dir"])
+                a = self.supervised(seed, "a_supervised_slice", paths["slice"], run=not cfg.report_only)
+                keep(a)
+                starts[seed] = (paths, a["model_dir"]) if a else None
             return starts[seed]
 
-        specs = [(n, o) for n, o in rsft_conditions(cfg) if want(n)]
+        specs = rsft_conditions(cfg)
         for phase in ("main", "ablation"):
             todo = [(n, o) for n, o in specs if n.startswith("x_") == (phase == "ablation")]
             for seed in cfg.seeds:
-                if phase == "ablation" and not todo:
-                    break
-                paths, init = start(seed)
+                if phase == "ablation" and not todo or (begun := start(seed)) is None:
+                    continue                      # (a) has not run for this seed: nothing else can have
+                paths, init = begun
                 for name, overrides in todo:
-                    results.append(self.rsft(seed, name, paths, init, self.text_pass(seed, "a_supervised_slice", init), overrides))
-                if phase == "main" and want("e"):
-                    results.append(self.supervised(seed, "e_oracle_supervised", paths["slice+pool"]))
+                    keep(self.rsft(seed, name, paths, init, self.text_pass(seed, "a_supervised_slice", init),
+                                   overrides, run=want(name)))
+                if phase == "main":
+                    keep(self.supervised(seed, "e_oracle_supervised", paths["slice+pool"], run=want("e")))
         if cfg.deployed:
             results = [self.score_deployed(r) for r in results]
-            self.peer = self.stock_cascade(starts[cfg.seeds[0]][1])
+            first = next((starts[s] for s in cfg.seeds if starts.get(s)), None)
+            self.peer = self.stock_cascade(first[1]) if first else None
         order = {n: i for i, n in enumerate(condition_names(cfg))}
         return sorted(results, key=lambda r: (order.get(r["name"], len(order)), cfg.seeds.index(r["seed"])))
 
@@ -464,7 +490,8 @@ class Experiment:
             "",
             f"Text pass of (a) chosen on dev (the agreement weight and stock bonus of b' and c): {passes or '-'}.",
             "",
-            "Gap closed = (mean - mean a) / (mean e - mean a). The selected round is the RSFT round dev chose; "
+            "Gap closed = (mean - mean a) / (mean e - mean a), a and e taken over the seeds the row has (\"-\" "
+            "per seed: that seed has not finished for the row; its mean is over the seeds shown). The selected round is the RSFT round dev chose; "
             "\"fell back to start\" marks a seed where no round beat the starting model (a) on dev: that row "
             "then reports (a)'s test score for the seed.",
             "",
@@ -481,7 +508,7 @@ class Experiment:
         by = {(r["name"], r["seed"]): r for r in results}
         lines = self._header() + [
             "",
-            f"| condition | test intent acc (mean of {len(seeds)}) | per seed ({', '.join(map(str, seeds))}) | "
+            f"| condition | test intent acc (mean over seeds) | per seed ({', '.join(map(str, seeds))}) | "
             "spread (max - min) | gap closed | selected round per seed | frame acc | slot F1 | SLU-F1 | WER | "
             "invalid | + text pass: intent acc (mean) | + text pass: per seed | + text pass: gap closed | "
             "+ text pass: by test part | minutes (all seeds) |",
