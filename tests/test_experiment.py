@@ -334,14 +334,52 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     err = capsys.readouterr().err
     assert {n for n in names if f"seed_0/{n} ran with another config" in err} == stale
 
-    # report_only runs nothing; a seed still running for a row is "-", and its gap is measured against (a)
-    # and (e) on the seeds it has: seed 0's c 0.43, a 0.40, e 0.45 -> 60 % (the all-seed means would say -40 %)
+    # the ledger: every finished condition next to the table (in git), with its config and the corpus's
+    # fingerprint. A fresh machine (no run folders) reports the same table from it and runs nothing
     import shutil
 
-    shutil.rmtree(tmp_path / "out" / "seed_1" / "c_rsft_label_free")
-    exp6 = Experiment(replace(moved, report_only=True))
+    ledger = tmp_path / "results" / "table"
+    assert {p.relative_to(ledger).as_posix() for p in ledger.glob("seed_*/*.json")} == {
+        f"seed_{s}/{n}.json" for n in names for s in (0, 1)}
+    record = json.loads((ledger / "seed_0" / "c_rsft_label_free.json").read_text())
+    assert record["config"]["accept"]["min_vote"] == 0.5 and record["corpus"] == exp.fingerprint
+    assert record["text_pass"]["weight"] == 2.0 and record["result"]["test_text_pass"]["weight"] == 2.0
+    shutil.rmtree(tmp_path / "out")
+    calls.clear()
+    deployed.clear()
+    fresh = Experiment(replace(moved, report_only=True))
+    fresh.setup()
+    fresh.write_table(fresh.run())
+    assert calls == [] and deployed == []
+    again = json.loads((tmp_path / "results" / "table.json").read_text())
+    assert again["conditions"] == table["conditions"]
+
+    # a row still to run there retrains its seed's (a) first (the ledger has (a)'s scores, not its weights),
+    # then runs from that model; the other seed and rows are the ledger's
+    (ledger / "seed_1" / "c_rsft_label_free.json").unlink()
+    exp6 = Experiment(replace(moved, only=["c"]))
     exp6.setup()
-    exp6.write_table(exp6.run())
+    assert len(exp6.run()) == 2 * len(names)
+    assert [(kind, Path(c.output_dir).name, c.seed) for kind, c in calls] == [
+        ("train", "a_supervised_slice", 1), ("rsft", "c_rsft_label_free", 1)]
+    assert calls[1][1].init_model == str(Path("out") / "seed_1" / "a_supervised_slice" / "best")
+    assert (ledger / "seed_1" / "c_rsft_label_free.json").is_file()
+
+    # a record made with another config is not reused: the row runs again (or is left out of a report)
+    changed_c = replace(moved, only=["c"], rsft=replace(cfg.rsft, accept=replace(cfg.rsft.accept, min_vote=0.25)))
+    shutil.rmtree(tmp_path / "out" / "seed_1" / "c_rsft_label_free")
+    calls.clear()
+    exp7 = Experiment(replace(changed_c, report_only=True))
+    exp7.setup()
+    assert ("c_rsft_label_free", 1) not in {(r["name"], r["seed"]) for r in exp7.run()} and calls == []
+    assert "seed_1/c_rsft_label_free.json ran with another config or corpus (accept differ)" in capsys.readouterr().err
+
+    # report_only runs nothing; a seed still running for a row is "-", and its gap is measured against (a)
+    # and (e) on the seeds it has: seed 0's c 0.43, a 0.40, e 0.45 -> 60 % (the all-seed means would say -40 %)
+    (ledger / "seed_1" / "c_rsft_label_free.json").unlink()
+    exp8 = Experiment(replace(moved, report_only=True))
+    exp8.setup()
+    exp8.write_table(exp8.run())
     assert calls == []
     row = json.loads((tmp_path / "results" / "table.json").read_text())["conditions"]["c_rsft_label_free"]
     assert row["test_intent_accuracy_per_seed"] == [pytest.approx(0.43), None]

@@ -24,12 +24,18 @@ are chosen on dev for model (a), as `assistant run` does for its supervised mode
 (`assistant.main_job.text_pass_on_dev` / `with_text_pass`).
 
 Every condition runs once per seed into `<output_dir>/seed_<s>/<name>/`; a finished `result.json` is
-skipped, so a rerun resumes. The table reports the mean over seeds, each seed's score, the spread and the
+skipped, so a rerun resumes. Each finished condition is also kept in the results ledger, a small JSON per
+condition and seed next to the table (`recipes/results/rsft_label_scarce/seed_<s>/<name>.json`, in git: its
+config, the corpus's fingerprint, its scores, text pass and round diagnostics). Run folders live on one
+machine; the ledger travels with the repository, so the table grows across machines and a condition that ran
+elsewhere with the same config on the same corpus is reported, not run again (an RSFT row that still has to
+run retrains its (a) first when (a)'s model is not on this machine). Delete a record to rerun its condition. The table reports the mean over seeds, each seed's score, the spread and the
 share of the (a) -> (e) gap closed; `<results_file>` and the same name with .json hold it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -103,6 +109,9 @@ class ExperimentConfig:
     # run just the conditions whose names start so (a always); the table still reports every finished one
     only: list[str] = field(default_factory=list)
     report_only: bool = False            # run nothing: write the table from the conditions already finished
+    # keep every finished condition in <results_file without .md>/seed_<s>/<name>.json (git) and report one
+    # found there, with today's config and corpus, without running it (false: the run folders only)
+    ledger: bool = True
     seeds: list[int] = field(default_factory=lambda: [0, 1])   # every condition runs once per seed
 
     def validate(self) -> None:
@@ -190,6 +199,24 @@ def _text_pass_scores(model_dir: str, nlu_pass, test, schema, stock: list[str] |
     return _scores(report)
 
 
+def corpus_fingerprint(corpus: Path) -> str:
+    """What makes two corpora the same experiment: every split's utterances (ids, texts, labels, speakers,
+    metadata) and the hold-out lists, not audio paths or float-rounded durations."""
+    h = hashlib.sha256()
+    for name in ("train", "pool", "dev", "test"):
+        for u in read_manifest(corpus / f"{name}.jsonl"):
+            h.update(json.dumps([name, u.id, u.text, u.intent, u.slots, u.speaker, u.meta], sort_keys=True,
+                                default=str).encode())
+    h.update((corpus / "holdout.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _changed(old: dict, new: dict, name: str) -> list[str]:
+    """Config keys that differ, leaving out the paths and seed (they follow from the folder's place)."""
+    owned = _SUPERVISED_PATHS if name in SUPERVISED else _RSFT_PATHS
+    return sorted(k for k in set(old) | set(new) if k not in owned and old.get(k) != new.get(k))
+
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -230,6 +257,9 @@ class Experiment:
         self.seed_info: dict[int, dict] = {}      # seed -> labelled slice, text pass chosen for (a)
         self._teacher = None
         self.peer: dict | None = None          # stock Whisper + the text NLU on test (deployed: true)
+        self.results: list[dict] = []          # every finished condition of this run, in finishing order
+        self.starts: dict[int, tuple[dict, dict] | None] = {}   # seed -> (its paths, (a)'s result)
+        self._ledger_text_pass: dict[tuple[int, str], dict] = {}
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -249,6 +279,7 @@ class Experiment:
         test = read_manifest(self.corpus / "test.jsonl")
         self.test = test[: cfg.test_limit]
         self.pool_path = _write_manifest(self.pool, self.out / "manifests" / "pool.jsonl")
+        self.fingerprint = corpus_fingerprint(self.corpus)
         print(f"pool: {len(self.pool)}; test: {len(self.test)}; seeds {cfg.seeds}")
 
     def seed_paths(self, seed: int) -> dict:
@@ -269,33 +300,68 @@ class Experiment:
     def _dir(self, seed: int, name: str) -> Path:
         return self.out / f"seed_{seed}" / name
 
-    def _done(self, seed: int, name: str, cfg, run: bool = True) -> dict | None:
+    def _done(self, seed: int, name: str, cfg, run: bool = True, ledger: bool = True) -> dict | None:
         """A finished condition's result, if it ran with ``cfg`` (a rerun resumes); one run with another
         config is refused rather than reported under today's settings (with ``run`` false, the condition
         is only being reported: it is left out with a note instead)."""
         try:
-            return self._finished(seed, name, cfg)
+            return self._finished(seed, name, cfg, ledger)
         except ExperimentError as e:
             if run:
                 raise
             print(f"left out of the table: {e}", file=sys.stderr)
             return None
 
-    def _finished(self, seed: int, name: str, cfg) -> dict | None:
+    def _finished(self, seed: int, name: str, cfg, ledger: bool = True) -> dict | None:
         folder = self._dir(seed, name)
         if not (folder / "result.json").is_file():
-            return None
+            return self._from_ledger(seed, name, cfg) if ledger else None
         saved = folder / "config.yaml"
         if saved.is_file():
-            old, new = load_yaml(saved), json.loads(json.dumps(to_dict(cfg)))
             # the paths and seed follow from the folder's place (a moved or relative output_dir is the same run)
-            owned = _SUPERVISED_PATHS if name in SUPERVISED else _RSFT_PATHS
-            changed = sorted(k for k in set(old) | set(new) if k not in owned and old.get(k) != new.get(k))
+            changed = _changed(load_yaml(saved), json.loads(json.dumps(to_dict(cfg))), name)
             if changed:
                 raise ExperimentError(f"{folder} ran with another config ({', '.join(changed)} differ from "
                                       f"{saved}): delete the folder to rerun it with today's settings, or "
                                       "restore the config it ran with")
         return json.loads((folder / "result.json").read_text())
+
+    # -- the results ledger (in git) ---------------------------------------------------------------
+    def _ledger_dir(self) -> Path | None:
+        return REPO_ROOT / Path(self.cfg.results_file).with_suffix("") if self.cfg.ledger else None
+
+    def _ledger_path(self, seed: int, name: str) -> Path | None:
+        folder = self._ledger_dir()
+        return folder / f"seed_{seed}" / f"{name}.json" if folder else None
+
+    def _from_ledger(self, seed: int, name: str, cfg) -> dict | None:
+        """The condition's record if it ran (on any machine) with ``cfg`` on this corpus; a record made with
+        another config or corpus is only a note: the condition runs again (or is left out of a report)."""
+        path = self._ledger_path(seed, name)
+        if path is None or not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        changed = _changed(record["config"], json.loads(json.dumps(to_dict(cfg))), name)
+        changed += ["corpus"] if record["corpus"] != self.fingerprint else []
+        if changed:
+            print(f"ledger: {path} ran with another config or corpus ({', '.join(changed)} differ): not reused",
+                  file=sys.stderr)
+            return None
+        if record.get("text_pass"):
+            self._ledger_text_pass[(seed, name)] = record["text_pass"]
+        return {**record["result"], "from_ledger": str(path.relative_to(REPO_ROOT))}
+
+    def _to_ledger(self, result: dict) -> None:
+        path = self._ledger_path(result["seed"], result["name"])
+        folder = self._dir(result["seed"], result["name"])
+        if path is None or result.get("from_ledger") or not (folder / "config.yaml").is_file():
+            return
+        text_pass = folder / "text_pass.json"
+        record = {"config": load_yaml(folder / "config.yaml"), "corpus": self.fingerprint,
+                  "text_pass": json.loads(text_pass.read_text()) if text_pass.is_file() else None,
+                  "result": result}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1, default=float) + "\n")
 
     def _finish(self, seed: int, name: str, model_dir: str, t0: float, extra: dict) -> dict:
         result = {"name": name, "seed": seed, "model_dir": model_dir,
@@ -306,11 +372,12 @@ class Experiment:
               f"({result['minutes']} min)")
         return result
 
-    def supervised(self, seed: int, name: str, manifest: str, run: bool = True) -> dict | None:
-        """(a) or (e): the supervised recipe on ``manifest``; with ``run`` false, only a finished result."""
+    def supervised(self, seed: int, name: str, manifest: str, run: bool = True, ledger: bool = True) -> dict | None:
+        """(a) or (e): the supervised recipe on ``manifest``; with ``run`` false, only a finished result
+        (with ``ledger`` false, one in this machine's run folder)."""
         tcfg = replace(self.cfg.train, train_manifest=manifest, dev_manifest=self.dev_path,
                        output_dir=str(self._dir(seed, name)), seed=seed)
-        if (r := self._done(seed, name, tcfg, run)) or not run:
+        if (r := self._done(seed, name, tcfg, run, ledger)) or not run:
             return r
         t0 = time.perf_counter()
         res = recipe_main(tcfg)
@@ -345,6 +412,8 @@ class Experiment:
         path = self._dir(seed, name) / "text_pass.json"
         if path.is_file():
             info = json.loads(path.read_text())
+        elif (seed, name) in self._ledger_text_pass and not Path(model_dir).is_dir():
+            info = self._ledger_text_pass[(seed, name)]     # the condition ran on another machine
         else:
             acc, w, b, _, by_choice = text_pass_on_dev(f"seed {seed} {name}", Path(model_dir), self.dev,
                                                        self.teacher(), self.stock("dev", model_dir))
@@ -376,16 +445,27 @@ class Experiment:
         """The peer a user would pick with no training at all: stock Whisper's transcript -> the text NLU."""
         from assistant.evaluate import evaluation_report, stock_cascade_predictions
 
+        path = self._ledger_dir() / "peer.json" if self.cfg.ledger else None
+        if not Path(model_dir).is_dir():              # (a) ran on another machine: the ledger's peer
+            record = json.loads(path.read_text()) if path and path.is_file() else {}
+            return record.get("peer") if record.get("corpus") == self.fingerprint else None
         stock = self.stock("test", model_dir)
         if stock is None:
             return None
         report = evaluation_report(self.test, stock_cascade_predictions(self.teacher(), self.test, stock))
-        return _scores(report)
+        peer = _scores(report)
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"corpus": self.fingerprint, "peer": peer}, indent=1) + "\n")
+        return peer
 
-    def rsft(self, seed: int, name: str, paths: dict, init: str, text_pass: dict, overrides: dict,
-             run: bool = True) -> dict | None:
-        """One RSFT condition from (a)'s model; with ``run`` false, only a finished result."""
+    def rsft(self, seed: int, name: str, overrides: dict, run: bool = True) -> dict | None:
+        """One RSFT condition from (a)'s model; with ``run`` false, only a finished result. (a)'s model is
+        retrained first where (a) came from the ledger (another machine) and this row has to run."""
         t0 = time.perf_counter()
+        paths, a = self.starts[seed]
+        init = a["model_dir"]
+        text_pass = self.text_pass(seed, "a_supervised_slice", init)
         values = dict(init_model=init, pool_manifest=paths["pool"], labelled_manifest=paths["slice"],
                       dev_manifest=paths["dev"], output_dir=str(self._dir(seed, name)), seed=seed,
                       holdout_file=str(self.holdout))
@@ -395,6 +475,9 @@ class Experiment:
         rcfg.validate()
         if (r := self._done(seed, name, rcfg, run)) or not run:
             return r
+        if not Path(init).is_dir():
+            self.retrain_start(seed)
+            return self.rsft(seed, name, overrides, run)   # (a)'s text pass may differ: the row's config too
         summary = run_rsft(rcfg)
         rounds_info = [{"round": r["round"], "dev_intent_accuracy": r["dev"]["intent_accuracy"],
                         "acceptance_rate": r["acceptance"]["acceptance_rate"],
@@ -417,44 +500,59 @@ class Experiment:
                 out.append({"round": rd["round"], **diagnose_round_dir(folder, pool)})
         return out
 
+    def keep(self, result: dict | None) -> None:
+        """A finished condition: its deployed score and round diagnostics, then into the ledger."""
+        if result is None:
+            return
+        if self.cfg.deployed:
+            result = self.score_deployed(result)
+        if "diagnostics" not in result:
+            result["diagnostics"] = self.diagnostics(result) if result.get("rounds") else []
+        self._to_ledger(result)
+        self.results = [r for r in self.results if (r["name"], r["seed"]) != (result["name"], result["seed"])]
+        self.results.append(result)
+
+    def start(self, seed: int) -> tuple[dict, dict] | None:
+        """The seed's paths and (a)'s result (None where (a) has not finished and is not run)."""
+        if seed not in self.starts:
+            paths = self.seed_paths(seed)
+            a = self.supervised(seed, "a_supervised_slice", paths["slice"], run=not self.cfg.report_only)
+            self.keep(a)
+            self.starts[seed] = (paths, a) if a else None
+        return self.starts[seed]
+
+    def retrain_start(self, seed: int) -> None:
+        """(a) again on this machine, for its model (the ledger holds its scores, not its weights)."""
+        paths, old = self.starts[seed]
+        print(f"seed {seed} a_supervised_slice: retraining for its model ({old.get('from_ledger')} holds its "
+              f"scores: test intent accuracy {old['test']['intent_accuracy']:.4f})")
+        self._ledger_text_pass.pop((seed, "a_supervised_slice"), None)
+        a = self.supervised(seed, "a_supervised_slice", paths["slice"], ledger=False)
+        self.keep(a)
+        self.starts[seed] = (paths, a)
+
     def run(self) -> list[dict]:
         """The main conditions for every seed, then the ablations for every seed; (a) first in each seed.
         A condition `only` leaves out (all of them with `report_only`) is not run, but reported if it has
-        finished with today's config, so a partial rerun's table still holds everything done."""
+        finished with today's config (here or in the ledger), so a partial rerun's table holds everything done."""
         cfg = self.cfg
         want = lambda n: not cfg.report_only and (not cfg.only or any(n.startswith(o) for o in cfg.only))  # noqa: E731
-        results, starts = [], {}
-
-        def keep(result: dict | None) -> None:
-            if result is not None:
-                results.append(result)
-
-        def start(seed: int) -> tuple[dict, str] | None:
-            if seed not in starts:
-                paths = self.seed_paths(seed)
-                a = self.supervised(seed, "a_supervised_slice", paths["slice"], run=not cfg.report_only)
-                keep(a)
-                starts[seed] = (paths, a["model_dir"]) if a else None
-            return starts[seed]
-
         specs = rsft_conditions(cfg)
         for phase in ("main", "ablation"):
             todo = [(n, o) for n, o in specs if n.startswith("x_") == (phase == "ablation")]
             for seed in cfg.seeds:
-                if phase == "ablation" and not todo or (begun := start(seed)) is None:
+                if phase == "ablation" and not todo or self.start(seed) is None:
                     continue                      # (a) has not run for this seed: nothing else can have
-                paths, init = begun
                 for name, overrides in todo:
-                    keep(self.rsft(seed, name, paths, init, self.text_pass(seed, "a_supervised_slice", init),
-                                   overrides, run=want(name)))
+                    self.keep(self.rsft(seed, name, overrides, run=want(name)))
                 if phase == "main":
-                    keep(self.supervised(seed, "e_oracle_supervised", paths["slice+pool"], run=want("e")))
+                    paths = self.starts[seed][0]
+                    self.keep(self.supervised(seed, "e_oracle_supervised", paths["slice+pool"], run=want("e")))
         if cfg.deployed:
-            results = [self.score_deployed(r) for r in results]
-            first = next((starts[s] for s in cfg.seeds if starts.get(s)), None)
-            self.peer = self.stock_cascade(first[1]) if first else None
+            first = next((self.starts[s][1] for s in cfg.seeds if self.starts.get(s)), None)
+            self.peer = self.stock_cascade(first["model_dir"]) if first else None
         order = {n: i for i, n in enumerate(condition_names(cfg))}
-        return sorted(results, key=lambda r: (order.get(r["name"], len(order)), cfg.seeds.index(r["seed"])))
+        return sorted(self.results, key=lambda r: (order.get(r["name"], len(order)), cfg.seeds.index(r["seed"])))
 
     # -- the table -------------------------------------------------------------------------------
     def _header(self) -> list[str]:
@@ -562,7 +660,8 @@ class Experiment:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         fmt = lambda x: "-" if x is None else f"{x:.3f}"   # noqa: E731
         for r in results:
-            r["diagnostics"] = self.diagnostics(r) if r.get("rounds") else []
+            if "diagnostics" not in r:                 # kept by keep(); computed here for a result given directly
+                r["diagnostics"] = self.diagnostics(r) if r.get("rounds") else []
             for d in r["diagnostics"]:
                 lines.append(f"| {r['name']} | {r['seed']} | {d['round']} | {fmt(d['oracle_coverage'])} | "
                              f"{fmt(d['greedy_accuracy'])} | {d['mixed_utterances']} | {fmt(d['pick_accuracy'])} | "
