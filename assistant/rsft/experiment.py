@@ -29,8 +29,8 @@ condition and seed next to the table (`recipes/results/rsft_label_scarce/seed_<s
 config, the corpus's fingerprint, its scores, text pass and round diagnostics). Run folders live on one
 machine; the ledger travels with the repository, so the table grows across machines and a condition that ran
 elsewhere with the same config on the same corpus is reported, not run again (an RSFT row that still has to
-run retrains its (a) first when (a)'s model is not on this machine). Delete a record to rerun its condition. The table reports the mean over seeds, each seed's score, the spread and the
-share of the (a) -> (e) gap closed; `<results_file>` and the same name with .json hold it.
+run retrains its (a) first when (a)'s model is not on this machine). Delete a record to rerun its condition.
+The table reports the mean over seeds, each seed's score, the spread and the share of the (a) -> (e) gap closed; `<results_file>` and the same name with .json hold it.
 """
 
 from __future__ import annotations
