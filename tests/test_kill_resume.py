@@ -72,6 +72,18 @@ def kill_when(proc: subprocess.Popen, ready, extra_delay: float, log: Path, time
     assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
+def step_saved(train_dir: Path, step: int):
+    """A kill point: training in ``train_dir`` has saved its resumable checkpoint of ``step`` or later."""
+    state = train_dir / "last" / "trainer_state.json"
+
+    def ready() -> bool:
+        try:
+            return json.loads(state.read_text())["step"] >= step
+        except (OSError, ValueError, KeyError):       # not there yet, or being replaced
+            return False
+    return ready
+
+
 def lines_reached(path: Path, target: int):
     """A kill point: ``path`` holds at least ``target`` lines."""
     def reached() -> bool:
@@ -241,7 +253,9 @@ def rsft_values(base: Path, init: Path, n: int, broken: int) -> dict:
     pool.write_text("".join(json.dumps(u.to_json()) + "\n" for u in utts))
     return dict(init_model=str(init), pool_manifest=str(pool), dev_manifest=str(FSC), rounds=1,
                 generate={"num_samples": 3, "max_new_tokens": 40, "batch_size": 4}, rewards={"verifier": 1.0},
-                accept={"rule": "statistical", "beta": 0.5}, finetune={"epochs": 1, "batch_size": 4, "lr": 1e-3},
+                accept={"rule": "statistical", "beta": 0.5},
+                # 8 fine-tuning steps, a resumable checkpoint every 2: the fine-tuning kill lands between them
+                finetune={"epochs": 1, "batch_size": 4, "lr": 1e-3, "save_every_steps": 2},
                 seed=5)
 
 
@@ -304,8 +318,9 @@ def test_rsft_killed_during_fine_tuning_resumes_to_the_same_result(rsft_setup):
     rng = rng_for("rsft-fine-tune")
     out, log = base / "killed-fine-tune", base / "fine-tune.log"
     args = ["rsft", *_flags(dict(values, output_dir=str(out)))]
-    kept = out / "round_1" / "kept.jsonl"
-    kill_when(start_cli(args, log), kept.is_file, rng.uniform(0, 1.0), log)
+    # a random point of the 8 steps after a checkpoint (a timed delay after kept.jsonl could outlast them)
+    kill_when(start_cli(args, log), step_saved(out / "round_1" / "train", rng.choice([2, 4, 6])),
+              rng.uniform(0, 0.05), log)
     assert not (out / "round_1" / "done.json").exists(), "the round had finished before the kill"
     lines_before = (out / "round_1" / "candidates.jsonl").read_text().count("\n")
     run_cli(args, log)
