@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"assistant {name}: interrupted; everything written so far is kept, re-run to resume",
               file=sys.stderr)
         return 130
+    finally:
+        from assistant import distributed
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -40,6 +40,17 @@ def barrier() -> None:
     state().wait_for_everyone()
 
 
+def shutdown() -> None:
+    """Leave the process group at the end of a launched command, so gloo's threads are torn down before the
+    interpreter exits (left to exit, a rank can abort with "terminate called without an active exception"
+    after its work is done). No barrier: after an error the other ranks may never arrive. A no-op in one
+    process."""
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def batch_starts(n: int, batch_size: int) -> list[int]:
     """Start indices of this process's batches among the fixed slices [0:bs], [bs:2bs], ... of n items."""
     starts = range(0, n, max(batch_size, 1))
