@@ -30,7 +30,8 @@ config, the corpus's fingerprint, its scores, text pass and round diagnostics). 
 machine; the ledger travels with the repository, so the table grows across machines and a condition that ran
 elsewhere with the same config on the same corpus is reported, not run again (an RSFT row that still has to
 run retrains its (a) first when (a)'s model is not on this machine). Delete a record to rerun its condition.
-The table reports the mean over seeds, each seed's score, the spread and the share of the (a) -> (e) gap closed; `<results_file>` and the same name with .json hold it.
+The table reports the mean over seeds, each seed's score, the spread and the share of the (a) -> (e) gap
+closed; `<results_file>` and the same name with .json hold it.
 """
 
 from __future__ import annotations
@@ -211,8 +212,10 @@ def corpus_fingerprint(corpus: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _changed(old: dict, new: dict, name: str) -> list[str]:
-    """Config keys that differ, leaving out the paths and seed (they follow from the folder's place)."""
+def _changed(old: dict, cfg, name: str) -> list[str]:
+    """Keys of ``cfg`` that differ from a saved config, leaving out the paths and seed (they follow from the
+    folder's place, so a moved or relative output_dir is the same run)."""
+    new = json.loads(json.dumps(to_dict(cfg)))
     owned = _SUPERVISED_PATHS if name in SUPERVISED else _RSFT_PATHS
     return sorted(k for k in set(old) | set(new) if k not in owned and old.get(k) != new.get(k))
 
@@ -318,8 +321,7 @@ class Experiment:
             return self._from_ledger(seed, name, cfg) if ledger else None
         saved = folder / "config.yaml"
         if saved.is_file():
-            # the paths and seed follow from the folder's place (a moved or relative output_dir is the same run)
-            changed = _changed(load_yaml(saved), json.loads(json.dumps(to_dict(cfg))), name)
+            changed = _changed(load_yaml(saved), cfg, name)
             if changed:
                 raise ExperimentError(f"{folder} ran with another config ({', '.join(changed)} differ from "
                                       f"{saved}): delete the folder to rerun it with today's settings, or "
@@ -341,7 +343,7 @@ class Experiment:
         if path is None or not path.is_file():
             return None
         record = json.loads(path.read_text())
-        changed = _changed(record["config"], json.loads(json.dumps(to_dict(cfg))), name)
+        changed = _changed(record["config"], cfg, name)
         changed += ["corpus"] if record["corpus"] != self.fingerprint else []
         if changed:
             print(f"ledger: {path} ran with another config or corpus ({', '.join(changed)} differ): not reused",
@@ -589,7 +591,8 @@ class Experiment:
             f"Text pass of (a) chosen on dev (the agreement weight and stock bonus of b' and c): {passes or '-'}.",
             "",
             "Gap closed = (mean - mean a) / (mean e - mean a), a and e taken over the seeds the row has (\"-\" "
-            "per seed: that seed has not finished for the row; its mean is over the seeds shown). The selected round is the RSFT round dev chose; "
+            "per seed: that seed has not finished for the row; its mean is over the seeds shown). The selected "
+            "round is the RSFT round dev chose; "
             "\"fell back to start\" marks a seed where no round beat the starting model (a) on dev: that row "
             "then reports (a)'s test score for the seed.",
             "",
