@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     from assistant.config import ConfigError
 
+    code = 1
     try:
-        return int(module.cli(rest) or 0)
+        code = int(module.cli(rest) or 0)
+        return code
     except ConfigError as e:
         print(f"assistant {name}: config error: {e}", file=sys.stderr)
         return 2
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from assistant import distributed
 
-        distributed.shutdown()
+        distributed.shutdown(ok=code == 0)
 
 
 if __name__ == "__main__":

@@ -40,15 +40,19 @@ def barrier() -> None:
     state().wait_for_everyone()
 
 
-def shutdown() -> None:
+def shutdown(ok: bool) -> None:
     """Leave the process group at the end of a launched command, so gloo's threads are torn down before the
     interpreter exits (left to exit, a rank can abort with "terminate called without an active exception"
-    after its work is done). No barrier: after an error the other ranks may never arrive. A no-op in one
-    process."""
+    after its work is done). After success the ranks first meet, so none tears down while a peer still talks
+    to it; after an error no barrier (the other ranks may never arrive). A no-op in one process."""
     import torch.distributed as torch_dist
 
     if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+        try:
+            if ok:
+                torch_dist.barrier()
+        finally:
+            torch_dist.destroy_process_group()
 
 
 def batch_starts(n: int, batch_size: int) -> list[int]:

@@ -531,6 +531,11 @@ def fine_tune(model, examples: list[Example], dev_utts: list, cfg: TrainConfig, 
     bar.close()
     if not dist.main_first((out_dir / "best").exists()):     # resumed after the final step: make sure best exists
         run.evaluate_and_keep_best()
+    # Drop the DDP wrapper now, while every process still holds the process group: freed later (by the
+    # garbage collector at exit, after the group is gone) its reducer can abort a rank at teardown.
+    del loss_module, optimizer
+    run.optimizer = None
+    accelerator.free_memory()
     return {"best_dev": run.state["best"], "best_dir": str(out_dir / "best"), "steps": run.state["step"],
             "seconds": round(time.perf_counter() - start, 1), "history": run.state["history"]}
 
