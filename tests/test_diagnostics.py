@@ -1,5 +1,9 @@
 """Oracle diagnostics of an RSFT round: coverage, greedy accuracy, reward AUC, top-reward pick, kept precision."""
 
+import contextlib
+import io
+import json
+
 import pytest
 
 from assistant.rsft.diagnostics import round_diagnostics
@@ -84,3 +88,56 @@ def test_compare_rewards_ranks_each_reward_alone():
     assert out["r"]["top_precision_by_part"] == {"field": 0.5, "seen": 1.0}
     # ties: the greedy candidate wins, so a blind reward is greedy pseudo-labelling (u1 greedy wrong)
     assert out["flat"]["top_precision"] == pytest.approx(1 / 3) and out["flat"]["frame_reward_auc"] == 0.5
+
+
+def test_kept_by_and_against_say_what_abstaining_gave_up():
+    """Round A (abstains on u3, u4) next to round B (labels every clip): on A's kept clips both are judged,
+    on the clips A left out only B; per group, the share labelled and their precision."""
+    from assistant.rsft.diagnostics import against, kept_by, kept_frames
+
+    gold = {**GOLD, "u4": ("weather_query", {})}
+    scored = SCORED + [_s("u4", 0, "weather | weather_query |", 0.1, greedy=True)]
+    a = kept_frames(scored, [Decision("u1", 1, True, ""), Decision("u2", 0, True, ""),
+                             Decision("u3", 1, False, "abstain: test"), Decision("u4", 0, False, "abstain: test")])
+    b = kept_frames(scored, [Decision("u1", 0, True, ""), Decision("u2", 0, True, ""), Decision("u3", 0, True, ""),
+                             Decision("u4", 0, True, "")])
+    assert set(a) == {"u1", "u2"} and set(b) == {"u1", "u2", "u3", "u4"}
+    out = against(a, b, gold)
+    # A kept u1 (right), u2 (right); B has u1 wrong (greedy alarm_query), u2 right
+    assert out["kept"]["this"] == {"n": 2, "labelled": 2, "labelled_share": 1.0, "intent_precision": 1.0,
+                                   "frame_precision": 1.0}
+    assert out["kept"]["other"]["intent_precision"] == 0.5
+    # left out: u3 (B: alarm_set, a wrong slot) and u4 (B right): intent 1.0, frame 0.5
+    assert out["left_out"]["other"] == {"n": 2, "labelled": 2, "labelled_share": 1.0, "intent_precision": 1.0,
+                                        "frame_precision": 0.5}
+    assert out["all"]["this"]["labelled_share"] == 0.5
+    by = kept_by(a, gold, {"u1": "room", "u2": "clean", "u3": "room"})
+    assert by == {"clean": {"n": 1, "labelled": 1, "labelled_share": 1.0, "intent_precision": 1.0, "frame_precision": 1.0},
+                  "room": {"n": 2, "labelled": 1, "labelled_share": 0.5, "intent_precision": 1.0, "frame_precision": 1.0},
+                  "unknown": {"n": 1, "labelled": 0, "labelled_share": 0.0, "intent_precision": None,
+                              "frame_precision": None}}
+
+
+def test_against_from_persisted_round_folders(tmp_path):
+    """The command reads two round folders and the pool manifest (its hidden labels and conditions)."""
+    from assistant.rsft.diagnostics import main
+    from assistant.rsft.types import write_records
+
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"audio": f"{u}.flac", "text": "x", "intent": gold[0], "slots": gold[1], "id": u, "labels_hidden": True,
+             "condition": cond} for (u, gold), cond in zip(GOLD.items(), ["clean", "room", "room"])]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, decisions in (("a", DECISIONS), ("b", [Decision(d.utt_id, d.index, d.index == 0, "") for d in DECISIONS])):
+        (tmp_path / name).mkdir()
+        write_records(SCORED, tmp_path / name / "scored.jsonl")
+        write_records(decisions, tmp_path / name / "decisions.jsonl")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([str(tmp_path / "a"), str(pool), "--against", str(tmp_path / "b")]) == 0
+    out = json.loads(buf.getvalue())
+    assert out["kept"] == 3 and out["kept_by"]["condition"]["room"]["labelled"] == 2
+    # a keeps u1#1 (right), u2 (right), u3#1 (wrong intent); b keeps the greedy ones: u1 wrong, u2 right, u3 right
+    assert out["against"]["kept"]["this"]["intent_precision"] == pytest.approx(2 / 3)
+    assert out["against"]["kept"]["other"]["intent_precision"] == pytest.approx(2 / 3)
+    assert out["against"]["left_out"]["other"]["n"] == 0
+    assert out["against"]["other_kept_by"]["condition"]["clean"]["intent_precision"] == 0.0

@@ -21,6 +21,13 @@ the three questions that decide whether RSFT can beat plain pseudo-labelling:
 
     python -m assistant.rsft.diagnostics runs/experiment/seed_0/c_rsft_label_free/round_1 data/generated/default/pool.jsonl
 
+``--against OTHER_ROUND_DIR`` sets two rules side by side on the same pool (e.g. RSFT that abstains vs
+pseudo-labels on every clip): how right each one's labels are on the clips this round kept and on the ones
+it left out, and what each keeps per recording condition and engine (``kept_by``) — is abstaining worth the
+labels it gives up?
+
+    python -m assistant.rsft.diagnostics C_ROUND_1 POOL_MANIFEST --against B_PRIME_ROUND_1
+
 ``--compare`` ranks the round's candidates by each reward alone (the ones in ``scored.jsonl`` plus rewards
 computed afresh, e.g. ``target_likelihood`` under Whisper base): which reward tells right from wrong.
 
@@ -134,6 +141,54 @@ def round_diagnostics(scored, decisions, gold: dict[str, tuple[str, dict]], part
     return out
 
 
+def kept_frames(scored, decisions) -> dict[str, object]:
+    """utt_id -> the frame an utterance teaches (its first kept candidate's); an utterance that kept
+    nothing is absent."""
+    accepted = {(d.utt_id, d.index) for d in decisions if d.accepted}
+    out: dict[str, object] = {}
+    for s in sorted(scored, key=lambda s: (s.utt_id, s.index)):
+        if (s.utt_id, s.index) in accepted and s.utt_id not in out:
+            out[s.utt_id] = s.candidate.frame
+    return out
+
+
+def _label_stats(frames: dict[str, object], gold: dict[str, tuple[str, dict]], ids: list[str]) -> dict:
+    """Over ``ids``: how many carry a label, and the share of those labels with the right intent / frame."""
+    labelled = [u for u in ids if u in frames]
+
+    def share(level: str) -> float | None:
+        if not labelled:
+            return None
+        right = 0
+        for u in labelled:
+            f, (intent, slots) = frames[u], gold[u]
+            right += bool(f is not None and f.intent == intent and (level == "intent" or dict(f.slots) == dict(slots)))
+        return right / len(labelled)
+
+    return {"n": len(ids), "labelled": len(labelled), "labelled_share": len(labelled) / len(ids) if ids else None,
+            "intent_precision": share("intent"), "frame_precision": share("frame")}
+
+
+def kept_by(frames: dict[str, object], gold: dict[str, tuple[str, dict]], groups: dict[str, str]) -> dict:
+    """{group: label stats} for the utterances with a gold label, grouped by ``groups`` (utt_id -> e.g. the
+    recording condition or the TTS engine)."""
+    by: dict[str, list[str]] = {}
+    for u in gold:
+        by.setdefault(groups.get(u, "unknown"), []).append(u)
+    return {g: _label_stats(frames, gold, ids) for g, ids in sorted(by.items())}
+
+
+def against(frames: dict[str, object], other: dict[str, object], gold: dict[str, tuple[str, dict]]) -> dict:
+    """Two rounds' labels on the same pool: on the utterances the first kept, both rounds' label stats;
+    on the ones it left out, the other round's (what abstaining gave up)."""
+    ids = sorted(gold)
+    kept = [u for u in ids if u in frames]
+    left_out = [u for u in ids if u not in frames]
+    return {"kept": {"this": _label_stats(frames, gold, kept), "other": _label_stats(other, gold, kept)},
+            "left_out": {"other": _label_stats(other, gold, left_out)},
+            "all": {"this": _label_stats(frames, gold, ids), "other": _label_stats(other, gold, ids)}}
+
+
 def compare_rewards(scored, gold: dict[str, tuple[str, dict]], parts: dict[str, str] | None = None,
                     extra: dict[str, dict[tuple[str, int], float]] | None = None) -> dict:
     """Each reward alone on the same candidates (frame correctness: intent + slots exact): within-utterance
@@ -171,17 +226,33 @@ def compare_rewards(scored, gold: dict[str, tuple[str, dict]], parts: dict[str, 
     return out
 
 
-def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path) -> dict:
-    """Diagnostics of one persisted round folder against the pool manifest's (hidden) labels."""
-    from assistant.data.manifest import read_manifest
+def _round_files(round_dir: str | Path) -> tuple[list, list]:
     from assistant.rsft.types import Decision, Scored, read_records
 
     round_dir = Path(round_dir)
+    return read_records(round_dir / "scored.jsonl", Scored), read_records(round_dir / "decisions.jsonl", Decision)
+
+
+def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path, other_round: str | Path | None = None
+                       ) -> dict:
+    """Diagnostics of one persisted round folder against the pool manifest's (hidden) labels; with
+    ``other_round``, also its labels next to that round's (``against``) and both by condition and engine."""
+    from assistant.data.manifest import read_manifest
+
     pool = read_manifest(pool_manifest)
     gold = {u.id: (u.intent, dict(u.slots)) for u in pool}
-    scored = read_records(round_dir / "scored.jsonl", Scored)
-    decisions = read_records(round_dir / "decisions.jsonl", Decision)
-    return round_diagnostics(scored, decisions, gold, {u.id: str(u.meta.get("part", "unknown")) for u in pool})
+    scored, decisions = _round_files(round_dir)
+    out = round_diagnostics(scored, decisions, gold, {u.id: str(u.meta.get("part", "unknown")) for u in pool})
+    frames = kept_frames(scored, decisions)
+    out["kept_by"] = {key: kept_by(frames, gold, {u.id: str(u.meta.get(key, "unknown")) for u in pool})
+                      for key in ("condition", "engine", "part")}
+    if other_round is not None:
+        other = kept_frames(*_round_files(other_round))
+        out["against"] = {"other_round": str(other_round), **against(frames, other, gold),
+                          "other_kept_by": {key: kept_by(other, gold, {u.id: str(u.meta.get(key, "unknown"))
+                                                                       for u in pool})
+                                            for key in ("condition", "engine", "part")}}
+    return out
 
 
 def compare_round_dir(round_dir: str | Path, pool_manifest: str | Path, fresh: list[str],
@@ -235,11 +306,16 @@ class DiagnosticsConfig:
                 "afresh; --compare alone: only the ones in scored.jsonl"})
     target_model: str = field(default="base", metadata={"help": "target_likelihood's stock Whisper"})
     limit: int | None = field(default=None, metadata={"help": "--compare: the round's first N utterances (none: all)"})
+    against: str | None = field(default=None, metadata={
+        "help": "another round folder on the same pool (e.g. pseudo-labels on every clip): both rounds' label "
+                "precision on the clips this one kept and left out, and by condition / engine"})
 
     def validate(self) -> None:
         if not self.round_dir or not self.pool_manifest:
             raise ValueError("pass ROUND_DIR POOL_MANIFEST, e.g. `python -m assistant.rsft.diagnostics "
                              "runs/main/rsft/round_1 data/generated/default/pool.jsonl`")
+        if self.against is not None and self.compare is not None:
+            raise ValueError("--against and --compare answer different questions: pass one of them")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit} (leave it out for every utterance)")
 
@@ -250,7 +326,7 @@ def main(argv: list[str]) -> int:
     def work() -> None:
         cfg = parse_command(DiagnosticsConfig, prog, __doc__, argv, positional=("round_dir", "pool_manifest"))
         if cfg.compare is None:
-            out = diagnose_round_dir(cfg.round_dir, cfg.pool_manifest)
+            out = diagnose_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.against)
         else:
             out = compare_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.compare, cfg.target_model, cfg.limit)
         print(json.dumps(out, indent=1))
