@@ -348,3 +348,63 @@ def test_the_text_model_can_vouch_for_a_frame_the_sampler_never_drew():
         accept_all([no_teacher], "best_of_n", {"k": 1}, min_vote=0.5, min_text=0.9)
     with pytest.raises(AcceptError, match="min_text"):
         accept_all([confident], "best_of_n", {"k": 1}, min_vote=0.5, min_text=2.0)
+
+
+def _voted(utt: str, counts, teacher_lps=None) -> list[Scored]:
+    """One utterance whose candidate i (a frame of its own) won counts[i] draws; reward follows the count."""
+    teacher_lps = teacher_lps or [-1.0] * len(counts)
+    return [Scored(Candidate(utt, i, f"say {i} | intent_{i} |", [1], count=c), {"r": float(c), "teacher": t},
+                   float(c)) for i, (c, t) in enumerate(zip(counts, teacher_lps))]
+
+
+def test_soft_abstention_keeps_the_unsure_frame_at_a_lower_loss_weight():
+    split = _voted("a", (5, 5))                    # vote share 0.5: below a 0.6 bar
+    hard = accept_all([split], "best_of_n", {"k": 1}, min_vote=0.6)[0]
+    soft = accept_all([split], "best_of_n", {"k": 1}, min_vote=0.6, abstain_weight=0.25)[0]
+    assert kept(accept_all([split], "best_of_n", {"k": 1})[0]) == [0]       # a tie: the earlier candidate
+    assert kept(hard) == [] and kept(soft) == [0]
+    (d,) = [d for d in soft if d.accepted]
+    assert d.weight == 0.25 and d.reason == "abstain (kept at weight 0.25): vote share 0.50 < 0.6"
+    sure = accept_all([_voted("b", (9, 1))], "best_of_n", {"k": 1}, min_vote=0.6, abstain_weight=0.25)[0]
+    assert [d.weight for d in sure if d.accepted] == [1.0]
+    report = acceptance_report([split, _voted("b", (9, 1))], [soft, sure])
+    assert report["n_kept_below_weight_1"] == 1 and report["mean_kept_weight"] == pytest.approx(0.625)
+    assert report["abstention_rate"] == 0.5
+    with pytest.raises(AcceptError, match="abstain_weight"):
+        accept_all([split], "best_of_n", {"k": 1}, abstain_weight=1.5)
+
+
+def test_curriculum_keeps_the_surest_share_of_the_pool_ranked_by_vote_then_text_confidence():
+    pools = [_voted("u0", (4, 6)), _voted("u1", (10, 0)), _voted("u2", (7, 3), [-1.0, -1.0]),
+             _voted("u3", (7, 3), [-0.1, -1.0]), []]
+    # kept frames' vote shares: u0 0.6, u1 1.0, u2 0.7, u3 0.7 (u3's text model is surer); u4 has no candidates
+    def kept_utts(decisions):
+        return [ds[0].utt_id for ds in decisions if any(d.accepted for d in ds)]
+    assert kept_utts(accept_all(pools, "best_of_n", {"k": 1}, keep_fraction=1.0)) == ["u0", "u1", "u2", "u3"]
+    assert kept_utts(accept_all(pools, "best_of_n", {"k": 1}, keep_fraction=0.5)) == ["u1", "u3"]
+    assert kept_utts(accept_all(pools, "best_of_n", {"k": 1}, keep_fraction=0.75)) == ["u1", "u2", "u3"]
+    left_out = accept_all(pools, "best_of_n", {"k": 1}, keep_fraction=0.5)[2]
+    assert [d.reason for d in left_out if d.index == 0] == [
+        "abstain: curriculum: not in the surest 50% (vote share 0.70, text confidence 0.37)"]
+    soft = accept_all(pools, "best_of_n", {"k": 1}, keep_fraction=0.5, abstain_weight=0.5)
+    assert [[d.weight for d in ds if d.accepted] for ds in soft] == [[0.5], [1.0], [0.5], [1.0], []]
+    # the bars first, then the ranking: an utterance the bar dropped counts in the pool but is not revived
+    both = accept_all(pools, "best_of_n", {"k": 1}, min_vote=0.65, keep_fraction=0.75)
+    assert kept_utts(both) == ["u1", "u2", "u3"]
+    with pytest.raises(AcceptError, match="keep_fraction"):
+        accept_all(pools, "best_of_n", {"k": 1}, keep_fraction=0.0)
+
+
+def test_accept_config_curriculum_per_round_and_decisions_round_trip_their_weight():
+    from assistant.rsft.accept import AcceptConfig
+    from assistant.rsft.types import Decision
+
+    cfg = AcceptConfig(rule="best_of_n", curriculum=[0.5, 0.8])
+    assert [cfg.keep_fraction(k) for k in (1, 2, 3)] == [0.5, 0.8, 0.8]
+    assert AcceptConfig().keep_fraction(1) == 1.0
+    for bad in ([0.0], [1.2]):
+        with pytest.raises(AcceptError, match="curriculum"):
+            AcceptConfig(rule="best_of_n", curriculum=bad).validate()
+    d = Decision("a", 2, True, "abstain (kept at weight 0.3): x", 0.3)
+    assert Decision.from_dict(d.to_dict()) == d
+    assert Decision.from_dict({"utt_id": "a", "index": 0, "accepted": True, "reason": "r"}).weight == 1.0

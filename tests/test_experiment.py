@@ -125,8 +125,9 @@ def test_default_config_is_the_issue_table():
     assert replace(cfg.rsft.finetune, dev_limit=None) == replace(readings.finetune, dev_limit=None, **schedule)
     names = condition_names(cfg)
     assert names[:6] == list(MAIN_CONDITIONS)
-    assert names[6:] == ["x_reward_agreement_only", "x_abstention_off", "x_targets_sampled", "x_encoder_frozen",
-                         "x_n_16", "x_finetune_light"]
+    assert names[6:] == ["x_reward_agreement_only", "x_abstention_off", "x_abstention_soft",
+                         "x_abstention_curriculum", "x_targets_sampled", "x_encoder_frozen", "x_n_16",
+                         "x_finetune_light"]
     assert "x_reward_target_likelihood" in condition_names(replace(cfg, include_target_likelihood=True))
     assert condition_names(replace(cfg, ablation=False)) == list(MAIN_CONDITIONS)
     specs = dict(rsft_conditions(cfg))
@@ -135,6 +136,24 @@ def test_default_config_is_the_issue_table():
         "accept": {"rule": "best_of_n", "k": 1, "min_vote": 0.0, "min_text_confidence": 0.0}}
     assert specs["c_rsft_label_free"] == {}
     assert specs["x_encoder_frozen"] == {"finetune": {"freeze_encoder_layers": None}}
+    assert specs["x_abstention_curriculum"] == {"accept": {"min_vote": 0.0, "min_text_confidence": 0.0,
+                                                           "curriculum": [0.7, 1.0]}}
+
+
+def test_a_record_saved_before_a_setting_existed_is_unchanged_while_it_has_its_default():
+    """Ledger records keep the config they ran with; a setting added since (at its default) is no change."""
+    from assistant.config import to_dict
+    from assistant.rsft.experiment import _changed
+    from assistant.rsft.loop import RSFTConfig
+
+    cfg = RSFTConfig(rounds=2)
+    saved = json.loads(json.dumps(to_dict(cfg)))
+    for key in ("curriculum", "abstain_weight"):
+        del saved["accept"][key]
+    assert _changed(saved, cfg, "c_rsft_label_free") == []
+    assert _changed(saved, replace(cfg, accept=replace(cfg.accept, abstain_weight=0.25)), "c_rsft_label_free") \
+        == ["accept"]
+    assert _changed({**saved, "rounds": 1}, cfg, "c_rsft_label_free") == ["rounds"]
 
 
 @pytest.fixture
@@ -230,7 +249,8 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert list(table["conditions"]) == names == [
         "a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label_text_pass", "c_rsft_label_free",
         "d_rsft_gold_label", "e_oracle_supervised", "x_reward_agreement_only", "x_abstention_off",
-        "x_targets_sampled", "x_encoder_frozen", "x_n_16", "x_finetune_light"]
+        "x_abstention_soft", "x_abstention_curriculum", "x_targets_sampled", "x_encoder_frozen", "x_n_16",
+        "x_finetune_light"]
     out = tmp_path / "out"
     for name, row in table["conditions"].items():
         assert set(row) == CONDITION_KEYS, name
@@ -282,6 +302,8 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert runs[("x_targets_sampled", 0)].transcript_target == "sampled" and c.transcript_target == "majority"
     assert runs[("x_encoder_frozen", 0)].finetune.freeze_encoder_layers is None and None != c.finetune.freeze_encoder_layers
     assert runs[("x_n_16", 0)].generate.num_samples == 16
+    assert runs[("x_abstention_soft", 0)].accept.abstain_weight == 0.25 and c.accept.abstain_weight == 0.0
+    assert runs[("x_abstention_curriculum", 0)].accept.keep_fraction(2) == 1.0 and c.accept.curriculum == []
     light = runs[("x_finetune_light", 0)].finetune
     assert (light.epochs, light.lr, light.warmup_steps) == (1, 0.0003, 10)
     assert light.lora_rank == c.finetune.lora_rank and light.freeze_encoder_layers == c.finetune.freeze_encoder_layers
@@ -327,8 +349,8 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     # one is left out of the table with a note instead of stopping the run of the others
     exp5 = Experiment(replace(changed, only=["nothing"]))
     exp5.setup()
-    stale = {"c_rsft_label_free", "x_reward_agreement_only", "x_targets_sampled", "x_encoder_frozen", "x_n_16",
-             "x_finetune_light"}                                  # the rows whose acceptance follows min_vote
+    stale = {"c_rsft_label_free", "x_reward_agreement_only", "x_abstention_soft", "x_targets_sampled",
+             "x_encoder_frozen", "x_n_16", "x_finetune_light"}    # the rows whose acceptance follows min_vote
     assert sorted((r["name"], r["seed"]) for r in exp5.run()) == sorted(
         (n, s) for n in names if n not in stale for s in (0, 1)) and calls == []
     err = capsys.readouterr().err

@@ -225,6 +225,9 @@ def test_kept_frame_gets_the_transcript_most_draws_agree_on():
     assert parse_frame(majority.target).frame.transcript == "stop the time"
     assert parse_frame(sampled.target).frame.transcript == "stop a timer"
     assert parse_frame(majority.target).frame.intent == "timer_remove" and majority.id == sampled.id == "u1#1"
+    assert majority.weight == 1.0
+    soft = [[Decision("u1", i, i == 1, "abstain (kept at weight 0.3): test", 0.3) for i in range(4)]]
+    assert [e.weight for e in kept_examples([u], scored, soft)] == [0.3]        # the loss weight travels along
 
 
 def test_the_teacher_reads_the_hold_out_file_beside_the_pool(tmp_path):

@@ -119,3 +119,50 @@ def test_spec_augment_with_a_cached_encoder_trains_on_masked_copies(tmp_path):
     torch.testing.assert_close(aug[layer], again[layer])            # seeded: a rerun sees the same copies
     with pytest.raises(ConfigError, match="augment_copies"):
         load_config(TrainConfig, None, augment_copies=0)
+
+
+def test_token_nll_weights_scale_each_target_and_keep_the_token_count():
+    from assistant.model.slu import SLUModel
+    from assistant.train import frame_target
+    from assistant.data.manifest import read_manifest
+    from assistant.audio import load_audio
+
+    utts = read_manifest(FSC)[:2]
+    targets = [frame_target(u) for u in utts]
+    model = SLUModel.tiny_random(targets, seed=0).eval()
+    with torch.no_grad():
+        enc = model.encode(model.features([load_audio(u.audio) for u in utts]))
+        total, count = model.token_nll(enc, targets)
+        ones, count_ones = model.token_nll(enc, targets, weights=[1.0, 1.0])
+        first, count_first = model.token_nll(enc, targets, weights=[1.0, 0.0])
+        alone, _ = model.token_nll(enc[:1], targets[:1])
+        half, _ = model.token_nll(enc, targets, weights=[0.5, 0.5])
+    torch.testing.assert_close(ones, total)
+    torch.testing.assert_close(first, alone)
+    torch.testing.assert_close(half, total / 2)
+    assert count_ones == count == count_first
+    with pytest.raises(ValueError, match="weights"):
+        model.token_nll(enc, targets, weights=[1.0])
+
+
+def test_fine_tune_reads_each_example_weight_and_weight_zero_teaches_nothing(tmp_path):
+    """With no weight decay, targets all at loss weight 0 give zero gradients: the weights stay put; at
+    weight 1 the same steps move them (the per-example weights reach the loss)."""
+    from dataclasses import replace as dc_replace
+
+    from assistant.data.manifest import read_manifest
+    from assistant.model.slu import SLUModel
+    from assistant.train import examples_from_utterances, fine_tune, frame_target
+
+    utts = read_manifest(FSC)
+    moved = {}
+    for weight in (0.0, 1.0):
+        model = SLUModel.tiny_random([frame_target(u) for u in utts], seed=0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        examples = [dc_replace(ex, weight=weight) for ex in examples_from_utterances(utts)]
+        cfg = _cfg(tmp_path / f"w{weight}", max_steps=2, weight_decay=0.0, freeze_encoder_layers=0,
+                   cache_encoder=False, asr_weight=0.0)
+        fine_tune(model, examples, utts[:2], cfg, tmp_path / f"w{weight}")
+        after = model.state_dict()
+        moved[weight] = max((after[k].float() - before[k].float()).abs().max().item() for k in before)
+    assert moved[0.0] == 0.0 and moved[1.0] > 1e-4

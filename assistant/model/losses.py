@@ -79,14 +79,21 @@ class TeacherForcing:
         total, count = self.token_nll(enc, target_texts)
         return total / count
 
-    def token_nll(self, encoder_out: torch.Tensor, texts: Sequence[str], asr: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_nll(self, encoder_out: torch.Tensor, texts: Sequence[str], asr: bool = False,
+                  weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed token NLL, number of tokens) of teacher-forced texts: SLU frames, or with ``asr`` plain
         transcripts behind the stock prompt. Kept apart so data-parallel training can divide by the
-        token count of the whole global batch (the mean one process would take)."""
+        token count of the whole global batch (the mean one process would take). ``weights`` scale each
+        text's NLL (a less trusted pseudo-label counts less); the token count stays unweighted, so a text
+        of weight 1 weighs what it would alone."""
         texts = list(texts)
         picked, mask = self.token_logprobs(encoder_out, self.tokenize(texts), texts, asr=asr)
-        return -picked.sum(), mask.sum()
+        if weights is None:
+            return -picked.sum(), mask.sum()
+        w = torch.as_tensor(list(weights), dtype=picked.dtype, device=picked.device)
+        if w.shape != (picked.shape[0],):
+            raise ValueError(f"token_nll: {picked.shape[0]} texts but {w.numel()} weights")
+        return -(picked.sum(dim=1) * w).sum(), mask.sum()
 
     def asr_loss(self, encoder_out_or_mels: torch.Tensor, transcripts: Sequence[str]) -> torch.Tensor:
         """Mean token NLL of plain transcripts behind the stock prompt, over the full vocabulary.

@@ -22,7 +22,7 @@ import inspect
 import math
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -284,6 +284,16 @@ class AcceptConfig:
                                          # than this share of the sampled draws ...
     min_text_confidence: float = 0.0     # ... unless the text model gives it at least this probability
                                          # (reads the teacher reward; 0 = the text model never vouches)
+    # a curriculum: the share of the pool's utterances kept in round k, the most confident first (vote
+    # share of the kept frame, then the text model's confidence); the last share holds for later rounds
+    # (e.g. [0.7, 1.0]: round 1 keeps its surest 70 %, round 2 every clip); empty: no ranking
+    curriculum: list[float] = field(default_factory=list)
+    abstain_weight: float = 0.0          # an utterance left out by min_vote or the curriculum keeps its frame
+                                         # at this loss weight (0: it contributes nothing)
+
+    def keep_fraction(self, round_k: int) -> float:
+        """The curriculum's share for round ``round_k`` (1-based); 1.0 without a curriculum."""
+        return float(self.curriculum[min(round_k, len(self.curriculum)) - 1]) if self.curriculum else 1.0
 
     def rule_params(self) -> dict[str, Any]:
         """The parameters the rule takes (its keyword-only arguments); an unset optional one keeps the
@@ -298,9 +308,11 @@ class AcceptConfig:
         _rule_and_params(self.rule, self.rule_params())        # unknown rule, a required parameter unset
         if self.beta <= 0:
             raise AcceptError(f"accept.beta must be > 0, got {self.beta}")
-        for name in ("min_vote", "min_text_confidence"):
+        for name in ("min_vote", "min_text_confidence", "abstain_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AcceptError(f"accept.{name} must be in [0, 1], got {getattr(self, name)}")
+        if any(not 0.0 < float(f) <= 1.0 for f in self.curriculum):
+            raise AcceptError(f"accept.curriculum holds shares of the pool in (0, 1], got {self.curriculum}")
 
 
 def accept(scored: list[Scored], rng: np.random.Generator, rule: str = "statistical", **params: Any) -> list[Decision]:
@@ -333,13 +345,22 @@ def text_confidence(scored: list[Scored], position: int) -> float:
     return math.exp(min(0.0, float(s.rewards["teacher"])))
 
 
+def _left_out(d: Decision, why: str, weight: float) -> Decision:
+    """An accepted decision the confidence bars leave out: rejected, or with ``weight`` > 0 kept at that
+    loss weight (its reason says which)."""
+    if weight > 0:
+        return Decision(d.utt_id, d.index, True, f"abstain (kept at weight {weight:g}): {why}", weight)
+    return Decision(d.utt_id, d.index, False, f"abstain: {why}")
+
+
 def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float,
-            min_text: float = 0.0) -> list[Decision]:
+            min_text: float = 0.0, weight: float = 0.0) -> list[Decision]:
     """Drop the utterance's kept candidates unless someone is confident of their frame: the sampler (it
     won at least ``min_vote`` of the draws) or, when ``min_text`` > 0, the text model (it gives the frame
     probability >= ``min_text`` given the kept transcript). An utterance nobody is sure of contributes
-    nothing rather than a likely wrong label; the text model's vouch lets a reading the sampler never
-    drew (assistant.rsft.readings) correct the speech model."""
+    nothing rather than a likely wrong label (or, with ``weight`` > 0, counts that much in the loss); the
+    text model's vouch lets a reading the sampler never drew (assistant.rsft.readings) correct the
+    speech model."""
     if min_vote <= 0:
         return decisions
     out = []
@@ -349,24 +370,61 @@ def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float,
         if share >= min_vote or (min_text > 0 and text >= min_text):
             out.append(d)
             continue
-        why = f"abstain: vote share {share:.2f} < {min_vote:g}"
+        why = f"vote share {share:.2f} < {min_vote:g}"
         if min_text > 0:
             why += f", text confidence {text:.2f} < {min_text:g}"
-        out.append(Decision(d.utt_id, d.index, False, why))
+        out.append(_left_out(d, why, weight))
+    return out
+
+
+def utterance_confidence(scored: list[Scored], decisions: list[Decision]) -> tuple[float, float] | None:
+    """(vote share, text-model confidence) of the utterance's surest fully kept candidate, the curriculum's
+    ranking key (text confidence 0 without the teacher reward); None when nothing is kept at weight 1."""
+    best = None
+    for i, d in enumerate(decisions):
+        if d.accepted and d.weight >= 1.0:
+            text = text_confidence(scored, i) if "teacher" in scored[i].rewards else 0.0
+            best = max(best or (-1.0, -1.0), (vote_share(scored, i), text))
+    return best
+
+
+def curriculum(scored_lists: list[list[Scored]], decisions: list[list[Decision]], keep_fraction: float,
+               weight: float = 0.0) -> list[list[Decision]]:
+    """Keep the surest ``keep_fraction`` of the utterances that have candidates (``utterance_confidence``,
+    ties by id); the rest are left out as ``abstain`` leaves them (dropped, or kept at ``weight``). Earlier
+    rounds learn from the labels most likely right; later ones, from a better model, take the rest."""
+    if keep_fraction >= 1.0:
+        return decisions
+    quota = int(round(keep_fraction * sum(1 for s in scored_lists if s)))
+    ranked = []
+    for u, (scored, decs) in enumerate(zip(scored_lists, decisions)):
+        conf = utterance_confidence(scored, decs) if scored else None
+        if conf is not None:
+            ranked.append((-conf[0], -conf[1], scored[0].utt_id, u))
+    ranked.sort()
+    out = list(decisions)
+    for rank, (neg_vote, neg_text, _, u) in enumerate(ranked):
+        if rank >= quota:
+            why = (f"curriculum: not in the surest {keep_fraction:.0%} (vote share {-neg_vote:.2f}, "
+                   f"text confidence {-neg_text:.2f})")
+            out[u] = [_left_out(d, why, weight) if d.accepted and d.weight >= 1.0 else d for d in decisions[u]]
     return out
 
 
 def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[str, Any] | None = None,
-               seed: int = 0, min_vote: float = 0.0, min_text: float = 0.0) -> list[list[Decision]]:
+               seed: int = 0, min_vote: float = 0.0, min_text: float = 0.0, keep_fraction: float = 1.0,
+               abstain_weight: float = 0.0) -> list[list[Decision]]:
     """One list of decisions per utterance (empty for an utterance without candidates).
 
     ``min_vote`` > 0: after the rule, an utterance whose kept frame has a vote share below it (and, with
-    ``min_text`` > 0, a text-model confidence below that) keeps nothing (``abstain``)."""
+    ``min_text`` > 0, a text-model confidence below that) keeps nothing (``abstain``). ``keep_fraction``
+    < 1: of the rest, only the surest share of all utterances stays (``curriculum``). ``abstain_weight``
+    > 0: what those two leave out is kept at that loss weight instead."""
     params = dict(params or {})
     rule = _rule_and_params(rule_name, params)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise AcceptError(f"accept_all: seed must be a whole number >= 0, got {seed!r}")
-    for name, value in (("min_vote", min_vote), ("min_text", min_text)):
+    for name, value in (("min_vote", min_vote), ("min_text", min_text), ("abstain_weight", abstain_weight)):
         if not 0.0 <= float(value) <= 1.0:
             raise AcceptError(f"accept_all: {name} must be in [0, 1], got {value!r}")
     seen: set[str] = set()
@@ -381,8 +439,10 @@ def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[st
                               "group all candidates of an utterance into one list")
         seen.add(utt)
         out.append(abstain(scored, rule(scored, utterance_rng(seed, utt), **params), float(min_vote),
-                           float(min_text)))
-    return out
+                           float(min_text), float(abstain_weight)))
+    if not 0.0 < float(keep_fraction) <= 1.0:
+        raise AcceptError(f"accept_all: keep_fraction must be in (0, 1], got {keep_fraction!r}")
+    return curriculum(scored_lists, out, float(keep_fraction), float(abstain_weight))
 
 
 # --------------------------------------------------------------------------- report
@@ -406,6 +466,7 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
     without_candidates = abstained = 0
     top_votes: list[float] = []        # per utterance: the vote share of its most sampled frame
     kept_votes: list[float] = []       # per kept candidate: its frame's vote share
+    kept_weights: list[float] = []     # per kept candidate: its loss weight
     for scored, decs in zip(scored_lists, decisions):
         if not scored:
             without_candidates += 1
@@ -426,12 +487,13 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
             if d.accepted:
                 n_kept += 1
                 kept_rewards.append(s.reward)
+                kept_weights.append(d.weight)
                 for name, v in s.rewards.items():
                     parts_kept.setdefault(name, []).append(v)
         kept_counts.append(n_kept)
         if n_kept == 0:
             kept_nothing.append(scored[0].utt_id)
-        if any(by_key[(s.utt_id, s.index)].reason.startswith("abstain:") for s in scored):
+        if any(by_key[(s.utt_id, s.index)].reason.startswith("abstain") for s in scored):
             abstained += 1
         top = max(range(len(scored)), key=lambda i: scored[i].candidate.count)
         top_votes.append(vote_share(scored, top))
@@ -450,6 +512,8 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
         "accepted_per_utterance": _mean([float(c) for c in kept_counts]),
         "n_utterances_kept_nothing": len(kept_nothing),
         "abstention_rate": abstained / max(1, len(scored_lists) - without_candidates),
+        "n_kept_below_weight_1": sum(w < 1.0 for w in kept_weights),
+        "mean_kept_weight": _mean(kept_weights),
         "mean_top_vote_share": _mean(top_votes),
         "mean_kept_vote_share": _mean(kept_votes),
         "utterances_kept_nothing": kept_nothing[:max_ids],

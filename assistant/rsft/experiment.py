@@ -15,8 +15,8 @@ scores on `test` (the field: unseen voices, field and novel phrasings).
                                   majority transcript targets)
   d_rsft_gold_label               c's candidates and recipe, the gold `label` reward picks (no abstention)
   e_oracle_supervised             supervised on slice + pool with labels (oracle)
-  x_<lever>_<value>               one ablation of c per lever: reward, abstention, targets, encoder
-                                  adapters, N, each round's training (x_reward_target_likelihood only with
+  x_<lever>_<value>               one ablation of c per lever: reward, abstention (off / soft weights /
+                                  a curriculum), targets, encoder adapters, N, each round's training (x_reward_target_likelihood only with
                                   include_target_likelihood)
 
 The text pass's weight and stock bonus (b', c and its ablations: the agreement reward and the readings)
@@ -148,6 +148,11 @@ def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
         ablations.append(("x_reward_target_likelihood", {"rewards": {**cfg.rsft.rewards, "target_likelihood": 1.0}}))
     ablations += [
         ("x_abstention_off", {"accept": NO_ABSTENTION}),
+        # the clips c abstains on keep their frame at a quarter of the loss weight (confidence-weighted)
+        ("x_abstention_soft", {"accept": {"abstain_weight": 0.25}}),
+        # a curriculum instead of fixed bars: round 1 keeps its surest 70 % (c's bars keep ~69 %), round 2
+        # (a better model's labels) every clip
+        ("x_abstention_curriculum", {"accept": {**NO_ABSTENTION, "curriculum": [0.7, 1.0]}}),
         ("x_targets_sampled", {"transcript_target": "sampled"}),
         ("x_encoder_frozen", {"finetune": {"freeze_encoder_layers": None}}),
         ("x_n_16", {"generate": {"num_samples": 16}}),
@@ -212,12 +217,29 @@ def corpus_fingerprint(corpus: Path) -> str:
     return h.hexdigest()[:16]
 
 
+_ABSENT = object()
+
+
+def _differs(old, new, default=_ABSENT) -> bool:
+    """Whether a saved config value differs from today's; inside sections, a key the saved one lacks (a
+    setting added since it ran) is no change while today's value is that setting's default."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old != new
+    default = default if isinstance(default, dict) else {}
+    return any(new[k] != default.get(k, _ABSENT) if k not in old else
+               _differs(old[k], new.get(k, _ABSENT), default.get(k, _ABSENT)) for k in set(old) | set(new))
+
+
 def _changed(old: dict, cfg, name: str) -> list[str]:
     """Keys of ``cfg`` that differ from a saved config, leaving out the paths and seed (they follow from the
-    folder's place, so a moved or relative output_dir is the same run)."""
+    folder's place, so a moved or relative output_dir is the same run) and settings added since at their
+    defaults."""
     new = json.loads(json.dumps(to_dict(cfg)))
+    defaults = json.loads(json.dumps(to_dict(type(cfg)())))
     owned = _SUPERVISED_PATHS if name in SUPERVISED else _RSFT_PATHS
-    return sorted(k for k in set(old) | set(new) if k not in owned and old.get(k) != new.get(k))
+    return sorted(k for k in set(old) | set(new)
+                  if k not in owned and _differs({k: old[k]} if k in old else {}, {k: new[k]} if k in new else {},
+                                                 defaults))
 
 
 def _mean(xs):

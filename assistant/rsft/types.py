@@ -56,21 +56,25 @@ class Decision:
     """Whether candidate ``index`` of utterance ``utt_id`` is kept for training, and why.
 
     ``reason`` starts with the rule's name ("best_of_n: top-k"), so reports can count per rule.
+    ``weight``: the kept candidate's loss weight in fine-tuning (< 1 where the acceptance step trusted it
+    less, see ``accept.abstain``).
     """
 
     utt_id: str
     index: int
     accepted: bool
     reason: str
+    weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"utt_id": self.utt_id, "index": self.index, "accepted": self.accepted, "reason": self.reason}
+        return {"utt_id": self.utt_id, "index": self.index, "accepted": self.accepted, "reason": self.reason,
+                "weight": self.weight}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
         require_keys(d, ("utt_id", "index", "accepted", "reason"), "Decision")
         return cls(utt_id=str(d["utt_id"]), index=int(d["index"]), accepted=bool(d["accepted"]),
-                   reason=str(d["reason"]))
+                   reason=str(d["reason"]), weight=float(d.get("weight", 1.0)))
 
 
 def _json_float(x: float) -> float | str:
