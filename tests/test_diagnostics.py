@@ -141,3 +141,34 @@ def test_against_from_persisted_round_folders(tmp_path):
     assert out["against"]["kept"]["other"]["intent_precision"] == pytest.approx(2 / 3)
     assert out["against"]["left_out"]["other"]["n"] == 0
     assert out["against"]["other_kept_by"]["condition"]["clean"]["intent_precision"] == 0.0
+
+
+def test_confidence_curve_replays_the_rule_with_curriculum_shares(tmp_path):
+    """The surest clips (vote share) carry the right labels here: precision falls as the share grows; the
+    command draws the curve."""
+    from assistant.rsft.diagnostics import confidence_curve, main
+    from assistant.rsft.types import write_records
+
+    gold = {"a": ("alarm_set", {}), "b": ("alarm_set", {}), "c": ("alarm_set", {}), "d": ("alarm_set", {})}
+    votes = {"a": (9, 1), "b": (8, 2), "c": (5, 4), "d": (4, 3)}     # candidate 0's frame is right for a, b, d
+    scored = [Scored(Candidate(u, i, f"x | {intent} |", [1], count=n), {"r": float(n)}, float(n))
+              for u, counts in votes.items()
+              for i, (n, intent) in enumerate(zip(counts, ("alarm_set" if u != "c" else "weather_query",
+                                                            "weather_query" if u != "c" else "alarm_set")))]
+    curve = confidence_curve(scored, gold, [0.5, 0.75, 1.0])
+    assert [c["labelled"] for c in curve] == [2, 3, 4]
+    assert [c["intent_precision"] for c in curve] == pytest.approx([1.0, 1.0, 0.75])   # d (0.57) before c (0.56)
+    (tmp_path / "run" / "round_1").mkdir(parents=True)
+    write_records(scored, tmp_path / "run" / "round_1" / "scored.jsonl")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"audio": f"{u}.flac", "text": "x", "intent": g[0], "id": u,
+                                        "labels_hidden": True}) + "\n" for u, g in gold.items()))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([str(tmp_path / "run" / "round_1"), str(pool), "--shares", "0.5,1",
+                     "--plot", str(tmp_path / "curve.png")]) == 0
+    out = json.loads(buf.getvalue())
+    assert out["rule"] == "best_of_n" and [c["intent_precision"] for c in out["confidence_curve"]] == [1.0, 0.75]
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([str(tmp_path / "run" / "round_1"), str(pool), "--shares", "0"]) != 0

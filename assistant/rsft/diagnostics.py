@@ -28,6 +28,13 @@ labels it gives up?
 
     python -m assistant.rsft.diagnostics C_ROUND_1 POOL_MANIFEST --against B_PRIME_ROUND_1
 
+``--shares 0.5,0.7,0.9,1`` replays the round's acceptance rule with a curriculum share instead of its
+bars (``accept.curriculum``: the surest share of the pool by vote, then text confidence) and reports each
+share's label precision: the precision / coverage curve a curriculum or a loss weight is chosen from
+(``--plot curve.png`` draws it).
+
+    python -m assistant.rsft.diagnostics ROUND_DIR POOL_MANIFEST --shares 0.5,0.6,0.7,0.8,0.9,1 --plot curve.png
+
 ``--compare`` ranks the round's candidates by each reward alone (the ones in ``scored.jsonl`` plus rewards
 computed afresh, e.g. ``target_likelihood`` under Whisper base): which reward tells right from wrong.
 
@@ -189,6 +196,59 @@ def against(frames: dict[str, object], other: dict[str, object], gold: dict[str,
             "all": {"this": _label_stats(frames, gold, ids), "other": _label_stats(other, gold, ids)}}
 
 
+def confidence_curve(scored, gold: dict[str, tuple[str, dict]], shares: list[float], rule: str = "best_of_n",
+                     params: dict | None = None) -> list[dict]:
+    """Per share of the pool kept by the curriculum's confidence ranking (no bars): how many clips carry a
+    label and how right those labels are. Precision that falls as the share grows says the ranking works;
+    where it drops below what training tolerates is the share (or the weight) to pick."""
+    from assistant.rsft.accept import accept_all
+    from assistant.rsft.types import group_by_utterance
+
+    ids = list(dict.fromkeys(s.utt_id for s in scored if s.utt_id in gold))
+    groups = group_by_utterance([s for s in scored if s.utt_id in gold], ids)
+    params = {"k": 1} if params is None else params
+    out = []
+    for share in shares:
+        decisions = accept_all(groups, rule, params, keep_fraction=float(share))
+        stats = _label_stats(kept_frames([s for g in groups for s in g], [d for ds in decisions for d in ds]),
+                             gold, ids)
+        out.append({"share": float(share), **stats})
+    return out
+
+
+def plot_confidence_curve(curve: list[dict], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    xs = [c["labelled_share"] for c in curve]
+    for key, label in (("intent_precision", "intent right"), ("frame_precision", "frame right")):
+        ax.plot(xs, [c[key] for c in curve], "o-", label=label)
+    ax.set(xlabel="share of the pool kept (surest first)", ylabel="precision of the kept labels (oracle)",
+           title="confidence ranking: precision vs coverage", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _round_rule(round_dir: Path) -> tuple[str, dict]:
+    """The acceptance rule and its parameters the round's run used (its config.yaml), else best-of-1."""
+    from assistant.config import load_config
+
+    saved = round_dir.parent / "config.yaml"
+    if not saved.is_file():
+        return "best_of_n", {"k": 1}
+    from assistant.rsft.loop import RSFTConfig
+
+    accept = load_config(RSFTConfig, saved).accept
+    return accept.rule, accept.rule_params()
+
+
 def compare_rewards(scored, gold: dict[str, tuple[str, dict]], parts: dict[str, str] | None = None,
                     extra: dict[str, dict[tuple[str, int], float]] | None = None) -> dict:
     """Each reward alone on the same candidates (frame correctness: intent + slots exact): within-utterance
@@ -255,6 +315,20 @@ def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path, other_r
     return out
 
 
+def curve_round_dir(round_dir: str | Path, pool_manifest: str | Path, shares: list[float],
+                    plot: str | None = None) -> dict:
+    """``confidence_curve`` of a persisted round with the rule its run used (``plot``: a PNG of it)."""
+    from assistant.data.manifest import read_manifest
+    from assistant.rsft.types import Scored, read_records
+
+    gold = {u.id: (u.intent, dict(u.slots)) for u in read_manifest(pool_manifest)}
+    rule, params = _round_rule(Path(round_dir))
+    curve = confidence_curve(read_records(Path(round_dir) / "scored.jsonl", Scored), gold, shares, rule, params)
+    if plot:
+        plot_confidence_curve(curve, plot)
+    return {"rule": rule, "params": params, "confidence_curve": curve, **({"plot": plot} if plot else {})}
+
+
 def compare_round_dir(round_dir: str | Path, pool_manifest: str | Path, fresh: list[str],
                       target_model: str = "base", limit: int | None = None) -> dict:
     """``compare_rewards`` on a persisted round; ``fresh``: rewards to compute now (``target_likelihood``);
@@ -309,13 +383,22 @@ class DiagnosticsConfig:
     against: str | None = field(default=None, metadata={
         "help": "another round folder on the same pool (e.g. pseudo-labels on every clip): both rounds' label "
                 "precision on the clips this one kept and left out, and by condition / engine"})
+    shares: list[float] | None = field(default=None, metadata={
+        "help": "replay the round's rule with these curriculum shares (comma-separated, in (0, 1]) instead of its "
+                "bars: each share's label precision"})
+    plot: str | None = field(default=None, metadata={"help": "--shares: write the precision / coverage curve "
+                                                             "to this PNG"})
 
     def validate(self) -> None:
         if not self.round_dir or not self.pool_manifest:
             raise ValueError("pass ROUND_DIR POOL_MANIFEST, e.g. `python -m assistant.rsft.diagnostics "
                              "runs/main/rsft/round_1 data/generated/default/pool.jsonl`")
-        if self.against is not None and self.compare is not None:
-            raise ValueError("--against and --compare answer different questions: pass one of them")
+        if sum(x is not None for x in (self.against, self.compare, self.shares)) > 1:
+            raise ValueError("--against, --compare and --shares answer different questions: pass one of them")
+        if self.shares is not None and (not self.shares or any(not 0.0 < x <= 1.0 for x in self.shares)):
+            raise ValueError(f"--shares takes shares of the pool in (0, 1], e.g. 0.5,0.7,1; got {self.shares}")
+        if self.plot is not None and self.shares is None:
+            raise ValueError("--plot draws the --shares curve: pass --shares too")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit} (leave it out for every utterance)")
 
@@ -325,7 +408,9 @@ def main(argv: list[str]) -> int:
 
     def work() -> None:
         cfg = parse_command(DiagnosticsConfig, prog, __doc__, argv, positional=("round_dir", "pool_manifest"))
-        if cfg.compare is None:
+        if cfg.shares is not None:
+            out = curve_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.shares, cfg.plot)
+        elif cfg.compare is None:
             out = diagnose_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.against)
         else:
             out = compare_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.compare, cfg.target_model, cfg.limit)
