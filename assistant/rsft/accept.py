@@ -427,6 +427,8 @@ def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[st
     for name, value in (("min_vote", min_vote), ("min_text", min_text), ("abstain_weight", abstain_weight)):
         if not 0.0 <= float(value) <= 1.0:
             raise AcceptError(f"accept_all: {name} must be in [0, 1], got {value!r}")
+    if not 0.0 < float(keep_fraction) <= 1.0:
+        raise AcceptError(f"accept_all: keep_fraction must be in (0, 1], got {keep_fraction!r}")
     seen: set[str] = set()
     out = []
     for scored in scored_lists:
@@ -440,8 +442,6 @@ def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[st
         seen.add(utt)
         out.append(abstain(scored, rule(scored, utterance_rng(seed, utt), **params), float(min_vote),
                            float(min_text), float(abstain_weight)))
-    if not 0.0 < float(keep_fraction) <= 1.0:
-        raise AcceptError(f"accept_all: keep_fraction must be in (0, 1], got {keep_fraction!r}")
     return curriculum(scored_lists, out, float(keep_fraction), float(abstain_weight))
 
 

@@ -16,8 +16,8 @@ scores on `test` (the field: unseen voices, field and novel phrasings).
   d_rsft_gold_label               c's candidates and recipe, the gold `label` reward picks (no abstention)
   e_oracle_supervised             supervised on slice + pool with labels (oracle)
   x_<lever>_<value>               one ablation of c per lever: reward, abstention (off / soft weights /
-                                  a curriculum), targets, encoder adapters, N, each round's training (x_reward_target_likelihood only with
-                                  include_target_likelihood)
+                                  a curriculum), targets, encoder adapters, N, each round's training
+                                  (x_reward_target_likelihood only with include_target_likelihood)
 
 The text pass's weight and stock bonus (b', c and its ablations: the agreement reward and the readings)
 are chosen on dev for model (a), as `assistant run` does for its supervised model
@@ -221,13 +221,14 @@ _ABSENT = object()
 
 
 def _differs(old, new, default=_ABSENT) -> bool:
-    """Whether a saved config value differs from today's; inside sections, a key the saved one lacks (a
-    setting added since it ran) is no change while today's value is that setting's default."""
+    """Whether a saved config value differs from today's; a key the saved config lacks (a setting added
+    since it ran) is no change while today's value is that setting's default."""
+    if old is _ABSENT:
+        return new != default
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return old != new
     default = default if isinstance(default, dict) else {}
-    return any(new[k] != default.get(k, _ABSENT) if k not in old else
-               _differs(old[k], new.get(k, _ABSENT), default.get(k, _ABSENT)) for k in set(old) | set(new))
+    return any(_differs(old.get(k, _ABSENT), new.get(k, _ABSENT), default.get(k, _ABSENT)) for k in set(old) | set(new))
 
 
 def _changed(old: dict, cfg, name: str) -> list[str]:
@@ -238,8 +239,7 @@ def _changed(old: dict, cfg, name: str) -> list[str]:
     defaults = json.loads(json.dumps(to_dict(type(cfg)())))
     owned = _SUPERVISED_PATHS if name in SUPERVISED else _RSFT_PATHS
     return sorted(k for k in set(old) | set(new)
-                  if k not in owned and _differs({k: old[k]} if k in old else {}, {k: new[k]} if k in new else {},
-                                                 defaults))
+                  if k not in owned and _differs(old.get(k, _ABSENT), new.get(k, _ABSENT), defaults.get(k, _ABSENT)))
 
 
 def _mean(xs):
