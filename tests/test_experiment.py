@@ -387,6 +387,14 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert calls[1][1].init_model == str(Path("out") / "seed_1" / "a_supervised_slice" / "best")
     assert (ledger / "seed_1" / "c_rsft_label_free.json").is_file()
 
+    # `--only` matches the oracle by its name too (it once matched against "e" alone, so "e_oracle" ran nothing)
+    (ledger / "seed_1" / "e_oracle_supervised.json").unlink()
+    calls.clear()
+    exp_e = Experiment(replace(moved, only=["e_oracle"]))
+    exp_e.setup()
+    assert len(exp_e.run()) == 2 * len(names)
+    assert [(kind, Path(c.output_dir).name, c.seed) for kind, c in calls] == [("train", "e_oracle_supervised", 1)]
+
     # a record made with another config is not reused: the row runs again (or is left out of a report)
     changed_c = replace(moved, only=["c"], rsft=replace(cfg.rsft, accept=replace(cfg.rsft.accept, min_vote=0.25)))
     shutil.rmtree(tmp_path / "out" / "seed_1" / "c_rsft_label_free")

@@ -571,7 +571,8 @@ class Experiment:
                     self.keep(self.rsft(seed, name, overrides, run=want(name)))
                 if phase == "main":
                     paths = self.starts[seed][0]
-                    self.keep(self.supervised(seed, "e_oracle_supervised", paths["slice+pool"], run=want("e")))
+                    oracle = "e_oracle_supervised"
+                    self.keep(self.supervised(seed, oracle, paths["slice+pool"], run=want(oracle)))
         if cfg.deployed:
             first = next((self.starts[s][1] for s in cfg.seeds if self.starts.get(s)), None)
             self.peer = self.stock_cascade(first["model_dir"]) if first else None
