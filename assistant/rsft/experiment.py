@@ -127,6 +127,15 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be >= 1, or None for all, got {getattr(self, name)}")
 
 
+def _teaching_counts(teaches: dict | None) -> str:
+    """'corrected | confirmed wrong | left out wrong' summed over the pool's parts ("-" for records made
+    before diagnostics counted them)."""
+    if not teaches:
+        return "- | - | -"
+    keys = ("corrected", "confirmed_errors", "abstained_greedy_wrong")
+    return " | ".join(str(sum(part.get(k, 0) for part in teaches.values())) for k in keys)
+
+
 def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
     """(name, overrides of ``cfg.rsft``) of every RSFT condition, main ones first, then the ablations of c."""
     pseudo_label = {"rule": "best_of_n", "k": 1, **NO_ABSTENTION}
@@ -680,10 +689,14 @@ class Experiment:
         lines += ["", "Why (oracle diagnostics of each round's candidates, `assistant.rsft.diagnostics`; correct = "
                   "intent exact): coverage = some candidate correct; greedy = the argmax candidate correct; on "
                   "utterances with both correct and wrong candidates, how often the top-reward one is correct vs the "
-                  "greedy one, and the reward's AUC there; precision of the kept frames.", "",
+                  "greedy one, and the reward's AUC there; precision of the kept frames. What a round can teach "
+                  "(frames, intent + slots exact, counted over utterances): corrected = greedy wrong, kept right "
+                  "(the only new knowledge a round adds); confirmed wrong = greedy and kept both wrong; left out "
+                  "wrong = no frame kept where greedy was wrong.", "",
                   "| condition | seed | round | coverage | greedy acc | mixed utts | top-reward acc | greedy acc (mixed) | "
-                  "reward AUC | kept precision | kept frame precision | kept greedy share |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "reward AUC | kept precision | kept frame precision | kept greedy share | corrected | "
+                  "confirmed wrong | left out wrong |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         fmt = lambda x: "-" if x is None else f"{x:.3f}"   # noqa: E731
         for r in results:
             if "diagnostics" not in r:                 # kept by keep(); computed here for a result given directly
@@ -692,7 +705,8 @@ class Experiment:
                 lines.append(f"| {r['name']} | {r['seed']} | {d['round']} | {fmt(d['oracle_coverage'])} | "
                              f"{fmt(d['greedy_accuracy'])} | {d['mixed_utterances']} | {fmt(d['pick_accuracy'])} | "
                              f"{fmt(d['greedy_accuracy_mixed'])} | {fmt(d['reward_auc'])} | {fmt(d['kept_precision'])} | "
-                             f"{fmt(d['frame_kept_precision'])} | {fmt(d['kept_greedy_share'])} |")
+                             f"{fmt(d['frame_kept_precision'])} | {fmt(d['kept_greedy_share'])} | "
+                             f"{_teaching_counts(d.get('teaches'))} |")
         text = "\n".join(lines) + "\n"
         path = REPO_ROOT / cfg.results_file
         path.parent.mkdir(parents=True, exist_ok=True)
