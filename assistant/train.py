@@ -118,6 +118,8 @@ class Example:
     id: str = ""
     transcript: str = ""   # plain words for the ASR-retention loss ('' = none)
     weight: float = 1.0    # the target's loss weight (RSFT: a pseudo-label the rule was less sure of < 1)
+    scope: str = "frame"   # what the target teaches: "frame" (all of it) or "intent" (only the intent's tokens:
+                           # RSFT, a pseudo-label whose intent is trusted more than its words and slots)
 
 
 def default_manifest(split: str, profile: str = "default") -> str:
@@ -223,12 +225,13 @@ class _LossModule(torch.nn.Module):
         return total / count if count > 0 else None
 
     def forward(self, inputs: torch.Tensor, targets: list[str], transcripts: list[str] | None = None,
-                asr_weight: float = 0.0, asr_rows: int = 4, weights: list[float] | None = None) -> torch.Tensor:
+                asr_weight: float = 0.0, asr_rows: int = 4, weights: list[float] | None = None,
+                scopes: list[str] | None = None) -> torch.Tensor:
         if self.trunk_layers is None:
             enc = self.slu.encode(inputs)
         else:
             enc = self.slu.encode_head(inputs, self.trunk_layers)
-        loss = self._mean(*self.slu.token_nll(enc, targets, weights=weights))
+        loss = self._mean(*self.slu.token_nll(enc, targets, weights=weights, scopes=scopes))
         # The same encoder states also teach plain transcription; a LoRA model needs no such loss: its
         # adapters are off for the stock prompt, which therefore stays the pretrained model exactly.
         # ``transcripts`` are "" except on the rows picked for it (see asr_rows_of_batch).
@@ -357,6 +360,7 @@ class TrainingInputs:
     targets: list[str]
     transcripts: list[str]
     weights: list[float] | None         # per target (None: all 1, the loss exactly as without weights)
+    scopes: list[str] | None            # per target, "frame" or "intent" (None: every target whole)
     spec: Any                           # per-step SpecAugment (only when the trunk is not cached), or None
     trunk_layers: int | None            # encoder layers run once and cached (None: the whole encoder per step)
     frozen: int                         # encoder layers that do not train
@@ -392,6 +396,7 @@ def encode_training_inputs(model, examples: list[Example], cfg: "TrainConfig", d
     return TrainingInputs(kept=kept, copies=copies, targets=[ex.target for ex in kept],
                           transcripts=[ex.transcript for ex in kept],
                           weights=None if all(ex.weight == 1.0 for ex in kept) else [ex.weight for ex in kept],
+                          scopes=None if all(ex.scope == "frame" for ex in kept) else [ex.scope for ex in kept],
                           spec=spec, trunk_layers=trunk_layers,
                           frozen=frozen, n_layers=n_layers)
 
@@ -474,7 +479,8 @@ def _train_step(run: FineTuneRun, loss_module, optimizer, accelerator, whole: to
     rows = idx.tolist()
     loss = loss_module(batch.to(accelerator.device), [inputs.targets[i] for i in rows],
                        [inputs.transcripts[i] if i in asr_ids else "" for i in rows], cfg.asr_weight, cfg.asr_rows,
-                       None if inputs.weights is None else [inputs.weights[i] for i in rows])
+                       None if inputs.weights is None else [inputs.weights[i] for i in rows],
+                       None if inputs.scopes is None else [inputs.scopes[i] for i in rows])
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{run.desc}: loss became {loss.item()} at step {step}; lower --lr or check the data")
     accelerator.backward(loss)

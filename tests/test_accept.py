@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -372,6 +373,32 @@ def test_soft_abstention_keeps_the_unsure_frame_at_a_lower_loss_weight():
     assert report["abstention_rate"] == 0.5
     with pytest.raises(AcceptError, match="abstain_weight"):
         accept_all([split], "best_of_n", {"k": 1}, abstain_weight=1.5)
+
+
+def test_intent_scope_keeps_the_unsure_frame_for_its_intent_only():
+    """abstain_scope "intent": a left-out clip keeps its frame at abstain_weight, teaching only the intent;
+    a sure clip stays whole; the scope survives the decisions file; the curriculum ranks only whole labels."""
+    from assistant.rsft.accept import AcceptConfig
+    from assistant.rsft.types import Decision
+
+    split, sure = _voted("a", (5, 5)), _voted("b", (9, 1))
+    decs = accept_all([split, sure], "best_of_n", {"k": 1}, min_vote=0.6, abstain_weight=1.0,
+                      abstain_scope="intent")
+    (unsure,) = [d for d in decs[0] if d.accepted]
+    (whole,) = [d for d in decs[1] if d.accepted]
+    assert (unsure.weight, unsure.scope, unsure.whole) == (1.0, "intent", False)
+    assert unsure.reason == "abstain (kept at weight 1, intent only): vote share 0.50 < 0.6"
+    assert (whole.scope, whole.whole) == ("frame", True)
+    assert Decision.from_dict(json.loads(json.dumps(unsure.to_dict()))) == unsure
+    assert "scope" not in whole.to_dict()                       # files written before scopes read the same
+    assert acceptance_report([split, sure], decs)["n_kept_intent_only"] == 1
+    ranked = accept_all([split, sure], "best_of_n", {"k": 1}, min_vote=0.6, keep_fraction=0.5,
+                        abstain_weight=1.0, abstain_scope="intent")
+    assert [[(d.weight, d.scope) for d in ds if d.accepted] for ds in ranked] == [[(1.0, "intent")], [(1.0, "frame")]]
+    with pytest.raises(AcceptError, match="abstain_scope"):
+        accept_all([split], "best_of_n", {"k": 1}, abstain_scope="slots")
+    with pytest.raises(AcceptError, match="abstain_weight > 0"):
+        AcceptConfig(rule="best_of_n", abstain_scope="intent").validate()
 
 
 def test_curriculum_keeps_the_surest_share_of_the_pool_ranked_by_vote_then_text_confidence():

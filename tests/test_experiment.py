@@ -127,7 +127,7 @@ def test_default_config_is_the_issue_table():
     names = condition_names(cfg)
     assert names[:6] == list(MAIN_CONDITIONS)
     assert names[6:] == ["x_reward_agreement_only", "x_abstention_off", "x_abstention_soft",
-                         "x_abstention_curriculum", "x_targets_sampled", "x_encoder_frozen", "x_n_16",
+                         "x_abstention_curriculum", "x_abstention_intent", "x_targets_sampled", "x_encoder_frozen", "x_n_16",
                          "x_finetune_light"]
     assert "x_reward_target_likelihood" in condition_names(replace(cfg, include_target_likelihood=True))
     assert condition_names(replace(cfg, ablation=False)) == list(MAIN_CONDITIONS)
@@ -139,6 +139,7 @@ def test_default_config_is_the_issue_table():
     assert specs["x_encoder_frozen"] == {"finetune": {"freeze_encoder_layers": None}}
     assert specs["x_abstention_curriculum"] == {"accept": {"min_vote": 0.0, "min_text_confidence": 0.0,
                                                            "curriculum": [0.7, 1.0]}}
+    assert specs["x_abstention_intent"] == {"accept": {"abstain_weight": 1.0, "abstain_scope": "intent"}}
 
 
 def test_a_record_saved_before_a_setting_existed_is_unchanged_while_it_has_its_default():
@@ -250,7 +251,8 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert list(table["conditions"]) == names == [
         "a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label_text_pass", "c_rsft_label_free",
         "d_rsft_gold_label", "e_oracle_supervised", "x_reward_agreement_only", "x_abstention_off",
-        "x_abstention_soft", "x_abstention_curriculum", "x_targets_sampled", "x_encoder_frozen", "x_n_16",
+        "x_abstention_soft", "x_abstention_curriculum", "x_abstention_intent", "x_targets_sampled",
+        "x_encoder_frozen", "x_n_16",
         "x_finetune_light"]
     out = tmp_path / "out"
     for name, row in table["conditions"].items():

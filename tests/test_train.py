@@ -145,6 +145,35 @@ def test_token_nll_weights_scale_each_target_and_keep_the_token_count():
         model.token_nll(enc, targets, weights=[1.0])
 
 
+def test_token_nll_intent_scope_counts_only_the_intent_tokens():
+    """A text scoped "intent" contributes exactly the log-probs of its intent's tokens (the transcript
+    before them is context, the slots and end after them are not targets), to the NLL and the count."""
+    from assistant.model.slu import SLUModel
+    from assistant.train import frame_target
+    from assistant.data.manifest import read_manifest
+    from assistant.audio import load_audio
+
+    utts = read_manifest(FSC)[:2]
+    targets = [frame_target(u) for u in utts]
+    model = SLUModel.tiny_random(targets, seed=0).eval()
+    seqs = model.tokenize(targets)
+    span = model.intent_span(targets[0], seqs[0])
+    intent_tokens = model.tokenize([" " + utts[0].intent.lower()])[0]
+    assert span is not None and seqs[0][span[0]:span[1]] == intent_tokens
+    assert model.intent_span("no bars here", model.tokenize(["no bars here"])[0]) is None
+    with torch.no_grad():
+        enc = model.encode(model.features([load_audio(u.audio) for u in utts]))
+        per_token, mask = model.token_logprobs(enc, seqs, targets)
+        full, count = model.token_nll(enc, targets, scopes=["frame", "frame"])
+        scoped, scoped_count = model.token_nll(enc, targets, scopes=["intent", "frame"])
+    torch.testing.assert_close(full, -per_token.sum())
+    expected = -(per_token[0, span[0]:span[1]].sum() + per_token[1].sum())
+    torch.testing.assert_close(scoped, expected)
+    assert scoped_count == count - (int(mask[0].sum()) - (span[1] - span[0]))
+    with pytest.raises(ValueError, match="scope"):
+        model.token_nll(enc, targets, scopes=["slots", "frame"])
+
+
 def test_fine_tune_reads_each_example_weight_and_weight_zero_teaches_nothing(tmp_path):
     """With no weight decay, targets all at loss weight 0 give zero gradients: the weights stay put; at
     weight 1 the same steps move them (the per-example weights reach the loss)."""
@@ -166,3 +195,22 @@ def test_fine_tune_reads_each_example_weight_and_weight_zero_teaches_nothing(tmp
         after = model.state_dict()
         moved[weight] = max((after[k].float() - before[k].float()).abs().max().item() for k in before)
     assert moved[0.0] == 0.0 and moved[1.0] > 1e-4
+
+
+def test_fine_tune_reads_each_example_scope(tmp_path):
+    """Targets scoped "intent" reach the loss: the same steps end at other weights than whole targets."""
+    from dataclasses import replace as dc_replace
+
+    from assistant.data.manifest import read_manifest
+    from assistant.model.slu import SLUModel
+    from assistant.train import examples_from_utterances, fine_tune, frame_target
+
+    utts = read_manifest(FSC)
+    ends = {}
+    for scope in ("frame", "intent"):
+        model = SLUModel.tiny_random([frame_target(u) for u in utts], seed=0)
+        examples = [dc_replace(ex, scope=scope) for ex in examples_from_utterances(utts)]
+        cfg = _cfg(tmp_path / scope, max_steps=2, freeze_encoder_layers=0, cache_encoder=False, asr_weight=0.0)
+        fine_tune(model, examples, utts[:2], cfg, tmp_path / scope)
+        ends[scope] = {k: v.clone() for k, v in model.state_dict().items()}
+    assert max((ends["frame"][k].float() - ends["intent"][k].float()).abs().max().item() for k in ends["frame"]) > 1e-5

@@ -79,15 +79,53 @@ class TeacherForcing:
         total, count = self.token_nll(enc, target_texts)
         return total / count
 
+    def intent_span(self, text: str, tokens: Sequence[int]) -> tuple[int, int] | None:
+        """Positions [start, end) of the intent's tokens in the frame string ``text`` ("transcript |
+        intent | slots") tokenised as ``tokens``; None where the text has no intent part or the pieces do
+        not tokenise as prefixes of the whole (then the whole text is the target)."""
+        cut = text.find("| ")                               # the bar after the transcript
+        stop = text.find(" |", cut + 1) if cut >= 0 else -1  # the bar after the intent
+        if stop < 0:
+            return None
+        start, end = self.tokenize([text[:cut + 1], text[:stop]])
+        if list(tokens[:len(start)]) != start or list(tokens[:len(end)]) != end or len(end) <= len(start):
+            return None
+        return len(start), len(end)
+
+    def scope_mask(self, texts: Sequence[str], token_seqs: list[list[int]], scopes: Sequence[str],
+                   shape: tuple[int, int]) -> torch.Tensor:
+        """[N, L+1] bool: which target positions a text teaches. ``scope`` "frame": every token (the
+        transcript, intent, slots and <|endoftext|>); "intent": only the intent's tokens, the transcript
+        before them is context (a pseudo-label whose intent is trusted more than its words and slots)."""
+        keep = torch.ones(shape, dtype=torch.bool)
+        for i, (text, seq, scope) in enumerate(zip(texts, token_seqs, scopes)):
+            if scope == "frame":
+                continue
+            if scope != "intent":
+                raise ValueError(f"token_nll: scope must be 'frame' or 'intent', got {scope!r}")
+            span = self.intent_span(text, seq)
+            if span is not None:
+                keep[i] = False
+                keep[i, span[0]:span[1]] = True
+        return keep
+
     def token_nll(self, encoder_out: torch.Tensor, texts: Sequence[str], asr: bool = False,
-                  weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  weights: Sequence[float] | None = None,
+                  scopes: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed token NLL, number of tokens) of teacher-forced texts: SLU frames, or with ``asr`` plain
         transcripts behind the stock prompt. Kept apart so data-parallel training can divide by the
         token count of the whole global batch (the mean one process would take). ``weights`` scale each
         text's NLL (a less trusted pseudo-label counts less); the token count stays unweighted, so a text
-        of weight 1 weighs what it would alone."""
+        of weight 1 weighs what it would alone. ``scopes`` (SLU frames): per text "frame" (all of it) or
+        "intent" (only the intent's tokens count, in the NLL and the token count; ``scope_mask``)."""
         texts = list(texts)
-        picked, mask = self.token_logprobs(encoder_out, self.tokenize(texts), texts, asr=asr)
+        seqs = self.tokenize(texts)
+        picked, mask = self.token_logprobs(encoder_out, seqs, texts, asr=asr)
+        if scopes is not None and any(s != "frame" for s in scopes):
+            if len(scopes) != len(texts):
+                raise ValueError(f"token_nll: {len(texts)} texts but {len(scopes)} scopes")
+            mask = mask & self.scope_mask(texts, seqs, scopes, tuple(mask.shape)).to(mask.device)
+            picked = picked.masked_fill(~mask, 0.0)
         if weights is None:
             return -picked.sum(), mask.sum()
         w = torch.as_tensor(list(weights), dtype=picked.dtype, device=picked.device)

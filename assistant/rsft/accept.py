@@ -242,6 +242,8 @@ def distinct_correct(scored: list[Scored], rng: np.random.Generator | None = Non
 
 
 Rule = Callable[..., list[Decision]]
+SCOPES = ("frame", "intent")   # what a kept frame teaches (Decision.scope): all of it, or only its intent
+
 RULES: dict[str, Rule] = {
     "statistical": statistical,
     "best_of_n": best_of_n,
@@ -290,6 +292,9 @@ class AcceptConfig:
     curriculum: list[float] = field(default_factory=list)
     abstain_weight: float = 0.0          # an utterance left out by min_vote or the curriculum keeps its frame
                                          # at this loss weight (0: it contributes nothing)
+    abstain_scope: str = "frame"         # ... and teaches all of it ("frame") or only its intent ("intent": on
+                                         # clips nobody is sure of, the intent is right far more often than
+                                         # the words and slots)
 
     def keep_fraction(self, round_k: int) -> float:
         """The curriculum's share for round ``round_k`` (1-based); 1.0 without a curriculum."""
@@ -311,6 +316,11 @@ class AcceptConfig:
         for name in ("min_vote", "min_text_confidence", "abstain_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AcceptError(f"accept.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.abstain_scope not in SCOPES:
+            raise AcceptError(f"accept.abstain_scope must be one of {SCOPES}, got {self.abstain_scope!r}")
+        if self.abstain_scope != "frame" and self.abstain_weight <= 0:
+            raise AcceptError(f"accept.abstain_scope {self.abstain_scope!r} needs accept.abstain_weight > 0 (at "
+                              "weight 0 a left-out clip teaches nothing)")
         if any(not 0.0 < float(f) <= 1.0 for f in self.curriculum):
             raise AcceptError(f"accept.curriculum holds shares of the pool in (0, 1], got {self.curriculum}")
 
@@ -345,20 +355,22 @@ def text_confidence(scored: list[Scored], position: int) -> float:
     return math.exp(min(0.0, float(s.rewards["teacher"])))
 
 
-def _left_out(d: Decision, why: str, weight: float) -> Decision:
+def _left_out(d: Decision, why: str, weight: float, scope: str = "frame") -> Decision:
     """An accepted decision the confidence bars leave out: rejected, or with ``weight`` > 0 kept at that
-    loss weight (its reason says which)."""
+    loss weight and ``scope`` (its reason says which)."""
     if weight > 0:
-        return Decision(d.utt_id, d.index, True, f"abstain (kept at weight {weight:g}): {why}", weight)
+        what = f"weight {weight:g}" + (f", {scope} only" if scope != "frame" else "")
+        return Decision(d.utt_id, d.index, True, f"abstain (kept at {what}): {why}", weight, scope)
     return Decision(d.utt_id, d.index, False, f"abstain: {why}")
 
 
 def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float,
-            min_text: float = 0.0, weight: float = 0.0) -> list[Decision]:
+            min_text: float = 0.0, weight: float = 0.0, scope: str = "frame") -> list[Decision]:
     """Drop the utterance's kept candidates unless someone is confident of their frame: the sampler (it
     won at least ``min_vote`` of the draws) or, when ``min_text`` > 0, the text model (it gives the frame
     probability >= ``min_text`` given the kept transcript). An utterance nobody is sure of contributes
-    nothing rather than a likely wrong label (or, with ``weight`` > 0, counts that much in the loss); the
+    nothing rather than a likely wrong label (or, with ``weight`` > 0, counts that much in the loss, over
+    the part of the frame ``scope`` names); the
     text model's vouch lets a reading the sampler never drew (assistant.rsft.readings) correct the
     speech model."""
     if min_vote <= 0:
@@ -373,7 +385,7 @@ def abstain(scored: list[Scored], decisions: list[Decision], min_vote: float,
         why = f"vote share {share:.2f} < {min_vote:g}"
         if min_text > 0:
             why += f", text confidence {text:.2f} < {min_text:g}"
-        out.append(_left_out(d, why, weight))
+        out.append(_left_out(d, why, weight, scope))
     return out
 
 
@@ -382,14 +394,14 @@ def utterance_confidence(scored: list[Scored], decisions: list[Decision]) -> tup
     ranking key (text confidence 0 without the teacher reward); None when nothing is kept at weight 1."""
     best = None
     for i, d in enumerate(decisions):
-        if d.accepted and d.weight >= 1.0:
+        if d.whole:
             text = text_confidence(scored, i) if "teacher" in scored[i].rewards else 0.0
             best = max(best or (-1.0, -1.0), (vote_share(scored, i), text))
     return best
 
 
 def curriculum(scored_lists: list[list[Scored]], decisions: list[list[Decision]], keep_fraction: float,
-               weight: float = 0.0) -> list[list[Decision]]:
+               weight: float = 0.0, scope: str = "frame") -> list[list[Decision]]:
     """Keep the surest ``keep_fraction`` of the utterances that have candidates (``utterance_confidence``,
     ties by id); the rest are left out as ``abstain`` leaves them (dropped, or kept at ``weight``). Earlier
     rounds learn from the labels most likely right; later ones, from a better model, take the rest."""
@@ -407,19 +419,20 @@ def curriculum(scored_lists: list[list[Scored]], decisions: list[list[Decision]]
         if rank >= quota:
             why = (f"curriculum: not in the surest {keep_fraction:.0%} (vote share {-neg_vote:.2f}, "
                    f"text confidence {-neg_text:.2f})")
-            out[u] = [_left_out(d, why, weight) if d.accepted and d.weight >= 1.0 else d for d in decisions[u]]
+            out[u] = [_left_out(d, why, weight, scope) if d.whole else d for d in decisions[u]]
     return out
 
 
 def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[str, Any] | None = None,
                seed: int = 0, min_vote: float = 0.0, min_text: float = 0.0, keep_fraction: float = 1.0,
-               abstain_weight: float = 0.0) -> list[list[Decision]]:
+               abstain_weight: float = 0.0, abstain_scope: str = "frame") -> list[list[Decision]]:
     """One list of decisions per utterance (empty for an utterance without candidates).
 
     ``min_vote`` > 0: after the rule, an utterance whose kept frame has a vote share below it (and, with
     ``min_text`` > 0, a text-model confidence below that) keeps nothing (``abstain``). ``keep_fraction``
     < 1: of the rest, only the surest share of all utterances stays (``curriculum``). ``abstain_weight``
-    > 0: what those two leave out is kept at that loss weight instead."""
+    > 0: what those two leave out is kept at that loss weight instead, teaching the part of its frame
+    ``abstain_scope`` names ("frame": all, "intent": the intent's tokens)."""
     params = dict(params or {})
     rule = _rule_and_params(rule_name, params)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -427,6 +440,8 @@ def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[st
     for name, value in (("min_vote", min_vote), ("min_text", min_text), ("abstain_weight", abstain_weight)):
         if not 0.0 <= float(value) <= 1.0:
             raise AcceptError(f"accept_all: {name} must be in [0, 1], got {value!r}")
+    if abstain_scope not in SCOPES:
+        raise AcceptError(f"accept_all: abstain_scope must be one of {SCOPES}, got {abstain_scope!r}")
     if not 0.0 < float(keep_fraction) <= 1.0:
         raise AcceptError(f"accept_all: keep_fraction must be in (0, 1], got {keep_fraction!r}")
     seen: set[str] = set()
@@ -441,8 +456,8 @@ def accept_all(scored_lists: list[list[Scored]], rule_name: str, params: dict[st
                               "group all candidates of an utterance into one list")
         seen.add(utt)
         out.append(abstain(scored, rule(scored, utterance_rng(seed, utt), **params), float(min_vote),
-                           float(min_text), float(abstain_weight)))
-    return curriculum(scored_lists, out, float(keep_fraction), float(abstain_weight))
+                           float(min_text), float(abstain_weight), abstain_scope))
+    return curriculum(scored_lists, out, float(keep_fraction), float(abstain_weight), abstain_scope)
 
 
 # --------------------------------------------------------------------------- report
@@ -467,6 +482,7 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
     top_votes: list[float] = []        # per utterance: the vote share of its most sampled frame
     kept_votes: list[float] = []       # per kept candidate: its frame's vote share
     kept_weights: list[float] = []     # per kept candidate: its loss weight
+    kept_intent_only = 0               # kept candidates that teach only their intent (accept.abstain_scope)
     for scored, decs in zip(scored_lists, decisions):
         if not scored:
             without_candidates += 1
@@ -488,6 +504,7 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
                 n_kept += 1
                 kept_rewards.append(s.reward)
                 kept_weights.append(d.weight)
+                kept_intent_only += d.scope == "intent"
                 for name, v in s.rewards.items():
                     parts_kept.setdefault(name, []).append(v)
         kept_counts.append(n_kept)
@@ -513,6 +530,7 @@ def acceptance_report(scored_lists: list[list[Scored]], decisions: list[list[Dec
         "n_utterances_kept_nothing": len(kept_nothing),
         "abstention_rate": abstained / max(1, len(scored_lists) - without_candidates),
         "n_kept_below_weight_1": sum(w < 1.0 for w in kept_weights),
+        "n_kept_intent_only": kept_intent_only,
         "mean_kept_weight": _mean(kept_weights),
         "mean_top_vote_share": _mean(top_votes),
         "mean_kept_vote_share": _mean(kept_votes),

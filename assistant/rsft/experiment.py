@@ -162,6 +162,9 @@ def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
         # a curriculum instead of fixed bars: round 1 keeps its surest 70 % (c's bars keep ~69 %), round 2
         # (a better model's labels) every clip
         ("x_abstention_curriculum", {"accept": {**NO_ABSTENTION, "curriculum": [0.7, 1.0]}}),
+        # the clips c abstains on teach their intent only, at full weight: there the kept intent is right
+        # ~72 % of the time but the whole frame ~31 % (seed 1 round 1, `diagnostics --shares`)
+        ("x_abstention_intent", {"accept": {"abstain_weight": 1.0, "abstain_scope": "intent"}}),
         ("x_targets_sampled", {"transcript_target": "sampled"}),
         ("x_encoder_frozen", {"finetune": {"freeze_encoder_layers": None}}),
         ("x_n_16", {"generate": {"num_samples": 16}}),

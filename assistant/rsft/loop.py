@@ -183,7 +183,7 @@ def majority_transcript(candidates, chosen) -> str:
 
 def kept_examples(utterances, scored_lists, decisions, transcript_target: str = "majority"):
     """Accepted candidates -> training examples: the kept frame, with the transcript ``transcript_target``
-    names, at the decision's loss weight."""
+    names, at the decision's loss weight and scope."""
     by_id = {u.id: u for u in utterances}
     out = []
     for scored, decs in zip(scored_lists, decisions):
@@ -195,7 +195,7 @@ def kept_examples(utterances, scored_lists, decisions, transcript_target: str = 
                     frame = replace(frame, transcript=majority_transcript(cands, s.candidate))
                 u = by_id[s.candidate.utt_id]
                 out.append(Example(audio=u.audio, target=format_frame(frame), id=f"{u.id}#{s.candidate.index}",
-                                   weight=d.weight))
+                                   weight=d.weight, scope=d.scope))
     return out
 
 
@@ -282,7 +282,8 @@ def run_round(cfg: RSFTConfig, k: int, model_dir: Path, ref_model, pool, labelle
     # a pure function of the scores and the seed: every process decides the same, none needs to wait
     decisions = accept_all(scored, cfg.accept.rule, cfg.accept.rule_params(), seed=cfg.seed * 1000 + k,
                            min_vote=cfg.accept.min_vote, min_text=cfg.accept.min_text_confidence,
-                           keep_fraction=cfg.accept.keep_fraction(k), abstain_weight=cfg.accept.abstain_weight)
+                           keep_fraction=cfg.accept.keep_fraction(k), abstain_weight=cfg.accept.abstain_weight,
+                           abstain_scope=cfg.accept.abstain_scope)
     if dist.is_main():
         write_records([d for ds in decisions for d in ds], rdir / "decisions.jsonl")
     acc = acceptance_report(scored, decisions)

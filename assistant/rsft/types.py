@@ -57,7 +57,8 @@ class Decision:
 
     ``reason`` starts with the rule's name ("best_of_n: top-k"), so reports can count per rule.
     ``weight``: the kept candidate's loss weight in fine-tuning (< 1 where the acceptance step trusted it
-    less, see ``accept.abstain``).
+    less, see ``accept.abstain``); ``scope``: what it teaches, "frame" (all of it) or "intent" (only the
+    intent's tokens, ``accept.abstain_scope``).
     """
 
     utt_id: str
@@ -65,16 +66,22 @@ class Decision:
     accepted: bool
     reason: str
     weight: float = 1.0
+    scope: str = "frame"
+
+    @property
+    def whole(self) -> bool:
+        """Kept at full weight, all of the frame: a label the rule fully trusts."""
+        return self.accepted and self.weight >= 1.0 and self.scope == "frame"
 
     def to_dict(self) -> dict[str, Any]:
         return {"utt_id": self.utt_id, "index": self.index, "accepted": self.accepted, "reason": self.reason,
-                "weight": self.weight}
+                "weight": self.weight, **({"scope": self.scope} if self.scope != "frame" else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
         require_keys(d, ("utt_id", "index", "accepted", "reason"), "Decision")
         return cls(utt_id=str(d["utt_id"]), index=int(d["index"]), accepted=bool(d["accepted"]),
-                   reason=str(d["reason"]), weight=float(d.get("weight", 1.0)))
+                   reason=str(d["reason"]), weight=float(d.get("weight", 1.0)), scope=str(d.get("scope", "frame")))
 
 
 def _json_float(x: float) -> float | str:
