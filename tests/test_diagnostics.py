@@ -64,9 +64,16 @@ def test_teaching_table_says_what_a_round_can_teach_per_part():
     parts = {"u1": "field", "u2": "seen", "u3": "field", "u4": "seen"}
     table = round_diagnostics(scored, decisions, gold, parts)["teaches"]
     zero = dict.fromkeys(["corrected", "corrupted", "confirmed", "confirmed_errors", "abstained_greedy_wrong",
-                          "abstained_greedy_right"], 0)
+                          "abstained_greedy_right", "intent_only_right", "intent_only_wrong"], 0)
     assert table == {"field": {**zero, "corrected": 1, "confirmed_errors": 1},
                      "seen": {**zero, "confirmed": 1, "abstained_greedy_right": 1}}
+    # kept for the intent only (accept.abstain_scope): counted apart, by the intent (u3's kept intent is wrong;
+    # u4's right though it was never a whole-frame question)
+    scoped = [Decision("u3", 1, True, "abstain (kept ...)", scope="intent") if (d.utt_id, d.index) == ("u3", 1)
+              else d for d in decisions[:-1]] + [Decision("u4", 0, True, "abstain (kept ...)", scope="intent")]
+    table = round_diagnostics(scored, scoped, gold, parts)["teaches"]
+    assert table == {"field": {**zero, "corrected": 1, "intent_only_wrong": 1},
+                     "seen": {**zero, "confirmed": 1, "intent_only_right": 1}}
     assert set(round_diagnostics(SCORED, DECISIONS, GOLD)["teaches"]) == {"unknown"}   # no parts given
 
 

@@ -100,7 +100,7 @@ def test_write_table_reports_seeds_fall_back_json_and_diagnostics(tmp_path, monk
     diag = [line for line in text.splitlines() if line.startswith("| c_rsft_label_free | 0 | 1 | 1.000 |")]
     # coverage 1.0, greedy accuracy 0.5, 1 mixed utterance, top-reward pick right, greedy wrong, AUC 1, kept all right
     assert diag and "| 0.500 | 1 | 1.000 | 0.000 | 1.000 | 1.000 |" in diag[0]
-    assert diag[0].endswith("| 1 | 0 | 0 |")     # u1 corrected (greedy wrong, kept right); u2 confirmed right
+    assert diag[0].endswith("| 1 | 0 | 0 | - |")   # u1 corrected (greedy wrong, kept right); u2 confirmed right
     assert "stock Whisper's transcript -> the text NLU: intent accuracy 0.5500 (novel 0.5000, seen 0.6000), " \
            "WER 0.1000" in text
     assert rows["c_rsft_label_free"].split(" | ")[11:15] == ["-", "-, -", "-", "-"]   # no text pass scored here
@@ -352,7 +352,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     # one is left out of the table with a note instead of stopping the run of the others
     exp5 = Experiment(replace(changed, only=["nothing"]))
     exp5.setup()
-    stale = {"c_rsft_label_free", "x_reward_agreement_only", "x_abstention_soft", "x_targets_sampled",
+    stale = {"c_rsft_label_free", "x_reward_agreement_only", "x_abstention_soft", "x_abstention_intent", "x_targets_sampled",
              "x_encoder_frozen", "x_n_16", "x_finetune_light"}    # the rows whose acceptance follows min_vote
     assert sorted((r["name"], r["seed"]) for r in exp5.run()) == sorted(
         (n, s) for n in names if n not in stale for s in (0, 1)) and calls == []

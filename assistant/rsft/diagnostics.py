@@ -63,10 +63,13 @@ def _pairs_auc(good: list[float], bad: list[float]) -> tuple[float, int]:
 
 def teaching_table(scored, decisions, gold: dict[str, tuple[str, dict]], parts: dict[str, str]) -> dict:
     """{part: {corrected, corrupted, confirmed, confirmed_errors, abstained_greedy_wrong,
-    abstained_greedy_right}} over utterances, with frame correctness (intent + slots exact)."""
-    accepted = {(d.utt_id, d.index) for d in decisions if d.accepted}
+    abstained_greedy_right, intent_only_right, intent_only_wrong}} over utterances, with frame correctness
+    (intent + slots exact); an utterance kept for its intent only (``accept.abstain_scope``) is counted
+    apart, by whether that intent is right."""
+    accepted = {(d.utt_id, d.index): d.scope for d in decisions if d.accepted}
     greedy_ok: dict[str, bool] = {}
     kept_ok: dict[str, bool] = {}
+    intent_only: dict[str, bool] = {}
     for s in scored:
         if s.utt_id not in gold:
             continue
@@ -76,15 +79,24 @@ def teaching_table(scored, decisions, gold: dict[str, tuple[str, dict]], parts: 
         greedy_ok.setdefault(s.utt_id, False)
         if s.candidate.greedy:
             greedy_ok[s.utt_id] = right
-        if (s.utt_id, s.index) in accepted:       # several kept: the utterance teaches right only if all are
+        scope = accepted.get((s.utt_id, s.index))
+        if scope == "intent":
+            intent_only[s.utt_id] = intent_only.get(s.utt_id, True) and f is not None and f.intent == intent
+        elif scope is not None:                   # several kept: the utterance teaches right only if all are
             kept_ok[s.utt_id] = kept_ok.get(s.utt_id, True) and right
     names = {(False, True): "corrected", (True, False): "corrupted", (True, True): "confirmed",
              (False, False): "confirmed_errors"}
     table: dict[str, dict[str, int]] = {}
     for uid, g in greedy_ok.items():
         row = table.setdefault(parts.get(uid, "unknown"), dict.fromkeys(
-            [*names.values(), "abstained_greedy_wrong", "abstained_greedy_right"], 0))
-        key = names[(g, kept_ok[uid])] if uid in kept_ok else f"abstained_greedy_{'right' if g else 'wrong'}"
+            [*names.values(), "abstained_greedy_wrong", "abstained_greedy_right", "intent_only_right",
+             "intent_only_wrong"], 0))
+        if uid in kept_ok:
+            key = names[(g, kept_ok[uid])]
+        elif uid in intent_only:
+            key = f"intent_only_{'right' if intent_only[uid] else 'wrong'}"
+        else:
+            key = f"abstained_greedy_{'right' if g else 'wrong'}"
         row[key] += 1
     return dict(sorted(table.items()))
 

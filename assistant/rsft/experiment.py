@@ -128,12 +128,14 @@ class ExperimentConfig:
 
 
 def _teaching_counts(teaches: dict | None) -> str:
-    """'corrected | confirmed wrong | left out wrong' summed over the pool's parts ("-" for records made
-    before diagnostics counted them)."""
+    """'corrected | confirmed wrong | left out wrong | intent only: right / kept' summed over the pool's parts
+    ("-" for records made before diagnostics counted them)."""
     if not teaches:
-        return "- | - | -"
-    keys = ("corrected", "confirmed_errors", "abstained_greedy_wrong")
-    return " | ".join(str(sum(part.get(k, 0) for part in teaches.values())) for k in keys)
+        return "- | - | - | -"
+    total = lambda k: sum(part.get(k, 0) for part in teaches.values())   # noqa: E731
+    right, wrong = total("intent_only_right"), total("intent_only_wrong")
+    return " | ".join([*(str(total(k)) for k in ("corrected", "confirmed_errors", "abstained_greedy_wrong")),
+                       f"{right} / {right + wrong}" if right + wrong else "-"])
 
 
 def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
@@ -695,11 +697,12 @@ class Experiment:
                   "greedy one, and the reward's AUC there; precision of the kept frames. What a round can teach "
                   "(frames, intent + slots exact, counted over utterances): corrected = greedy wrong, kept right "
                   "(the only new knowledge a round adds); confirmed wrong = greedy and kept both wrong; left out "
-                  "wrong = no frame kept where greedy was wrong.", "",
+                  "wrong = no frame kept where greedy was wrong (or kept for its intent only: then counted under "
+                  "intent only, its intent right / all such clips).", "",
                   "| condition | seed | round | coverage | greedy acc | mixed utts | top-reward acc | greedy acc (mixed) | "
                   "reward AUC | kept precision | kept frame precision | kept greedy share | corrected | "
-                  "confirmed wrong | left out wrong |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "confirmed wrong | left out wrong | intent only: right / kept |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         fmt = lambda x: "-" if x is None else f"{x:.3f}"   # noqa: E731
         for r in results:
             if "diagnostics" not in r:                 # kept by keep(); computed here for a result given directly
