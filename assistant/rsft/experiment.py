@@ -16,7 +16,7 @@ scores on `test` (the field: unseen voices, field and novel phrasings).
   d_rsft_gold_label               c's candidates and recipe, the gold `label` reward picks (no abstention)
   e_oracle_supervised             supervised on slice + pool with labels (oracle)
   x_<lever>_<value>               one ablation of c per lever: reward, abstention (off / soft weights /
-                                  a curriculum), targets, encoder adapters, N, each round's training
+                                  a curriculum / intent only), targets, encoder adapters, N, each round's training
                                   (x_reward_target_likelihood only with include_target_likelihood)
 
 The text pass's weight and stock bonus (b', c and its ablations: the agreement reward and the readings)
