@@ -128,7 +128,7 @@ def test_default_config_is_the_issue_table():
     assert names[:6] == list(MAIN_CONDITIONS)
     assert names[6:] == ["x_reward_agreement_only", "x_abstention_off", "x_abstention_soft",
                          "x_abstention_curriculum", "x_abstention_intent", "x_targets_sampled", "x_encoder_frozen", "x_n_16",
-                         "x_finetune_light"]
+                         "x_finetune_light", "x_rounds_3"]
     assert "x_reward_target_likelihood" in condition_names(replace(cfg, include_target_likelihood=True))
     assert condition_names(replace(cfg, ablation=False)) == list(MAIN_CONDITIONS)
     specs = dict(rsft_conditions(cfg))
@@ -140,6 +140,7 @@ def test_default_config_is_the_issue_table():
     assert specs["x_abstention_curriculum"] == {"accept": {"min_vote": 0.0, "min_text_confidence": 0.0,
                                                            "curriculum": [0.7, 1.0]}}
     assert specs["x_abstention_intent"] == {"accept": {"abstain_weight": 1.0, "abstain_scope": "intent"}}
+    assert specs["x_rounds_3"] == {"rounds": 3}
 
 
 def test_a_record_saved_before_a_setting_existed_is_unchanged_while_it_has_its_default():
@@ -253,7 +254,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
         "d_rsft_gold_label", "e_oracle_supervised", "x_reward_agreement_only", "x_abstention_off",
         "x_abstention_soft", "x_abstention_curriculum", "x_abstention_intent", "x_targets_sampled",
         "x_encoder_frozen", "x_n_16",
-        "x_finetune_light"]
+        "x_finetune_light", "x_rounds_3"]
     out = tmp_path / "out"
     for name, row in table["conditions"].items():
         assert set(row) == CONDITION_KEYS, name
@@ -353,7 +354,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     exp5 = Experiment(replace(changed, only=["nothing"]))
     exp5.setup()
     stale = {"c_rsft_label_free", "x_reward_agreement_only", "x_abstention_soft", "x_abstention_intent", "x_targets_sampled",
-             "x_encoder_frozen", "x_n_16", "x_finetune_light"}    # the rows whose acceptance follows min_vote
+             "x_encoder_frozen", "x_n_16", "x_finetune_light", "x_rounds_3"}    # the rows whose acceptance follows min_vote
     assert sorted((r["name"], r["seed"]) for r in exp5.run()) == sorted(
         (n, s) for n in names if n not in stale for s in (0, 1)) and calls == []
     err = capsys.readouterr().err
