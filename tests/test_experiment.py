@@ -221,7 +221,7 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
 
     def fake_test(model_dir, test, schema):       # the condition's index + the seed, read from the folder
         seed_dir = next(p for p in Path(model_dir).parents if p.name.startswith("seed_"))
-        name = Path(model_dir).relative_to(seed_dir).parts[0]
+        name = Path(model_dir).relative_to(seed_dir).parts[0].replace("a_retrained_start", "a_supervised_slice")
         return {"intent_accuracy": 0.4 + 0.01 * names.index(name) + 0.1 * int(seed_dir.name[5:]),
                 "frame_accuracy": 0.3, "slot_f1": 0.5, "slu_f1": 0.6, "wer": 0.2, "invalid_rate": 0.0, "n": len(test)}
 
@@ -380,16 +380,47 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     again = json.loads((tmp_path / "results" / "table.json").read_text())
     assert again["conditions"] == table["conditions"]
 
-    # a row still to run there retrains its seed's (a) first (the ledger has (a)'s scores, not its weights),
-    # then runs from that model; the other seed and rows are the ledger's
+    # a row still to run there retrains its seed's (a) first (the ledger has (a)'s scores, not its weights)
+    # into a folder of its own, then runs from that model; the ledger's (a) stays the seed's row (the rows
+    # beside it grew from it), the other seed and rows are the ledger's
+    a_record = (ledger / "seed_1" / "a_supervised_slice.json").read_text()
     (ledger / "seed_1" / "c_rsft_label_free.json").unlink()
     exp6 = Experiment(replace(moved, only=["c"]))
     exp6.setup()
     assert len(exp6.run()) == 2 * len(names)
     assert [(kind, Path(c.output_dir).name, c.seed) for kind, c in calls] == [
-        ("train", "a_supervised_slice", 1), ("rsft", "c_rsft_label_free", 1)]
-    assert calls[1][1].init_model == str(Path("out") / "seed_1" / "a_supervised_slice" / "best")
+        ("train", "a_retrained_start", 1), ("rsft", "c_rsft_label_free", 1)]
+    assert calls[1][1].init_model == str(Path("out") / "seed_1" / "a_retrained_start" / "best")
     assert (ledger / "seed_1" / "c_rsft_label_free.json").is_file()
+    assert (ledger / "seed_1" / "a_supervised_slice.json").read_text() == a_record
+    assert not (ledger / "seed_1" / "a_retrained_start.json").exists()
+    c1 = json.loads((ledger / "seed_1" / "c_rsft_label_free.json").read_text())["result"]
+    assert c1["start"]["condition"] == "a_retrained_start" and "off_table" not in c1
+    calls.clear()
+    exp6b = Experiment(replace(moved, only=["c"]))     # a rerun finds both here: nothing trains again
+    exp6b.setup()
+    assert len(exp6b.run()) == 2 * len(names) and calls == []
+
+    # ... and where the retrained (a) chose another text pass on dev, the row it grew from is kept in the
+    # ledger but left out of the table (its agreement reward differs from the rows beside it)
+    monkeypatch.setattr(exp_mod, "text_pass_on_dev", lambda name, *a: (
+        (0.6, 2.0, 8.0, 0, {"w=0 b=-inf": 0.5}) if "a_retrained_start" in name else fake_text_pass(name, *a)))
+    c0_record = (ledger / "seed_0" / "c_rsft_label_free.json").read_text()
+    (ledger / "seed_0" / "c_rsft_label_free.json").unlink()
+    exp6c = Experiment(replace(moved, only=["c"]))
+    exp6c.setup()
+    rows = {(r["name"], r["seed"]) for r in exp6c.run()}
+    assert ("c_rsft_label_free", 0) not in rows and ("c_rsft_label_free", 1) in rows
+    assert [(kind, Path(c.output_dir).name, c.seed) for kind, c in calls] == [
+        ("train", "a_retrained_start", 0), ("rsft", "c_rsft_label_free", 0)]
+    c0 = json.loads((ledger / "seed_0" / "c_rsft_label_free.json").read_text())
+    assert c0["config"]["rewards"]["agreement"]["stock_bonus"] == 8.0 and "rewards differ" in c0["result"]["off_table"]
+    assert "seed_0/c_rsft_label_free grew from (a) retrained on this machine" in capsys.readouterr().err
+    monkeypatch.setattr(exp_mod, "text_pass_on_dev", fake_text_pass)
+    for folder in ("c_rsft_label_free", "a_retrained_start"):
+        shutil.rmtree(tmp_path / "out" / "seed_0" / folder)
+    (ledger / "seed_0" / "c_rsft_label_free.json").write_text(c0_record)
+    calls.clear()
 
     # `--only` matches the oracle by its name too (it once matched against "e" alone, so "e_oracle" ran nothing)
     (ledger / "seed_1" / "e_oracle_supervised.json").unlink()

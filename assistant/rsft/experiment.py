@@ -30,7 +30,8 @@ condition and seed next to the table (`recipes/results/rsft_label_scarce/seed_<s
 config, the corpus's fingerprint, its scores, text pass and round diagnostics). Run folders live on one
 machine; the ledger travels with the repository, so the table grows across machines and a condition that ran
 elsewhere with the same config on the same corpus is reported, not run again (an RSFT row that still has to
-run retrains its (a) first when (a)'s model is not on this machine). Delete a record to rerun its condition.
+run retrains (a) into seed_<s>/a_retrained_start/ first when (a)'s model is not on this machine; the ledger
+keeps the first (a), and a row whose retrained start chose another text pass on dev stays out of the table). Delete a record to rerun its condition.
 The table reports the mean over seeds, each seed's score, the spread and the share of the (a) -> (e) gap
 closed; `<results_file>` and the same name with .json hold it.
 """
@@ -67,7 +68,9 @@ _RSFT_PATHS = ("init_model", "ref_model", "pool_manifest", "labelled_manifest", 
 
 MAIN_CONDITIONS = ("a_supervised_slice", "b_pseudo_label", "b_prime_pseudo_label_text_pass", "c_rsft_label_free",
                    "d_rsft_gold_label", "e_oracle_supervised")
-SUPERVISED = ("a_supervised_slice", "e_oracle_supervised")
+# where an RSFT row runs on a machine without (a)'s model, (a) is retrained into this folder (not the ledger)
+START_RETRAINED = "a_retrained_start"
+SUPERVISED = ("a_supervised_slice", "e_oracle_supervised", START_RETRAINED)
 NO_ABSTENTION = {"min_vote": 0.0, "min_text_confidence": 0.0}          # accept: keys
 
 
@@ -303,6 +306,7 @@ class Experiment:
         self.results: list[dict] = []          # every finished condition of this run, in finishing order
         self.starts: dict[int, tuple[dict, dict] | None] = {}   # seed -> (its paths, (a)'s result)
         self._ledger_text_pass: dict[tuple[int, str], dict] = {}
+        self.retrained: dict[int, dict] = {}   # seed -> (a) retrained here for its model (retrained_start)
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -501,25 +505,37 @@ class Experiment:
             path.write_text(json.dumps({"corpus": self.fingerprint, "peer": peer}, indent=1) + "\n")
         return peer
 
-    def rsft(self, seed: int, name: str, overrides: dict, run: bool = True) -> dict | None:
-        """One RSFT condition from (a)'s model; with ``run`` false, only a finished result. (a)'s model is
-        retrained first where (a) came from the ledger (another machine) and this row has to run."""
-        t0 = time.perf_counter()
-        paths, a = self.starts[seed]
-        init = a["model_dir"]
-        text_pass = self.text_pass(seed, "a_supervised_slice", init)
-        values = dict(init_model=init, pool_manifest=paths["pool"], labelled_manifest=paths["slice"],
+    def _rsft_config(self, seed: int, name: str, overrides: dict, start: str, a: dict):
+        """The row's `assistant rsft` config grown from ``a`` (the result of the ``start`` condition)."""
+        paths = self.starts[seed][0]
+        text_pass = self.text_pass(seed, start, a["model_dir"])
+        values = dict(init_model=a["model_dir"], pool_manifest=paths["pool"], labelled_manifest=paths["slice"],
                       dev_manifest=paths["dev"], output_dir=str(self._dir(seed, name)), seed=seed,
                       holdout_file=str(self.holdout))
         rcfg = override(self.cfg.rsft, **values, **overrides)
         # the agreement reward and the readings follow (a)'s text pass, as chosen on dev
         rcfg = with_text_pass(rcfg, weight=text_pass["weight"], stock_bonus=float(text_pass["stock_bonus"]))
         rcfg.validate()
-        if (r := self._done(seed, name, rcfg, run)) or not run:
+        return rcfg
+
+    def rsft(self, seed: int, name: str, overrides: dict, run: bool = True) -> dict | None:
+        """One RSFT condition from (a)'s model; with ``run`` false, only a finished result. Where (a) came from
+        the ledger (another machine) and this row has to run, it runs from (a) retrained here (`retrained_start`)."""
+        t0 = time.perf_counter()
+        a = self.starts[seed][1]
+        rcfg = self._rsft_config(seed, name, overrides, "a_supervised_slice", a)
+        here = Path(a["model_dir"]).is_dir()
+        if here or not run:
+            if (r := self._done(seed, name, rcfg, run)) or not run:
+                return r
+        elif r := self._from_ledger(seed, name, rcfg):     # ran elsewhere from the ledger's (a)
             return r
-        if not Path(init).is_dir():
-            self.retrain_start(seed)
-            return self.rsft(seed, name, overrides, run)   # (a)'s text pass may differ: the row's config too
+        start, ledger_cfg = "a_supervised_slice", rcfg
+        if not here:
+            start, a = START_RETRAINED, self.retrained_start(seed)
+            rcfg = self._rsft_config(seed, name, overrides, start, a)
+            if r := self._done(seed, name, rcfg, run):       # ran on this machine from that start already
+                return self._mark_start(r, ledger_cfg)
         summary = run_rsft(rcfg)
         rounds_info = [{"round": r["round"], "dev_intent_accuracy": r["dev"]["intent_accuracy"],
                         "acceptance_rate": r["acceptance"]["acceptance_rate"],
@@ -528,9 +544,29 @@ class Experiment:
                         "mean_reward_all": r["acceptance"]["mean_reward_all"],
                         "mean_reward_kept": r["acceptance"]["mean_reward_kept"],
                         "candidates_per_second": r["candidates_per_second"]} for r in summary["rounds"]]
-        return self._finish(seed, name, summary["best_dir"], t0, {
+        result = self._finish(seed, name, summary["best_dir"], t0, {
             "rounds": rounds_info, "best_round": summary["best_round"],
-            "init_dev_intent_accuracy": summary["init_dev"]["intent_accuracy"], "pool_manifest": values["pool_manifest"]})
+            "init_dev_intent_accuracy": summary["init_dev"]["intent_accuracy"], "pool_manifest": rcfg.pool_manifest,
+            "start": {"condition": start, "test_intent_accuracy": a["test"]["intent_accuracy"]}})
+        return result if here else self._mark_start(result, ledger_cfg)
+
+    def _mark_start(self, result: dict, ledger_cfg) -> dict:
+        """A row run from a retrained (a): in the ledger, but in the table only where its config is the one
+        the ledger's (a) gives (the same text pass chosen on dev); else it grew from another start than the
+        rows beside it, and a later report would leave it out as "ran with another config" anyway."""
+        seed, name = result["seed"], result["name"]
+        result.setdefault("start", {"condition": START_RETRAINED})
+        saved = self._dir(seed, name) / "config.yaml"
+        if saved.is_file():
+            ran_with = load_yaml(saved)
+        else:                                      # its record, made on this machine before the folder went
+            ran_with = json.loads((REPO_ROOT / result["from_ledger"]).read_text())["config"]
+        changed = _changed(ran_with, ledger_cfg, name)
+        if changed:
+            result["off_table"] = (f"seed_{seed}/{name} grew from (a) retrained on this machine, whose text pass "
+                                   f"differs from the ledger's (a) ({', '.join(changed)} differ): in the ledger, "
+                                   "not in the table")
+        return result
 
     def diagnostics(self, result: dict) -> list[dict]:
         """Oracle diagnostics of each persisted round of an RSFT condition (assistant.rsft.diagnostics)."""
@@ -551,6 +587,9 @@ class Experiment:
         if "diagnostics" not in result:
             result["diagnostics"] = self.diagnostics(result) if result.get("rounds") else []
         self._to_ledger(result)
+        if result.get("off_table"):
+            print(f"left out of the table: {result['off_table']}", file=sys.stderr)
+            return
         self.results = [r for r in self.results if (r["name"], r["seed"]) != (result["name"], result["seed"])]
         self.results.append(result)
 
@@ -563,15 +602,17 @@ class Experiment:
             self.starts[seed] = (paths, a) if a else None
         return self.starts[seed]
 
-    def retrain_start(self, seed: int) -> None:
-        """(a) again on this machine, for its model (the ledger holds its scores, not its weights)."""
-        paths, old = self.starts[seed]
-        print(f"seed {seed} a_supervised_slice: retraining for its model ({old.get('from_ledger')} holds its "
-              f"scores: test intent accuracy {old['test']['intent_accuracy']:.4f})")
-        self._ledger_text_pass.pop((seed, "a_supervised_slice"), None)
-        a = self.supervised(seed, "a_supervised_slice", paths["slice"], ledger=False)
-        self.keep(a)
-        self.starts[seed] = (paths, a)
+    def retrained_start(self, seed: int) -> dict:
+        """(a) again on this machine, for its model only (the ledger holds (a)'s scores, not its weights), in
+        its own folder and out of the ledger: the ledger's (a) stays the seed's row, so the rows that grew from
+        it stay comparable. Trained once per machine and seed, then reused."""
+        if seed not in self.retrained:
+            paths, old = self.starts[seed]
+            print(f"seed {seed} a_supervised_slice: retraining into {START_RETRAINED} for its model "
+                  f"({old.get('from_ledger')} holds its scores: test intent accuracy "
+                  f"{old['test']['intent_accuracy']:.4f})")
+            self.retrained[seed] = self.supervised(seed, START_RETRAINED, paths["slice"], ledger=False)
+        return self.retrained[seed]
 
     def run(self) -> list[dict]:
         """The main conditions for every seed, then the ablations for every seed; (a) first in each seed.
