@@ -148,6 +148,25 @@ def test_against_from_persisted_round_folders(tmp_path):
     assert out["against"]["kept"]["other"]["intent_precision"] == pytest.approx(2 / 3)
     assert out["against"]["left_out"]["other"]["n"] == 0
     assert out["against"]["other_kept_by"]["condition"]["clean"]["intent_precision"] == 0.0
+    assert "targets" not in out                               # no kept.jsonl in these folders
+
+
+def test_target_transcripts_wer_against_gold_text(tmp_path):
+    """The fine-tuning targets' transcripts (kept.jsonl) against the gold text, next to greedy's."""
+    from assistant.rsft.diagnostics import target_transcripts
+
+    gold_text = {"u1": "set an alarm for seven", "u2": "weather", "u3": "alarm six"}
+    kept = tmp_path / "kept.jsonl"
+    rows = [{"id": "u1#1", "target": "set an alarm for seven | alarm_set | time=seven"},   # 0 edits / 5 words
+            {"id": "u2#0", "target": "whether | weather_query |"},                         # 1 / 1
+            {"id": "lab-1", "target": "gold | alarm_set |"}]                               # the labelled set
+    kept.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = target_transcripts(kept, SCORED, gold_text)
+    assert out["n_clips"] == 2 and out["target_wer"] == pytest.approx(1 / 6)
+    # greedy: u1 "set an alarm" (2 deletions / 5), u2 "weather" (0 / 1); pool adds u3 "alarm six" (0 / 2)
+    assert out["greedy_wer_same_clips"] == pytest.approx(2 / 6)
+    assert out["greedy_wer_pool"] == pytest.approx(2 / 8)
+    assert target_transcripts(tmp_path / "missing.jsonl", SCORED, gold_text) is None
 
 
 def test_confidence_curve_replays_the_rule_with_curriculum_shares(tmp_path):

@@ -17,6 +17,11 @@ the three questions that decide whether RSFT can beat plain pseudo-labelling:
   ``corrupted`` (greedy right, kept wrong), ``confirmed`` (both right), ``confirmed_errors`` (both wrong)
   and the ones it abstained on, split by whether greedy was right.
 
+* **what the targets teach the ear** — ``targets``: the WER of the fine-tuning targets' transcripts
+  (``kept.jsonl``, written after ``transcript_target`` picked them) against the gold text, next to the
+  greedy transcripts' WER on the same clips and on the whole pool. The oracle's targets are gold (WER 0):
+  a rule can pick the right frame and still teach the model to mis-hear.
+
 "Correct" is intent accuracy's notion (intent exact); the ``frame_`` variants also need the slots exact.
 
     python -m assistant.rsft.diagnostics runs/experiment/seed_0/c_rsft_label_free/round_1 data/generated/default/pool.jsonl
@@ -318,6 +323,9 @@ def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path, other_r
     frames = kept_frames(scored, decisions)
     out["kept_by"] = {key: kept_by(frames, gold, {u.id: str(u.meta.get(key, "unknown")) for u in pool})
                       for key in ("condition", "engine", "part")}
+    targets = target_transcripts(Path(round_dir) / "kept.jsonl", scored, {u.id: u.text for u in pool})
+    if targets is not None:
+        out["targets"] = targets
     if other_round is not None:
         other = kept_frames(*_round_files(other_round))
         out["against"] = {"other_round": str(other_round), **against(frames, other, gold),
@@ -325,6 +333,33 @@ def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path, other_r
                                                                        for u in pool})
                                             for key in ("condition", "engine", "part")}}
     return out
+
+
+def target_transcripts(kept_file: Path, scored, gold_text: dict[str, str]) -> dict | None:
+    """WER of the round's fine-tuning targets' transcripts against the gold text (the pool clips only:
+    the labelled set mixed in is gold already), and of the greedy transcripts on the same clips and on the
+    whole pool; None where the round has no kept.jsonl."""
+    from assistant.frames import parse_frame
+    from assistant.metrics import wer
+
+    if not kept_file.is_file():
+        return None
+    targets: dict[str, str] = {}
+    for line in kept_file.read_text().splitlines():
+        rec = json.loads(line)
+        uid = str(rec["id"]).split("#")[0]
+        frame = parse_frame(rec["target"]).frame
+        if uid in gold_text and frame is not None:
+            targets.setdefault(uid, frame.transcript)        # k = 1: one target per clip; else its first
+    greedy = {}
+    for s in scored:
+        c = s.candidate
+        if c.greedy and c.source == "sample" and c.frame is not None and c.utt_id in gold_text:
+            greedy[c.utt_id] = c.frame.transcript
+    ids = sorted(targets)
+    return {"n_clips": len(ids), "target_wer": wer([gold_text[i] for i in ids], [targets[i] for i in ids]),
+            "greedy_wer_same_clips": wer([gold_text[i] for i in ids], [greedy.get(i) for i in ids]),
+            "greedy_wer_pool": wer([gold_text[i] for i in gold_text], [greedy.get(i) for i in gold_text])}
 
 
 def curve_round_dir(round_dir: str | Path, pool_manifest: str | Path, shares: list[float],
