@@ -396,6 +396,10 @@ def test_two_seed_run_writes_every_condition_per_seed_and_resumes(tiny_corpus, t
     assert not (ledger / "seed_1" / "a_retrained_start.json").exists()
     c1 = json.loads((ledger / "seed_1" / "c_rsft_label_free.json").read_text())["result"]
     assert c1["start"]["condition"] == "a_retrained_start" and "off_table" not in c1
+    exp6.write_table(exp6.run())       # the table says which rows grew from a retrained (a)
+    assert ("Grown from (a) retrained on the machine that ran them (the ledger's (a) was trained elsewhere; same "
+            "config and text pass, another training run): c_rsft_label_free seed 1 (that (a): test intent "
+            "accuracy 0.5000).") in (tmp_path / "results" / "table.md").read_text()
     calls.clear()
     exp6b = Experiment(replace(moved, only=["c"]))     # a rerun finds both here: nothing trains again
     exp6b.setup()

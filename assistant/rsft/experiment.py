@@ -720,6 +720,12 @@ class Experiment:
                          f"{metric('wer')} | {metric('invalid_rate')} | {f4(s['test_text_pass_intent_accuracy_mean'])} | "
                          f"{', '.join(f4(v) for v in s['test_text_pass_intent_accuracy_per_seed'])} | {tp_gap} | "
                          f"{parts if deployed else '-'} | {minutes:.1f} |")
+        retrained = [r for r in results if (r.get("start") or {}).get("condition") == START_RETRAINED]
+        if retrained:
+            lines += ["", "Grown from (a) retrained on the machine that ran them (the ledger's (a) was trained "
+                      "elsewhere; same config and text pass, another training run): " + "; ".join(
+                          f"{r['name']} seed {r['seed']} (that (a): test intent accuracy "
+                          f"{f4(r['start'].get('test_intent_accuracy'))})" for r in retrained) + "."]
         if self.peer is not None:
             by_part = ", ".join(f"{p} {f4(v)}" for p, v in sorted(self.peer["intent_accuracy_by_part"].items()))
             lines += ["", f"The peer with no training, on the same {self.peer['n']} test clips: stock Whisper's "
