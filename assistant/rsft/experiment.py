@@ -31,9 +31,9 @@ config, the corpus's fingerprint, its scores, text pass and round diagnostics). 
 machine; the ledger travels with the repository, so the table grows across machines and a condition that ran
 elsewhere with the same config on the same corpus is reported, not run again (an RSFT row that still has to
 run retrains (a) into seed_<s>/a_retrained_start/ first when (a)'s model is not on this machine; the ledger
-keeps the first (a), and a row whose retrained start chose another text pass on dev stays out of the table). Delete a record to rerun its condition.
-The table reports the mean over seeds, each seed's score, the spread and the share of the (a) -> (e) gap
-closed; `<results_file>` and the same name with .json hold it.
+keeps the first (a), and a row whose retrained start chose another text pass on dev stays out of the table).
+Delete a record to rerun its condition. The table reports the mean over seeds, each seed's score, the spread
+and the share of the (a) -> (e) gap closed; `<results_file>` and the same name with .json hold it.
 """
 
 from __future__ import annotations
