@@ -163,10 +163,31 @@ def test_target_transcripts_wer_against_gold_text(tmp_path):
     kept.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = target_transcripts(kept, SCORED, gold_text)
     assert out["n_clips"] == 2 and out["target_wer"] == pytest.approx(1 / 6)
+    # one draw per clip in SCORED with the kept frame: u1's MBR is its kept sample's, u2's the greedy "weather"
+    assert out["mbr_target_wer"] == pytest.approx(2 / 6)
     # greedy: u1 "set an alarm" (2 deletions / 5), u2 "weather" (0 / 1); pool adds u3 "alarm six" (0 / 2)
     assert out["greedy_wer_same_clips"] == pytest.approx(2 / 6)
     assert out["greedy_wer_pool"] == pytest.approx(2 / 8)
     assert target_transcripts(tmp_path / "missing.jsonl", SCORED, gold_text) is None
+
+
+def test_mbr_transcript_votes_over_words_not_whole_transcripts():
+    """Three draws disagree on one word each; no whole transcript wins a majority, the word-level vote does."""
+    from assistant.rsft.diagnostics import mbr_transcript
+
+    def c(i, text, count=1, greedy=False, source="sample"):
+        return Candidate(utt_id="u", index=i, text=text, count=count, greedy=greedy, source=source)
+
+    cands = [c(0, "set alarm for seven | alarm_set | time=seven", greedy=True),
+             c(1, "set an alarm at seven | alarm_set | time=seven"),
+             c(2, "set an alarm for seven | alarm_set | time=seven", count=0, source="text"),   # a reading
+             c(3, "sat an alarm for seven | alarm_set | time=seven"),
+             c(4, "weather please | weather_query |", count=2)]
+    # word edits to the draws with the chosen frame (0, 1, 3): "set an alarm for seven" 1+1+1 = 3 beats each
+    # draw's own (4 each); the other frame's draws neither compete nor vote
+    assert mbr_transcript(cands, cands[0]) == "set an alarm for seven"
+    assert mbr_transcript(cands, cands[4]) == "weather please"
+    assert mbr_transcript([cands[2]], cands[2]) == "set an alarm for seven"       # no draws: the chosen one's
 
 
 def test_confidence_curve_replays_the_rule_with_curriculum_shares(tmp_path):

@@ -335,30 +335,60 @@ def diagnose_round_dir(round_dir: str | Path, pool_manifest: str | Path, other_r
     return out
 
 
+def _word_edits(a: str, b: str) -> int:
+    from assistant.metrics import _edits
+
+    if not a.split() or not b.split():
+        return len(a.split()) + len(b.split())
+    return _edits(a, b)[0]
+
+
+def mbr_transcript(candidates, chosen) -> str:
+    """Among the transcripts of the candidates that carry the chosen frame, the one with the fewest expected
+    word edits to the draws that carry it too (count-weighted): minimum-Bayes-risk over the samples, where
+    the majority rule needs whole transcripts to agree. (Draws of other frames would pull towards short
+    transcripts, not towards what was said.)"""
+    from assistant.text import normalize_text
+
+    key = chosen.frame_key(transcript=False)
+    same = [c for c in candidates if c.frame is not None and c.frame_key(transcript=False) == key]
+    draws = [(normalize_text(c.frame.transcript), c.count) for c in same if c.source == "sample" and c.count > 0]
+    same = [normalize_text(c.frame.transcript) for c in same]
+    if not draws or not same:
+        return chosen.frame.transcript
+    return min(dict.fromkeys(same), key=lambda t: sum(n * _word_edits(d, t) for d, n in draws))
+
+
 def target_transcripts(kept_file: Path, scored, gold_text: dict[str, str]) -> dict | None:
     """WER of the round's fine-tuning targets' transcripts against the gold text (the pool clips only:
-    the labelled set mixed in is gold already), and of the greedy transcripts on the same clips and on the
-    whole pool; None where the round has no kept.jsonl."""
+    the labelled set mixed in is gold already), of the minimum-Bayes-risk transcript of the same frames
+    (``mbr_transcript``: what a word-level vote over the samples would teach instead), and of the greedy
+    transcripts on the same clips and on the whole pool; None where the round has no kept.jsonl."""
     from assistant.frames import parse_frame
     from assistant.metrics import wer
 
     if not kept_file.is_file():
         return None
+    by_utt: dict[str, list] = {}
+    for s in scored:
+        by_utt.setdefault(s.candidate.utt_id, []).append(s.candidate)
     targets: dict[str, str] = {}
+    mbr: dict[str, str] = {}
     for line in kept_file.read_text().splitlines():
         rec = json.loads(line)
-        uid = str(rec["id"]).split("#")[0]
+        uid, _, index = str(rec["id"]).partition("#")
         frame = parse_frame(rec["target"]).frame
-        if uid in gold_text and frame is not None:
-            targets.setdefault(uid, frame.transcript)        # k = 1: one target per clip; else its first
-    greedy = {}
-    for s in scored:
-        c = s.candidate
-        if c.greedy and c.source == "sample" and c.frame is not None and c.utt_id in gold_text:
-            greedy[c.utt_id] = c.frame.transcript
+        if uid in gold_text and frame is not None and uid not in targets:   # k = 1: one per clip; else its first
+            targets[uid] = frame.transcript
+            chosen = next((c for c in by_utt.get(uid, []) if str(c.index) == index and c.frame is not None), None)
+            mbr[uid] = mbr_transcript(by_utt[uid], chosen) if chosen is not None else frame.transcript
+    greedy = {c.utt_id: c.frame.transcript for cands in by_utt.values() for c in cands
+              if c.greedy and c.source == "sample" and c.frame is not None and c.utt_id in gold_text}
     ids = sorted(targets)
-    return {"n_clips": len(ids), "target_wer": wer([gold_text[i] for i in ids], [targets[i] for i in ids]),
-            "greedy_wer_same_clips": wer([gold_text[i] for i in ids], [greedy.get(i) for i in ids]),
+    refs = [gold_text[i] for i in ids]
+    return {"n_clips": len(ids), "target_wer": wer(refs, [targets[i] for i in ids]),
+            "mbr_target_wer": wer(refs, [mbr[i] for i in ids]),
+            "greedy_wer_same_clips": wer(refs, [greedy.get(i) for i in ids]),
             "greedy_wer_pool": wer([gold_text[i] for i in gold_text], [greedy.get(i) for i in gold_text])}
 
 
