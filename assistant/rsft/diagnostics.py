@@ -354,7 +354,7 @@ def mbr_transcript(candidates, chosen) -> str:
     same = [c for c in candidates if c.frame is not None and c.frame_key(transcript=False) == key]
     draws = [(normalize_text(c.frame.transcript), c.count) for c in same if c.source == "sample" and c.count > 0]
     same = [normalize_text(c.frame.transcript) for c in same]
-    if not draws or not same:
+    if not draws:                               # only readings carry the frame: nothing to vote with
         return chosen.frame.transcript
     return min(dict.fromkeys(same), key=lambda t: sum(n * _word_edits(d, t) for d, n in draws))
 

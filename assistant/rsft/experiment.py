@@ -535,7 +535,7 @@ class Experiment:
             start, a = START_RETRAINED, self.retrained_start(seed)
             rcfg = self._rsft_config(seed, name, overrides, start, a)
             if r := self._done(seed, name, rcfg, run):       # ran on this machine from that start already
-                return self._mark_start(r, ledger_cfg)
+                return self._mark_start(r, rcfg, ledger_cfg)
         summary = run_rsft(rcfg)
         rounds_info = [{"round": r["round"], "dev_intent_accuracy": r["dev"]["intent_accuracy"],
                         "acceptance_rate": r["acceptance"]["acceptance_rate"],
@@ -548,20 +548,16 @@ class Experiment:
             "rounds": rounds_info, "best_round": summary["best_round"],
             "init_dev_intent_accuracy": summary["init_dev"]["intent_accuracy"], "pool_manifest": rcfg.pool_manifest,
             "start": {"condition": start, "test_intent_accuracy": a["test"]["intent_accuracy"]}})
-        return result if here else self._mark_start(result, ledger_cfg)
+        return result if here else self._mark_start(result, rcfg, ledger_cfg)
 
-    def _mark_start(self, result: dict, ledger_cfg) -> dict:
-        """A row run from a retrained (a): in the ledger, but in the table only where its config is the one
-        the ledger's (a) gives (the same text pass chosen on dev); else it grew from another start than the
-        rows beside it, and a later report would leave it out as "ran with another config" anyway."""
+    def _mark_start(self, result: dict, rcfg, ledger_cfg) -> dict:
+        """A row run from a retrained (a), with ``rcfg`` (a found result ran with it too: `_done` returns
+        none else): in the ledger, but in the table only where ``rcfg`` is the config the ledger's (a) gives
+        (the same text pass chosen on dev); else it grew from another start than the rows beside it, and a
+        later report would leave it out as "ran with another config" anyway."""
         seed, name = result["seed"], result["name"]
         result.setdefault("start", {"condition": START_RETRAINED})
-        saved = self._dir(seed, name) / "config.yaml"
-        if saved.is_file():
-            ran_with = load_yaml(saved)
-        else:                                      # its record, made on this machine before the folder went
-            ran_with = json.loads((REPO_ROOT / result["from_ledger"]).read_text())["config"]
-        changed = _changed(ran_with, ledger_cfg, name)
+        changed = _changed(json.loads(json.dumps(to_dict(rcfg))), ledger_cfg, name)
         if changed:
             result["off_table"] = (f"seed_{seed}/{name} grew from (a) retrained on this machine, whose text pass "
                                    f"differs from the ledger's (a) ({', '.join(changed)} differ): in the ledger, "
