@@ -219,3 +219,41 @@ def test_confidence_curve_replays_the_rule_with_curriculum_shares(tmp_path):
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main([str(tmp_path / "run" / "round_1"), str(pool), "--shares", "0"]) != 0
+
+
+def test_weight_grid_tries_every_weighting_against_total_and_oracle(tmp_path):
+    from dataclasses import replace
+
+    from assistant.rsft.diagnostics import main, parse_grid, weight_grid
+    from assistant.rsft.types import write_records
+
+    # "r" is right on u1 and wrong on u3; "neg" the reverse order; u3 has no right frame at all
+    scored = [replace(s, rewards={"r": s.reward, "neg": -s.reward}) for s in SCORED]
+    parts = {"u1": "field", "u2": "seen", "u3": "field"}
+    out = weight_grid(scored, GOLD, {"r": [0.0, 1.0], "neg": [0.0, 1.0]}, parts)
+    assert out["combinations"] == 4
+    assert out["best"][0]["weights"] == {"neg": 0.0, "r": 1.0}
+    assert out["best"][0]["top_precision"] == pytest.approx(2 / 3)
+    # every other weighting picks u1's wrong greedy frame (all-zero weights tie: greedy wins) -> 1/3
+    assert [r["top_precision"] for r in out["best"][1:]] == pytest.approx([1 / 3] * 3)
+    zero = next(r for r in out["best"] if r["weights"] == {"neg": 0.0, "r": 0.0})
+    assert zero["top_precision_by_part"] == {"field": 0.0, "seen": 1.0}
+    assert out["round_total"]["top_precision"] == pytest.approx(2 / 3)
+    assert out["oracle"]["top_precision"] == pytest.approx(2 / 3)      # u3 cannot be right
+    with pytest.raises(ValueError, match="does not hold"):
+        weight_grid(scored, GOLD, {"vote": [1.0]})
+    assert parse_grid("agreement=0,0.5; vote=1") == {"agreement": [0.0, 0.5], "vote": [1.0]}
+    for bad in ("agreement", "agreement=a,b", "=1", ""):
+        with pytest.raises(ValueError, match="--grid"):
+            parse_grid(bad)
+    # through the CLI on a persisted round folder
+    write_records(scored, tmp_path / "scored.jsonl")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": u, "audio": f"{u}.flac", "text": "x", "intent": i, "slots": sl}) + "\n"
+                            for u, (i, sl) in GOLD.items()))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([str(tmp_path), str(pool), "--grid", "r=1;neg=0,1"]) == 0
+    assert json.loads(buf.getvalue())["best"][0]["weights"] == {"neg": 0.0, "r": 1.0}
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main([str(tmp_path), str(pool), "--grid", "r=1", "--shares", "1"]) != 0

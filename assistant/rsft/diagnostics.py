@@ -40,6 +40,12 @@ share's label precision: the precision / coverage curve a curriculum or a loss w
 
     python -m assistant.rsft.diagnostics ROUND_DIR POOL_MANIFEST --shares 0.5,0.6,0.7,0.8,0.9,1 --plot curve.png
 
+``--grid 'agreement=0,0.5,1;vote=0,1,2'`` tries every weighting of the round's stored rewards and reports the
+best ones' top-candidate precision next to the round's own total and the oracle: is a better label-free pick
+a matter of weights, or does it need a new signal?
+
+    python -m assistant.rsft.diagnostics ROUND_DIR POOL_MANIFEST --grid 'agreement=0,0.5,1,2;vote=0,1,2,4'
+
 ``--compare`` ranks the round's candidates by each reward alone (the ones in ``scored.jsonl`` plus rewards
 computed afresh, e.g. ``target_likelihood`` under Whisper base): which reward tells right from wrong.
 
@@ -288,19 +294,58 @@ def compare_rewards(scored, gold: dict[str, tuple[str, dict]], parts: dict[str, 
 
         rescored = [replace(s, reward=float(value(s))) for group in by_utt.values() for s in group]
         diag = round_diagnostics(rescored, [], gold, parts)
-        top: dict[str, list[int]] = {}
-        for uid, group in by_utt.items():
-            intent, slots = gold[uid]
-            best = max(group, key=lambda s: (value(s), s.candidate.greedy, -s.index))
-            f = best.candidate.frame
-            cell = top.setdefault((parts or {}).get(uid, "unknown"), [0, 0])
-            cell[0] += 1
-            cell[1] += bool(f is not None and f.intent == intent and dict(f.slots) == dict(slots))
-        n, right = sum(c[0] for c in top.values()), sum(c[1] for c in top.values())
         out[name] = {"frame_reward_auc": diag["frame_reward_auc"], "frame_pick_accuracy": diag["frame_pick_accuracy"],
-                     "top_precision": right / max(n, 1),
-                     "top_precision_by_part": {p: c[1] / c[0] for p, c in sorted(top.items())}}
+                     **_top_precision(by_utt, value, gold, parts)}
     return out
+
+
+def _top_precision(by_utt: dict[str, list], value, gold, parts) -> dict:
+    """Share of utterances whose top candidate by ``value`` has the gold frame (ties: greedy first),
+    overall and per phrasing part: best-of-N's kept precision with no abstention."""
+    top: dict[str, list[int]] = {}
+    for uid, group in by_utt.items():
+        intent, slots = gold[uid]
+        best = max(group, key=lambda s: (value(s), s.candidate.greedy, -s.index))
+        f = best.candidate.frame
+        cell = top.setdefault((parts or {}).get(uid, "unknown"), [0, 0])
+        cell[0] += 1
+        cell[1] += bool(f is not None and f.intent == intent and dict(f.slots) == dict(slots))
+    n, right = sum(c[0] for c in top.values()), sum(c[1] for c in top.values())
+    return {"top_precision": right / max(n, 1),
+            "top_precision_by_part": {p: c[1] / c[0] for p, c in sorted(top.items())}}
+
+
+def weight_grid(scored, gold: dict[str, tuple[str, dict]], grid: dict[str, list[float]],
+                parts: dict[str, str] | None = None, best: int = 5) -> dict:
+    """Could another weighting of the round's *stored* rewards pick better? Every combination of ``grid``
+    (reward name -> weights, the ``rsft.rewards`` weights a config would set) ranks each utterance's
+    candidates by the weighted sum; each is scored by ``top_precision`` against the gold frames (tuned on
+    the pool's hidden labels, so the best row is an optimistic bound for label-free weights). Reported with
+    the round's own total and the oracle (some candidate right), the ceiling of any choice."""
+    import itertools
+
+    missing = sorted(set(grid) - {k for s in scored for k in s.rewards})
+    if missing:
+        raise ConfigError(f"--grid names reward(s) {missing} that scored.jsonl does not hold "
+                         f"(it has {sorted({k for s in scored for k in s.rewards})})")
+    by_utt: dict[str, list] = {}
+    for s in scored:
+        if s.utt_id in gold:
+            by_utt.setdefault(s.utt_id, []).append(s)
+
+    def right(s) -> float:
+        f, (intent, slots) = s.candidate.frame, gold[s.utt_id]
+        return float(f is not None and f.intent == intent and dict(f.slots) == dict(slots))
+
+    rows = []
+    names = sorted(grid)
+    for weights in itertools.product(*(grid[n] for n in names)):
+        w = dict(zip(names, weights))
+        rows.append({"weights": w, **_top_precision(by_utt, lambda s: sum(w[n] * s.rewards[n] for n in names),
+                                                   gold, parts)})
+    rows.sort(key=lambda r: -r["top_precision"])
+    return {"combinations": len(rows), "round_total": _top_precision(by_utt, lambda s: s.reward, gold, parts),
+            "oracle": _top_precision(by_utt, right, gold, parts), "best": rows[:best]}
 
 
 def _round_files(round_dir: str | Path) -> tuple[list, list]:
@@ -437,6 +482,33 @@ def compare_round_dir(round_dir: str | Path, pool_manifest: str | Path, fresh: l
     return compare_rewards(scored, gold, {u.id: str(u.meta.get("part", "unknown")) for u in pool}, extra)
 
 
+def parse_grid(text: str) -> dict[str, list[float]]:
+    """'agreement=0,0.5,1;vote=0,1' -> {"agreement": [0.0, 0.5, 1.0], "vote": [0.0, 1.0]}."""
+    grid = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, values = part.partition("=")
+        try:
+            grid[name.strip()] = [float(v) for v in values.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--grid: {part!r} is not NAME=w1,w2,... (e.g. 'agreement=0,0.5,1;vote=0,1,2')")
+    if not grid:
+        raise ValueError("--grid: no reward named (e.g. 'agreement=0,0.5,1;vote=0,1,2')")
+    return grid
+
+
+def grid_round_dir(round_dir: str | Path, pool_manifest: str | Path, grid: dict[str, list[float]]) -> dict:
+    """``weight_grid`` on a persisted round folder against the pool manifest's hidden labels."""
+    from assistant.data.manifest import read_manifest
+    from assistant.rsft.types import Scored, read_records
+
+    pool = read_manifest(pool_manifest)
+    gold = {u.id: (u.intent, dict(u.slots)) for u in pool}
+    scored = read_records(Path(round_dir) / "scored.jsonl", Scored)
+    return weight_grid(scored, gold, grid, {u.id: str(u.meta.get("part", "unknown")) for u in pool})
+
+
 def _in_batches(fn, utts, cands, desc: str, batch: int = 32) -> list[list[float]]:
     from tqdm import tqdm
 
@@ -465,13 +537,18 @@ class DiagnosticsConfig:
                 "bars: each share's label precision"})
     plot: str | None = field(default=None, metadata={"help": "--shares: write the precision / coverage curve "
                                                              "to this PNG"})
+    grid: str | None = field(default=None, metadata={
+        "help": "weights to try for the round's stored rewards, e.g. 'agreement=0,0.5,1;vote=0,1,2': the "
+                "best weightings' top-candidate precision against the round's total and the oracle"})
 
     def validate(self) -> None:
         if not self.round_dir or not self.pool_manifest:
             raise ValueError("pass ROUND_DIR POOL_MANIFEST, e.g. `python -m assistant.rsft.diagnostics "
                              "runs/main/rsft/round_1 data/generated/default/pool.jsonl`")
-        if sum(x is not None for x in (self.against, self.compare, self.shares)) > 1:
-            raise ValueError("--against, --compare and --shares answer different questions: pass one of them")
+        if sum(x is not None for x in (self.against, self.compare, self.shares, self.grid)) > 1:
+            raise ValueError("--against, --compare, --shares and --grid answer different questions: pass one of them")
+        if self.grid is not None:
+            parse_grid(self.grid)
         if self.shares is not None and (not self.shares or any(not 0.0 < x <= 1.0 for x in self.shares)):
             raise ValueError(f"--shares takes shares of the pool in (0, 1], e.g. 0.5,0.7,1; got {self.shares}")
         if self.plot is not None and self.shares is None:
@@ -487,6 +564,8 @@ def main(argv: list[str]) -> int:
         cfg = parse_command(DiagnosticsConfig, prog, __doc__, argv, positional=("round_dir", "pool_manifest"))
         if cfg.shares is not None:
             out = curve_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.shares, cfg.plot)
+        elif cfg.grid is not None:
+            out = grid_round_dir(cfg.round_dir, cfg.pool_manifest, parse_grid(cfg.grid))
         elif cfg.compare is None:
             out = diagnose_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.against)
         else:
