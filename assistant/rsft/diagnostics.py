@@ -86,7 +86,7 @@ def teaching_table(scored, decisions, gold: dict[str, tuple[str, dict]], parts: 
             continue
         intent, slots = gold[s.utt_id]
         f = s.candidate.frame
-        right = f is not None and f.intent == intent and dict(f.slots) == dict(slots)
+        right = _frame_right(f, (intent, slots))
         greedy_ok.setdefault(s.utt_id, False)
         if s.candidate.greedy:
             greedy_ok[s.utt_id] = right
@@ -117,10 +117,7 @@ def round_diagnostics(scored, decisions, gold: dict[str, tuple[str, dict]], part
     """``scored``/``decisions``: flat lists (any order); ``gold``: utt_id -> (intent, slots); ``parts``:
     utt_id -> phrasing part (manifest ``meta.part``)."""
     accepted = {(d.utt_id, d.index) for d in decisions if d.accepted}
-    by_utt: dict[str, list] = {}
-    for s in scored:
-        if s.utt_id in gold:
-            by_utt.setdefault(s.utt_id, []).append(s)
+    by_utt = _by_utterance(scored, gold)
     out: dict = {"utterances": len(by_utt), "candidates": sum(len(v) for v in by_utt.values())}
     for level in ("intent", "frame"):
         prefix = "" if level == "intent" else "frame_"
@@ -281,10 +278,7 @@ def compare_rewards(scored, gold: dict[str, tuple[str, dict]], parts: dict[str, 
     from dataclasses import replace
 
     names = sorted({k for s in scored for k in s.rewards}) + ["total"] + sorted(extra or {})
-    by_utt: dict[str, list] = {}
-    for s in scored:
-        if s.utt_id in gold:
-            by_utt.setdefault(s.utt_id, []).append(s)
+    by_utt = _by_utterance(scored, gold)
     out = {}
     for name in names:
         def value(s):
@@ -299,6 +293,21 @@ def compare_rewards(scored, gold: dict[str, tuple[str, dict]], parts: dict[str, 
     return out
 
 
+def _by_utterance(scored, gold) -> dict[str, list]:
+    """The scored candidates of each utterance that has a gold label, in order."""
+    by_utt: dict[str, list] = {}
+    for s in scored:
+        if s.utt_id in gold:
+            by_utt.setdefault(s.utt_id, []).append(s)
+    return by_utt
+
+
+def _frame_right(frame, gold_frame: tuple[str, dict]) -> bool:
+    """The frame has the gold intent and exactly the gold slots."""
+    intent, slots = gold_frame
+    return frame is not None and frame.intent == intent and dict(frame.slots) == dict(slots)
+
+
 def _top_precision(by_utt: dict[str, list], value, gold, parts) -> dict:
     """Share of utterances whose top candidate by ``value`` has the gold frame (ties: greedy first),
     overall and per phrasing part: best-of-N's kept precision with no abstention."""
@@ -309,7 +318,7 @@ def _top_precision(by_utt: dict[str, list], value, gold, parts) -> dict:
         f = best.candidate.frame
         cell = top.setdefault((parts or {}).get(uid, "unknown"), [0, 0])
         cell[0] += 1
-        cell[1] += bool(f is not None and f.intent == intent and dict(f.slots) == dict(slots))
+        cell[1] += _frame_right(f, (intent, slots))
     n, right = sum(c[0] for c in top.values()), sum(c[1] for c in top.values())
     return {"top_precision": right / max(n, 1),
             "top_precision_by_part": {p: c[1] / c[0] for p, c in sorted(top.items())}}
@@ -328,14 +337,10 @@ def weight_grid(scored, gold: dict[str, tuple[str, dict]], grid: dict[str, list[
     if missing:
         raise ConfigError(f"--grid names reward(s) {missing} that scored.jsonl does not hold "
                          f"(it has {sorted({k for s in scored for k in s.rewards})})")
-    by_utt: dict[str, list] = {}
-    for s in scored:
-        if s.utt_id in gold:
-            by_utt.setdefault(s.utt_id, []).append(s)
+    by_utt = _by_utterance(scored, gold)
 
     def right(s) -> float:
-        f, (intent, slots) = s.candidate.frame, gold[s.utt_id]
-        return float(f is not None and f.intent == intent and dict(f.slots) == dict(slots))
+        return float(_frame_right(s.candidate.frame, gold[s.utt_id]))
 
     rows = []
     names = sorted(grid)
