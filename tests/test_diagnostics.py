@@ -257,3 +257,39 @@ def test_weight_grid_tries_every_weighting_against_total_and_oracle(tmp_path):
     assert json.loads(buf.getvalue())["best"][0]["weights"] == {"neg": 0.0, "r": 1.0}
     with contextlib.redirect_stderr(io.StringIO()):
         assert main([str(tmp_path), str(pool), "--grid", "r=1", "--shares", "1"]) != 0
+
+
+def test_pick_misses_sorts_each_wrong_pick_by_what_could_have_fixed_it(tmp_path):
+    from assistant.rsft.diagnostics import main, pick_misses
+    from assistant.rsft.types import write_records
+
+    gold = {**GOLD, "u4": ("alarm_set", {"time": "six"}), "u5": ("alarm_set", {"time": "six"})}
+    scored = SCORED + [
+        # u4: the top frame mis-reads a right hearing (a right frame shares its transcript)
+        _s("u4", 0, "alarm six | alarm_query | time=six", 0.9, greedy=True),
+        _s("u4", 1, "alarm six | alarm_set | time=six", 0.5),
+        # u5: the top frame comes from a mis-hearing; the right frame was heard otherwise, ranked 2nd
+        _s("u5", 0, "alarm sex | weather_query |", 0.9, greedy=True),
+        _s("u5", 1, "alarm six | alarm_set | time=six", 0.3),
+    ]
+    groups = {"u1": "field/room", "u3": "field/room", "u4": "field/room", "u2": "seen/clean", "u5": "seen/clean"}
+    out = pick_misses(scored, gold, groups)
+    assert out["utterances"] == 5
+    assert out["counts"]["all"] == {"top_right": 2, "right_same_transcript": 1, "right_other_transcript": 1,
+                                    "none_right": 1}                     # u1, u2 | u4 | u5 | u3 (slot wrong)
+    assert out["counts"]["field/room"] == {"top_right": 1, "right_same_transcript": 1,
+                                           "right_other_transcript": 0, "none_right": 1}
+    assert out["shares"]["seen/clean"]["right_other_transcript"] == 0.5
+    assert out["rank_coverage"] == pytest.approx({"1": 0.4, "2": 0.8, "3": 0.8, "any": 0.8})
+    # through the CLI; one question per call
+    write_records(scored, tmp_path / "scored.jsonl")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": u, "audio": f"{u}.flac", "text": "x", "intent": i, "slots": sl,
+                                        "part": groups[u].split("/")[0], "condition": groups[u].split("/")[1]}) + "\n"
+                            for u, (i, sl) in gold.items()))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([str(tmp_path), str(pool), "--misses"]) == 0
+    assert json.loads(buf.getvalue())["counts"]["seen/clean"]["top_right"] == 1
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main([str(tmp_path), str(pool), "--misses", "--grid", "r=1"]) != 0

@@ -50,6 +50,14 @@ a matter of weights, or does it need a new signal?
 computed afresh, e.g. ``target_likelihood`` under Whisper base): which reward tells right from wrong.
 
     python -m assistant.rsft.diagnostics ROUND_DIR POOL_MANIFEST --compare target_likelihood --target-model base
+
+``--misses`` says where the round's pick (its total reward) goes wrong, per phrasing part and recording
+condition: the top candidate is right; a right frame was sampled with the top's own transcript (the
+frame, not the hearing, is wrong); a right frame was sampled with another transcript (a hearing the
+pick passed over); or no candidate is right (no reward can help: more draws or a better model must).
+It also gives the gold frame's rank among the distinct frames (top-k coverage).
+
+    python -m assistant.rsft.diagnostics ROUND_DIR POOL_MANIFEST --misses
 """
 
 from __future__ import annotations
@@ -324,6 +332,53 @@ def _top_precision(by_utt: dict[str, list], value, gold, parts) -> dict:
             "top_precision_by_part": {p: c[1] / c[0] for p, c in sorted(top.items())}}
 
 
+MISS_KINDS = ("top_right", "right_same_transcript", "right_other_transcript", "none_right")
+
+
+def _frame_key(frame) -> tuple | None:
+    return None if frame is None else (frame.intent, tuple(sorted(dict(frame.slots).items())))
+
+
+def pick_misses(scored, gold: dict[str, tuple[str, dict]], groups: dict[str, str] | None = None,
+                max_rank: int = 3) -> dict:
+    """Where the top-reward pick goes wrong (``MISS_KINDS``), overall and per group (e.g. "field/room"),
+    and the rank of the gold frame among each utterance's distinct frames ordered by their best reward
+    (``rank_coverage[k]``: share of utterances whose gold frame is among the top k; ``any``: the oracle)."""
+    by_utt = _by_utterance(scored, gold)
+    counts: dict[str, dict[str, int]] = {}
+    ranks = [0] * max_rank
+    for uid, group in by_utt.items():
+        top = max(group, key=lambda s: (s.reward, s.candidate.greedy, -s.index))
+        right = [s for s in group if _frame_right(s.candidate.frame, gold[uid])]
+        if _frame_right(top.candidate.frame, gold[uid]):
+            kind = "top_right"
+        elif not right:
+            kind = "none_right"
+        else:
+            heard = top.candidate.frame.transcript if top.candidate.frame is not None else None
+            same = any(s.candidate.frame.transcript == heard for s in right)
+            kind = "right_same_transcript" if same else "right_other_transcript"
+        for name in ("all", (groups or {}).get(uid, "unknown")):
+            cell = counts.setdefault(name, dict.fromkeys(MISS_KINDS, 0))
+            cell[kind] += 1
+        best: dict[tuple, float] = {}
+        for s in group:
+            key = _frame_key(s.candidate.frame)
+            if key is not None:
+                best[key] = max(best.get(key, -np.inf), s.reward)
+        order = sorted(best, key=lambda k: -best[k])
+        gold_key = (gold[uid][0], tuple(sorted(dict(gold[uid][1]).items())))
+        if gold_key in order:
+            for k in range(order.index(gold_key), max_rank):
+                ranks[k] += 1
+    n = len(by_utt)
+    oracle = sum(c for name, cell in counts.items() if name == "all"
+                 for kind, c in cell.items() if kind != "none_right")
+    return {"utterances": n, "counts": counts,
+            "shares": {name: {k: v / sum(cell.values()) for k, v in cell.items()} for name, cell in counts.items()},
+            "rank_coverage": {**{str(k + 1): r / max(n, 1) for k, r in enumerate(ranks)}, "any": oracle / max(n, 1)}}
+
+
 def weight_grid(scored, gold: dict[str, tuple[str, dict]], grid: dict[str, list[float]],
                 parts: dict[str, str] | None = None, best: int = 5) -> dict:
     """Could another weighting of the round's *stored* rewards pick better? Every combination of ``grid``
@@ -514,6 +569,17 @@ def grid_round_dir(round_dir: str | Path, pool_manifest: str | Path, grid: dict[
     return weight_grid(scored, gold, grid, {u.id: str(u.meta.get("part", "unknown")) for u in pool})
 
 
+def misses_round_dir(round_dir: str | Path, pool_manifest: str | Path) -> dict:
+    """``pick_misses`` of a persisted round, grouped by phrasing part / recording condition."""
+    from assistant.data.manifest import read_manifest
+    from assistant.rsft.types import Scored, read_records
+
+    pool = read_manifest(pool_manifest)
+    gold = {u.id: (u.intent, dict(u.slots)) for u in pool}
+    groups = {u.id: f"{u.meta.get('part', 'unknown')}/{u.meta.get('condition', 'unknown')}" for u in pool}
+    return pick_misses(read_records(Path(round_dir) / "scored.jsonl", Scored), gold, groups)
+
+
 def _in_batches(fn, utts, cands, desc: str, batch: int = 32) -> list[list[float]]:
     from tqdm import tqdm
 
@@ -545,13 +611,17 @@ class DiagnosticsConfig:
     grid: str | None = field(default=None, metadata={
         "help": "weights to try for the round's stored rewards, e.g. 'agreement=0,0.5,1;vote=0,1,2': the "
                 "best weightings' top-candidate precision against the round's total and the oracle"})
+    misses: bool = field(default=False, metadata={
+        "help": "where the round's pick goes wrong, per part / condition: top right, a right frame with the "
+                "top's transcript or with another one, or none right; and the gold frame's rank"})
 
     def validate(self) -> None:
         if not self.round_dir or not self.pool_manifest:
             raise ValueError("pass ROUND_DIR POOL_MANIFEST, e.g. `python -m assistant.rsft.diagnostics "
                              "runs/main/rsft/round_1 data/generated/default/pool.jsonl`")
-        if sum(x is not None for x in (self.against, self.compare, self.shares, self.grid)) > 1:
-            raise ValueError("--against, --compare, --shares and --grid answer different questions: pass one of them")
+        if sum(x is not None for x in (self.against, self.compare, self.shares, self.grid)) + self.misses > 1:
+            raise ValueError("--against, --compare, --shares, --grid and --misses answer different questions: "
+                             "pass one of them")
         if self.grid is not None:
             parse_grid(self.grid)
         if self.shares is not None and (not self.shares or any(not 0.0 < x <= 1.0 for x in self.shares)):
@@ -569,6 +639,8 @@ def main(argv: list[str]) -> int:
         cfg = parse_command(DiagnosticsConfig, prog, __doc__, argv, positional=("round_dir", "pool_manifest"))
         if cfg.shares is not None:
             out = curve_round_dir(cfg.round_dir, cfg.pool_manifest, cfg.shares, cfg.plot)
+        elif cfg.misses:
+            out = misses_round_dir(cfg.round_dir, cfg.pool_manifest)
         elif cfg.grid is not None:
             out = grid_round_dir(cfg.round_dir, cfg.pool_manifest, parse_grid(cfg.grid))
         elif cfg.compare is None:
