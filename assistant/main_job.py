@@ -163,6 +163,11 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    """One folder, however it was named (``--sft-from runs/main`` vs the absolute path a run wrote)."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def _kept(path: Path) -> Any:
     """A kept piece of work, if the main process has it (every process then reads the same file)."""
     return _read_json(path) if dist.main_first(path.is_file()) else None
@@ -385,7 +390,7 @@ class MainJob:
         path = self.out / "cache" / f"text_pass_{_slug(name)}{f'_n{samples}_seed{self.cfg.seed}' if samples else ''}.json"
         mark = fingerprint(model_dir)
         kept = _kept(path)
-        if kept and kept["model_dir"] == str(model_dir) and kept["fingerprint"] == mark:
+        if kept and _same_folder(kept["model_dir"], model_dir) and kept["fingerprint"] == mark:
             return TextPassChoice(**kept)
         acc, w, b, n, by_choice = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock, samples,
                                                    self.cfg.seed)

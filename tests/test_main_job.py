@@ -97,3 +97,31 @@ def test_a_stage_key_holds_the_results_before_it_and_only_its_own_settings(tmp_p
     assert job()._inputs_key("sft") == hashlib.sha256(b'{"corpus": "x"}').hexdigest()[:16]
     assert job(nlu_samples=0)._inputs_key("sft") == job(nlu_samples=8)._inputs_key("sft")
     assert job(nlu_samples=0)._inputs_key("text_pass") != job(nlu_samples=8)._inputs_key("text_pass")
+
+
+def test_a_text_pass_choice_is_reused_whether_its_model_folder_is_named_relative_or_absolute(tmp_path, monkeypatch):
+    """`--sft-from runs/main` names the supervised folder relative; the run that made it wrote it absolute:
+    the kept dev choice is the same folder's and must not be computed again (8 minutes of dev decoding)."""
+    from dataclasses import asdict
+
+    import assistant.main_job as mj
+
+    model = tmp_path / "sft" / "best"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    job = mj.MainJob(load_config(MainConfig, None, output_dir=str(tmp_path / "run"), nlu_samples=0))
+    kept = mj.TextPassChoice(name="supervised", model_dir=str(model.resolve()), fingerprint=mj.fingerprint(model),
+                             dev_accuracy=0.9, weight=2.0, stock_bonus=-8.0, by_choice={}, samples=0)
+    (tmp_path / "run" / "cache").mkdir(parents=True)
+    (tmp_path / "run" / "cache" / "text_pass_supervised.json").write_text(json.dumps(asdict(kept)))
+
+    def decode(*args, **kwargs):
+        raise AssertionError("the kept choice should have been used")
+
+    monkeypatch.setattr(mj, "text_pass_on_dev", decode)
+    job.__dict__.update(dev=[], teacher=None, dev_stock=[])     # what decoding would read: never loaded here
+    monkeypatch.chdir(tmp_path)
+    assert job.text_pass_choice("supervised", mj.Path("sft/best")) == kept
+    (model / "model.safetensors").write_bytes(b"other weights")    # another model in the same folder: decode
+    with pytest.raises(AssertionError, match="kept choice"):
+        job.text_pass_choice("supervised", mj.Path("sft/best"))
