@@ -174,7 +174,7 @@ def rsft_conditions(cfg: ExperimentConfig) -> list[tuple[str, dict]]:
         ("x_targets_sampled", {"transcript_target": "sampled"}),
         ("x_encoder_frozen", {"finetune": {"freeze_encoder_layers": None}}),
         ("x_n_16", {"generate": {"num_samples": 16}}),
-        # each round one light epoch (the main job's RSFT schedule) instead of the supervised recipe's
+        # each round one light epoch (the main job's RSFT schedule before 2026-12-06) instead of the supervised recipe's
         # 5 epochs at lr 1e-3 that experiment.yaml gives every RSFT row
         ("x_finetune_light", {"finetune": {"epochs": 1, "lr": 0.0003, "warmup_steps": 10}}),
         # a third round: c's dev accuracy still rose by 4-6 points from round 1 to 2 (b' by 1-4), and its
