@@ -622,7 +622,7 @@ def build_model(cfg: TrainConfig, vocab_texts: list[str]):
         model = SLUModel.from_pretrained(cfg.model, context_seconds=cfg.context_seconds,
                                          output_vocab=vocab_texts)
     if cfg.lora_rank and model.adapters is None:
-        model.add_adapters(lora_config(cfg, len(model.whisper.model.encoder.layers)))
+        model.add_adapters(lora_config(cfg, len(model.whisper.model.encoder.layers)), seed=cfg.seed)
     return model
 
 

@@ -44,6 +44,20 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, lora_rank):
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_the_same_seed_trains_the_same_adapters_whatever_torch_held_before(tmp_path):
+    """A run repeats: the adapters' random start comes from the config's seed, not from torch's global RNG
+    (which other libraries seed from entropy at import), so a from-scratch rerun gives the same model."""
+    def adapters(name, rng, seed=0):
+        torch.manual_seed(rng)                      # whatever ran before in this process
+        recipe_main(_cfg(tmp_path / name, max_steps=2, lora_rank=4, seed=seed))
+        return load_file(str(tmp_path / name / "last" / "lora" / "adapter_model.safetensors"))
+
+    first, again, other_seed = adapters("a", rng=1), adapters("b", rng=2), adapters("c", rng=1, seed=1)
+    assert first.keys() == again.keys() == other_seed.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other_seed[k]) for k in first)
+
+
 def test_training_reduces_loss_on_the_fixture(tmp_path):
     from assistant.model.slu import SLUModel
     from assistant.train import frame_target

@@ -225,7 +225,7 @@ def packaged_config(name: str = "tiny.en") -> dict:
 
 
 class fork_rng:
-    """Seed torch's global RNG for a block and restore it afterwards (deterministic tiny_random)."""
+    """Seed torch's global RNG for a block and restore it afterwards (deterministic tiny_random, adapter init)."""
 
     def __init__(self, seed: int):
         self.seed = seed

@@ -37,7 +37,7 @@ from assistant.model.candidate import Candidate
 from assistant.model.convert import is_multilingual
 from assistant.model.decoding import Decoding, TokenText
 from assistant.model.encoder import front_end, position_table, run_layers
-from assistant.model.io import FORMAT_VERSION, SLU_CONFIG_FILE, PretrainedIO, save_hf_folder, task_prefixes
+from assistant.model.io import FORMAT_VERSION, SLU_CONFIG_FILE, PretrainedIO, fork_rng, save_hf_folder, task_prefixes
 from assistant.model.lora import (LoraAdapters, LoraConfig, adapter_weights_file, adapters_off, base_state_dict,
                                   save_adapters)
 from assistant.model.losses import TeacherForcing, stock_style
@@ -96,11 +96,13 @@ class SLUModel(PretrainedIO, TeacherForcing, Decoding, StockASR, TokenText, nn.M
         self.n_frames = n_frames
 
     # ================================================================== adapters (assistant.model.lora)
-    def add_adapters(self, cfg: LoraConfig) -> None:
-        """Fine-tune through LoRA adapters from now on; the Whisper weights stay the stock ones."""
+    def add_adapters(self, cfg: LoraConfig, seed: int = 0) -> None:
+        """Fine-tune through LoRA adapters from now on; the Whisper weights stay the stock ones. Their random
+        start comes from ``seed`` alone (not from whatever torch's global RNG holds), so a run repeats."""
         if self.adapters is not None:
             raise ValueError("this model already has adapters")
-        self.adapters = LoraAdapters(self.whisper, cfg)
+        with fork_rng(seed):
+            self.adapters = LoraAdapters(self.whisper, cfg)
         self.lora = cfg
 
     def load_adapters(self, folder: Path, cfg: LoraConfig) -> None:
