@@ -46,7 +46,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, lora_rank):
 
 def test_the_same_seed_trains_the_same_adapters_whatever_torch_held_before(tmp_path):
     """A run repeats: the adapters' random start comes from the config's seed, not from torch's global RNG
-    (which other libraries seed from entropy at import), so a from-scratch rerun gives the same model."""
+    (torch 2.11 seeds it from entropy at import), so a from-scratch rerun gives the same model."""
     def adapters(name, rng, seed=0):
         torch.manual_seed(rng)                      # whatever ran before in this process
         recipe_main(_cfg(tmp_path / name, max_steps=2, lora_rank=4, seed=seed))
