@@ -3,8 +3,9 @@
     corpus       synthesise the corpus (if missing; an existing one must have this run's profile and seed)
     sft          supervised fine-tuning on `train`
     rsft         RSFT rounds on the unlabelled field `pool` (the labelled `train` mixed in)
-    text_pass    the text NLU second pass: speech model, weight and stock bonus chosen on all of `dev`;
-                 the chosen pair is copied to <out>/final
+    text_pass    the text NLU second pass: speech model, weight and stock bonus chosen on all of `dev` (the
+                 configured pass unless dev's best beats it clearly: `text_pass_alpha`); the chosen pair is
+                 copied to <out>/final
     evaluate     every speech model alone and with its text pass (the shipped pair among them) and the stock
                  peer on `test`
     real_speech  stock-prompt WER on real human clips, before / after fine-tuning
@@ -23,7 +24,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from assistant.train import TrainConfig
 
 STAGES = ("corpus", "sft", "rsft", "text_pass", "evaluate", "real_speech")
 # MainConfig fields a stage reads beyond the results before it: changing one runs the stage again
-STAGE_SETTINGS = {"text_pass": ("nlu", "nlu_samples")}
+STAGE_SETTINGS = {"text_pass": ("nlu", "nlu_samples", "text_pass_alpha")}
 CORPUS_FILES = ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json", "summary.json")
 
 
@@ -73,6 +74,10 @@ class MainConfig:
     nlu_samples: int = field(default=8, metadata={
         "help": "the text pass may also read an n-best: this many frames sampled per clip, each with the text "
                 "model's reading of its transcript; kept only if it wins on dev (0: greedy only)"})
+    text_pass_alpha: float = field(default=0.05, metadata={
+        "help": "a text-pass setting other than the configured one (weight 1, no stock reading, the n-best) ships "
+                "only if it beats it on dev with sign-test p below this (1: dev's best always; "
+                "python -m assistant.nlu.selection measures the rules on dev halves)"})
     real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
     output_dir: str | None = None             # None: runs/main
     sft_from: str | None = None               # another run's folder (e.g. runs/main): reuse its supervised model
@@ -87,6 +92,8 @@ class MainConfig:
     rsft: RSFTConfig = field(default_factory=_rsft_recipe)
 
     def validate(self) -> None:
+        if not 0 <= self.text_pass_alpha <= 1:
+            raise ValueError(f"text_pass_alpha must be in [0, 1] (1: dev's best setting always), got {self.text_pass_alpha}")
         if self.nlu_samples < 0:
             raise ValueError(f"nlu_samples must be >= 0 (0: the text pass reads the greedy frame only), got {self.nlu_samples}")
         for name in ("stage", "stop_stage"):
@@ -122,6 +129,8 @@ class TextPassChoice:
     stock_bonus: float
     by_choice: dict[str, float]               # "w=.. b=.." (greedy only) / "w=.. b=.. n=N" (n-best) -> dev accuracy
     samples: int = 0                          # the n-best's draws per clip (0: greedy only)
+    correct_by_choice: dict[str, str] = field(default_factory=dict)   # setting -> per dev clip "1" right / "0"
+    configured_samples: int = 0               # the run's nlu_samples (the default setting's n-best)
 
 
 @dataclass
@@ -377,25 +386,32 @@ class MainJob:
                         dev_manifest=str(self.corpus / "dev.jsonl"), labelled_manifest=str(self.corpus / "train.jsonl"),
                         output_dir=str(self.out / "rsft"), holdout_file=str(self.corpus / "holdout.json"),
                         seed=self.cfg.seed)
-        if self.cfg.nlu:                          # the agreement reward is the supervised model's text pass
-            sup = self.text_pass_choice("supervised", Path(self.sft.best_dir))
+        if self.cfg.nlu:                          # the agreement reward is the supervised model's text pass,
+            # dev's best setting (alpha 1) whatever the shipping rule: every measured RSFT run was trained so
+            sup = self.text_pass_choice("supervised", Path(self.sft.best_dir), alpha=1.0)
             rcfg = with_text_pass(rcfg, weight=sup.weight, stock_bonus=sup.stock_bonus)
         summary = run_rsft(rcfg)
         return RSFTResult(best_dir=summary["best_dir"], rounds=summary["rounds"])
 
     # ----- 4. text pass
-    def text_pass_choice(self, name: str, model_dir: Path) -> TextPassChoice:
-        """The text pass of one speech model chosen on every dev clip; kept per model folder."""
+    def text_pass_choice(self, name: str, model_dir: Path, alpha: float | None = None) -> TextPassChoice:
+        """The text pass of one speech model chosen on every dev clip by the rule ``alpha`` (None: the run's
+        ``text_pass_alpha``); the per-clip record it is chosen from is kept per model folder (another rule
+        re-reads it)."""
+        from assistant.nlu.selection import bits
+
         samples = self.cfg.nlu_samples
         path = self.out / "cache" / f"text_pass_{_slug(name)}{f'_n{samples}_seed{self.cfg.seed}' if samples else ''}.json"
         mark = fingerprint(model_dir)
         kept = _kept(path)
-        if kept and _same_folder(kept["model_dir"], model_dir) and kept["fingerprint"] == mark:
-            return TextPassChoice(**kept)
-        acc, w, b, n, by_choice = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock, samples,
-                                                   self.cfg.seed)
-        choice = TextPassChoice(name=name, model_dir=str(model_dir), fingerprint=mark, dev_accuracy=acc, weight=w,
-                                stock_bonus=b, by_choice=by_choice, samples=n)
+        if not (kept and _same_folder(kept["model_dir"], model_dir) and kept["fingerprint"] == mark
+                and kept.get("correct_by_choice")):
+            correct = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock, samples,
+                                       self.cfg.seed)
+            kept = asdict(TextPassChoice(name=name, model_dir=str(model_dir), fingerprint=mark, dev_accuracy=0.0,
+                                         weight=0.0, stock_bonus=0.0, by_choice={}, configured_samples=samples,
+                                         correct_by_choice={k: bits(v) for k, v in correct.items()}))
+        choice = _apply_rule(TextPassChoice(**kept), self.cfg.text_pass_alpha if alpha is None else alpha)
         _write_json(path, asdict(choice))
         return choice
 
@@ -570,33 +586,51 @@ def run_main(cfg: MainConfig) -> dict:
     return MainJob(cfg).run()
 
 
-def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock, samples: int = 0, seed: int = 0) -> tuple:
-    """(dev accuracy, weight, stock bonus, n-best draws, {"w=.. b=..[ n=N]": dev accuracy}) of speech model +
-    text pass: its weight and stock bonus (``assistant.nlu.choose_weight``) chosen on the ``dev``
-    utterances, whose stock transcripts are ``dev_stock`` (used when the model has a stock path); with
-    ``samples``, the same grid with the n-best too (drawn with ``seed``), which is kept only if it does
-    strictly better (it costs a sampled decode per request)."""
+def text_pass_on_dev(name: str, model_dir: Path, dev, teacher, dev_stock, samples: int = 0, seed: int = 0
+                     ) -> dict[str, np.ndarray]:
+    """Speech model + text pass on the ``dev`` utterances, whose stock transcripts are ``dev_stock`` (used when
+    the model has a stock path): for every setting, "w=.. b=.." (weight, stock bonus; greedy frame only) and,
+    with ``samples``, "w=.. b=.. n=N" (with an n-best of N draws, drawn with ``seed``), whether each clip's
+    intent comes out right. In order of preference among equals: greedy before n-best (it costs a sampled
+    decode per request), then the stock bonus nearest "never", then the smaller weight."""
     from assistant.model.slu import SLUModel      # torch and both models: only when it runs
-    from assistant.nlu import STOCK_BONUSES, NluPass, choose_weight, dev_readings
+    from assistant.nlu import STOCK_BONUSES, NluPass, dev_readings
+    from assistant.nlu.second_pass import grid_correct
 
     model = SLUModel.from_pretrained(model_dir)
     readings = dev_readings(model, dev, NluPass(teacher, samples=samples, seed=seed), desc=f"nlu: dev readings, {name}",
                             stock=dev_stock if model.has_stock_path else None)
-    bonuses = STOCK_BONUSES if model.has_stock_path else (-math.inf,)
+    bonuses = sorted(STOCK_BONUSES if model.has_stock_path else (-math.inf,))
     gold = [u.intent for u in dev]
-    (w, b), by_choice = choose_weight(readings, gold, stock_bonuses=bonuses, samples=False)
-    table = {f"w={w_:g} b={b_:g}": a for (w_, b_), a in by_choice.items()}
-    print(f"{name}: dev intent accuracy {by_choice[(0.0, -math.inf)]:.4f} alone, "
-          f"{by_choice[(w, -math.inf)]:.4f} with the text pass on its transcript, {by_choice[(w, b)]:.4f} "
-          f"with the stock reading too (weight {w:g}, stock bonus {b:g})")
-    best = (by_choice[(w, b)], w, b, 0)
-    if samples:
-        (wn, bn), by_n = choose_weight(readings, gold, stock_bonuses=bonuses, samples=True)
-        table.update({f"w={w_:g} b={b_:g} n={samples}": a for (w_, b_), a in by_n.items()})
-        print(f"{name}: with an n-best of {samples} samples {by_n[(wn, bn)]:.4f} (weight {wn:g}, stock bonus {bn:g})")
-        if by_n[(wn, bn)] > best[0]:
-            best = (by_n[(wn, bn)], wn, bn, samples)
-    return (*best, table)
+    out = {}
+    for n in ([0, samples] if samples else [0]):
+        grid = grid_correct(readings, gold, stock_bonuses=bonuses, samples=n > 0)
+        for (w, b) in sorted(grid, key=lambda wb: (bonuses.index(wb[1]), wb[0])):
+            out[f"w={w:g} b={b:g}" + (f" n={n}" if n else "")] = grid[(w, b)]
+    return out
+
+
+def choose_text_pass(correct: dict[str, np.ndarray], samples: int, alpha: float = 1.0) -> tuple:
+    """(dev accuracy, weight, stock bonus, n-best draws) of the setting ``assistant.nlu.selection.choose``
+    ships from ``text_pass_on_dev``'s record: the configured pass (weight 1, no stock reading, ``samples``)
+    unless dev's best beats it with sign-test p < ``alpha``."""
+    from assistant.nlu.selection import choose, default_choice
+
+    key = choose(correct, default_choice(samples), alpha)
+    fields = dict(part.split("=") for part in key.split())
+    return float(correct[key].mean()), float(fields["w"]), float(fields["b"]), int(fields.get("n", 0))
+
+
+def _apply_rule(kept: TextPassChoice, alpha: float) -> TextPassChoice:
+    from assistant.nlu.selection import default_choice, from_bits
+
+    correct = {k: from_bits(v) for k, v in kept.correct_by_choice.items()}
+    acc, w, b, n = choose_text_pass(correct, kept.configured_samples, alpha)
+    by_choice = {k: float(v.mean()) for k, v in correct.items()}
+    print(f"{kept.name}: dev intent accuracy {by_choice['w=0 b=-inf']:.4f} alone, {acc:.4f} with the text pass "
+          f"(weight {w:g}, stock bonus {b:g}, n-best {n or 'off'}; dev's best {max(by_choice.values()):.4f}, "
+          f"the configured pass {by_choice.get(default_choice(kept.configured_samples), float('nan')):.4f})")
+    return replace(kept, dev_accuracy=acc, weight=w, stock_bonus=b, samples=n, by_choice=by_choice)
 
 
 def with_text_pass(rcfg, weight: float, stock_bonus: float):

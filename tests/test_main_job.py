@@ -4,6 +4,8 @@ untrained MiniLM teacher: every stage runs and hands its result to the next."""
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 
 import torch
 
@@ -109,9 +111,12 @@ def test_a_text_pass_choice_is_reused_whether_its_model_folder_is_named_relative
     model = tmp_path / "sft" / "best"
     model.mkdir(parents=True)
     (model / "model.safetensors").write_bytes(b"weights")
-    job = mj.MainJob(load_config(MainConfig, None, output_dir=str(tmp_path / "run"), nlu_samples=0))
+    job = mj.MainJob(load_config(MainConfig, None, output_dir=str(tmp_path / "run"), nlu_samples=0,
+                                 text_pass_alpha=1.0))                  # dev's best ships
+    record = {"w=0 b=-inf": "1100", "w=1 b=-inf": "1110", "w=2 b=-8": "1111"}     # per dev clip, 1: right
     kept = mj.TextPassChoice(name="supervised", model_dir=str(model.resolve()), fingerprint=mj.fingerprint(model),
-                             dev_accuracy=0.9, weight=2.0, stock_bonus=-8.0, by_choice={}, samples=0)
+                             dev_accuracy=1.0, weight=2.0, stock_bonus=-8.0, samples=0, correct_by_choice=record,
+                             by_choice={"w=0 b=-inf": 0.5, "w=1 b=-inf": 0.75, "w=2 b=-8": 1.0})
     (tmp_path / "run" / "cache").mkdir(parents=True)
     (tmp_path / "run" / "cache" / "text_pass_supervised.json").write_text(json.dumps(asdict(kept)))
 
@@ -122,6 +127,20 @@ def test_a_text_pass_choice_is_reused_whether_its_model_folder_is_named_relative
     job.__dict__.update(dev=[], teacher=None, dev_stock=[])     # what decoding would read: never loaded here
     monkeypatch.chdir(tmp_path)
     assert job.text_pass_choice("supervised", mj.Path("sft/best")) == kept
+    # another rule re-reads the kept record: dev's best wins 1 clip of 1 where it differs from the configured
+    # pass (weight 1), sign-test p 0.5, so at the default alpha 0.05 the configured pass ships -- without decoding
+    strict = mj.MainJob(load_config(MainConfig, None, output_dir=str(tmp_path / "run"), nlu_samples=0))
+    strict.__dict__.update(dev=[], teacher=None, dev_stock=[])
+    assert strict.text_pass_choice("supervised", mj.Path("sft/best")) == replace(kept, weight=1.0,
+                                                                                 stock_bonus=-math.inf,
+                                                                                 dev_accuracy=0.75)
+    # ... while RSFT's agreement reward keeps dev's best (w 2, stock bonus -8): the RSFT runs were measured so
+    (tmp_path / "run" / "stages").mkdir()
+    (tmp_path / "run" / "stages" / "sft.json").write_text(json.dumps({"best_dir": "sft/best", "dev": {}}))
+    seen = []
+    monkeypatch.setattr("assistant.rsft.loop.run_rsft", lambda rcfg: seen.append(rcfg) or {"best_dir": "", "rounds": []})
+    strict.rsft_run()
+    assert seen[0].rewards["agreement"]["text_weight"] == 2.0 and seen[0].rewards["agreement"]["stock_bonus"] == -8.0
     (model / "model.safetensors").write_bytes(b"other weights")    # another model in the same folder: decode
     with pytest.raises(AssertionError, match="kept choice"):
         job.text_pass_choice("supervised", mj.Path("sft/best"))

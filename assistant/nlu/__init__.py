@@ -5,7 +5,8 @@
 * ``assistant.nlu.training``: its training (``train_teacher``) and the default teacher (``default_teacher``:
   the grammar's text minus the corpus's held-out phrasings, trained once and cached);
 * ``assistant.nlu.second_pass``: the deployed second pass (``NluPass``, ``choose_weight``, ``attach``);
-* ``assistant.nlu.pipeline``: ``load_pipeline``, the speech model with its saved second pass.
+* ``assistant.nlu.pipeline``: ``load_pipeline``, the speech model with its saved second pass;
+* ``assistant.nlu.selection``: which text-pass setting ships (the configured one unless dev clearly prefers another).
 
 Layers: this package uses ``assistant.model`` and ``assistant.data``; ``assistant.model`` never imports
 it (``SLUModel.nlu`` is a plain slot that ``load_pipeline`` fills).

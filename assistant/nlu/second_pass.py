@@ -8,8 +8,9 @@ compared — the speech model's own and the text model's reading of that transcr
 
     score(frame) = log p_speech(frame | audio) + weight * log p_text(intent, slots | transcript)
 
-and the higher one wins (``weight`` is picked on dev by ``choose_weight``). Weight 0 is the speech model
-alone. Two more kinds of reading can join (each kept only if dev says so): the text model's reading of
+and the higher one wins (``weight`` is picked on dev: ``choose_weight``, or ``assistant.nlu.selection``,
+which keeps weight 1 unless dev clearly prefers another). Weight 0 is the speech model alone. Two more kinds
+of reading can join (each kept only if dev says so): the text model's reading of
 *stock* Whisper's transcript (``stock_bonus``), and an **n-best**: ``samples`` frames sampled from the
 speech model, each with the text model's reading of its transcript. Most intent errors follow a misheard
 word; another sampled transcript often holds the right one, and the same score picks it (as an ASR n-best
@@ -269,6 +270,19 @@ def attach(model_folder: str | Path, teacher, weight: float, stock_bonus: float 
     return NluPass(teacher, weight, stock_bonus, samples, seed).save(model_folder)
 
 
+def grid_correct(readings: Readings, gold_intents: Sequence[str], weights: Sequence[float] = WEIGHTS,
+                 stock_bonuses: Sequence[float] = (-math.inf,), samples: bool = True
+                 ) -> dict[tuple[float, float], np.ndarray]:
+    """Whether each clip's chosen frame has the gold intent, for every (weight, stock_bonus): the per-clip
+    record a choice rule (``assistant.nlu.selection``) compares choices on."""
+    correct = {}
+    for b in stock_bonuses:
+        for w in weights:
+            frames, _ = readings.choose(w, b, samples)
+            correct[(w, b)] = np.array([f is not None and f.intent == g for f, g in zip(frames, gold_intents)])
+    return correct
+
+
 def choose_weight(readings: Readings, gold_intents: Sequence[str], weights: Sequence[float] = WEIGHTS,
                   stock_bonuses: Sequence[float] = (-math.inf,), samples: bool = True
                   ) -> tuple[tuple[float, float], dict[tuple[float, float], float]]:
@@ -276,11 +290,8 @@ def choose_weight(readings: Readings, gold_intents: Sequence[str], weights: Sequ
     n-best's readings, when the readings have them).
 
     Ties go to the stock bonus nearest to "never" (-inf first), then to the smaller weight."""
-    accuracy = {}
-    for b in stock_bonuses:
-        for w in weights:
-            frames, _ = readings.choose(w, b, samples)
-            accuracy[(w, b)] = float(np.mean([f is not None and f.intent == g for f, g in zip(frames, gold_intents)]))
+    accuracy = {wb: float(c.mean()) for wb, c in grid_correct(readings, gold_intents, weights, stock_bonuses,
+                                                              samples).items()}
     rank = {b: i for i, b in enumerate(sorted(stock_bonuses))}
     best = max(accuracy, key=lambda wb: (accuracy[wb], -rank[wb[1]], -wb[0]))
     return best, accuracy

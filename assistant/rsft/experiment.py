@@ -51,7 +51,7 @@ from assistant import paths as assistant_paths   # the recipes' root; REPO_ROOT 
 from assistant.config import from_dict, load_yaml, override, parse_command, to_dict
 from assistant.data.manifest import ManifestError, read_manifest, write_jsonl
 from assistant.evaluate import evaluate_model
-from assistant.main_job import text_pass_on_dev, with_text_pass
+from assistant.main_job import choose_text_pass, text_pass_on_dev, with_text_pass
 from assistant.model.slu import SLUModel
 from assistant.paths import REPO_ROOT, generated_dir, runs_dir
 from assistant.rsft.diagnostics import diagnose_round_dir
@@ -461,10 +461,11 @@ class Experiment:
         elif (seed, name) in self._ledger_text_pass and not Path(model_dir).is_dir():
             info = self._ledger_text_pass[(seed, name)]     # the condition ran on another machine
         else:
-            acc, w, b, _, by_choice = text_pass_on_dev(f"seed {seed} {name}", Path(model_dir), self.dev,
-                                                       self.teacher(), self.stock("dev", model_dir))
+            correct = text_pass_on_dev(f"seed {seed} {name}", Path(model_dir), self.dev, self.teacher(),
+                                       self.stock("dev", model_dir))
+            acc, w, b, _ = choose_text_pass(correct, samples=0)     # dev's best (the ledger's rows were chosen so)
             info = {"weight": w, "stock_bonus": str(b), "dev_n": len(self.dev),
-                    "dev_intent_accuracy_alone": by_choice["w=0 b=-inf"],
+                    "dev_intent_accuracy_alone": float(correct["w=0 b=-inf"].mean()),
                     "dev_intent_accuracy_text_pass": acc}
             path.write_text(json.dumps(info, indent=1))
         if name == "a_supervised_slice":
