@@ -3,6 +3,9 @@
     corpus       synthesise the corpus (if missing; an existing one must have this run's profile and seed)
     sft          supervised fine-tuning on `train`
     rsft         RSFT rounds on the unlabelled field `pool` (the labelled `train` mixed in)
+    field_teacher  the text model retrained with the pool's transcripts and the frames RSFT kept for them
+                 (label-free field phrasings): a second text pass for the RSFT models, chosen on dev like the first;
+                 off unless --field-teacher true (no gain measured)
     text_pass    the text NLU second pass: speech model, weight and stock bonus chosen on all of `dev` (the
                  configured pass unless dev's best beats it clearly: `text_pass_alpha`); the chosen pair is
                  copied to <out>/final
@@ -35,9 +38,9 @@ from assistant.paths import REPO_ROOT, generated_dir, runs_dir
 from assistant.rsft.loop import RSFTConfig
 from assistant.train import TrainConfig
 
-STAGES = ("corpus", "sft", "rsft", "text_pass", "evaluate", "real_speech")
+STAGES = ("corpus", "sft", "rsft", "field_teacher", "text_pass", "evaluate", "real_speech")
 # MainConfig fields a stage reads beyond the results before it: changing one runs the stage again
-STAGE_SETTINGS = {"text_pass": ("nlu", "nlu_samples", "text_pass_alpha")}
+STAGE_SETTINGS = {"field_teacher": ("nlu", "field_teacher"), "text_pass": ("nlu", "nlu_samples", "text_pass_alpha")}
 CORPUS_FILES = ("train.jsonl", "pool.jsonl", "dev.jsonl", "test.jsonl", "holdout.json", "summary.json")
 
 
@@ -78,6 +81,9 @@ class MainConfig:
         "help": "a text-pass setting other than the configured one (weight 1, no stock reading, the n-best) ships "
                 "only if it beats it on dev with sign-test p below this (1: dev's best always; "
                 "python -m assistant.nlu.selection measures the rules on dev halves)"})
+    field_teacher: bool = field(default=False, metadata={
+        "help": "retrain the text model with the field pool's transcripts and the frames RSFT kept (label-free); "
+                "an RSFT model + this text pass ships only if it wins on dev. Off: no gain measured (README)"})
     real_speech: bool = True                  # WER of the ASR path on real recordings, before/after
     output_dir: str | None = None             # None: runs/main
     sft_from: str | None = None               # another run's folder (e.g. runs/main): reuse its supervised model
@@ -131,6 +137,12 @@ class TextPassChoice:
     samples: int = 0                          # the n-best's draws per clip (0: greedy only)
     correct_by_choice: dict[str, str] = field(default_factory=dict)   # setting -> per dev clip "1" right / "0"
     configured_samples: int = 0               # the run's nlu_samples (the default setting's n-best)
+    teacher_dir: str = ""                     # the text model: "" the default one, else the field teacher's folder
+
+    @property
+    def system(self) -> str:
+        """The system's name in the tables: 'supervised + text pass', 'rsft round 1 + field text pass'."""
+        return f"{self.name} + {'field ' if self.teacher_dir else ''}text pass"
 
 
 @dataclass
@@ -144,6 +156,18 @@ class TextPassResult:
     dev_stock_cascade_accuracy: float
     teacher_dev_gold_transcript_accuracy: float
     samples: int = 0                          # the shipped pass's n-best draws per clip (0: greedy only)
+    teacher_dir: str = ""                     # the shipped text model: "" the default one, else the field teacher
+    system: str = ""                          # its name in the test tables
+
+
+@dataclass
+class FieldTeacherResult:
+    teacher_dir: str
+    from_round: int                           # the RSFT round whose kept frames taught it
+    field_sentences: int                      # pool transcripts (with their kept frames) added to the text
+    dev_gold_transcript_accuracy: float       # the text model alone on the gold dev transcripts ...
+    default_dev_gold_transcript_accuracy: float   # ... and the default one's, for comparison
+    train_seconds: float | None = None
 
 
 @dataclass
@@ -226,6 +250,18 @@ class MainJob:
 
         with dist.main_process_first():           # trained once, cached; the others load it
             return nlu.default_teacher(self.schema, holdout_file=self.corpus / "holdout.json")
+
+    @cached_property
+    def field_teacher_model(self):
+        """The field teacher (stage ``field_teacher``), or None where the run has none."""
+        from assistant.nlu import TextTeacher
+
+        result = self.load_result("field_teacher", FieldTeacherResult)
+        return TextTeacher.load(result.teacher_dir) if result is not None else None
+
+    def teacher_of(self, choice) -> Any:
+        """The text model a text-pass choice reads transcripts with."""
+        return self.field_teacher_model if getattr(choice, "teacher_dir", "") else self.teacher
 
     @cached_property
     def stock_model(self):
@@ -393,27 +429,78 @@ class MainJob:
         summary = run_rsft(rcfg)
         return RSFTResult(best_dir=summary["best_dir"], rounds=summary["rounds"])
 
-    # ----- 4. text pass
-    def text_pass_choice(self, name: str, model_dir: Path, alpha: float | None = None) -> TextPassChoice:
-        """The text pass of one speech model chosen on every dev clip by the rule ``alpha`` (None: the run's
-        ``text_pass_alpha``); the per-clip record it is chosen from is kept per model folder (another rule
-        re-reads it)."""
+    # ----- 4. the field teacher
+    def field_teacher_done(self) -> bool:
+        if not self.result_path("field_teacher").is_file():
+            return False
+        result = self.load_result("field_teacher", FieldTeacherResult)
+        return result is None or Path(result.teacher_dir).is_dir()
+
+    def field_teacher_run(self) -> FieldTeacherResult | None:
+        """The text model retrained on its own text + the last RSFT round's kept pool frames with their
+        transcripts: no label is read. Without the text pass or RSFT there is nothing to do."""
+        from assistant.data.grammar import Sentence
+        from assistant.nlu.training import field_teacher
+        from assistant.rsft.loop import kept_frames
+
+        self.__dict__.pop("field_teacher_model", None)
+        if not (self.cfg.nlu and self.cfg.field_teacher and self.rsft and self.rsft.rounds):
+            return None
+        last = self.rsft.rounds[-1]["round"]
+        frames = kept_frames(self.out / "rsft" / f"round_{last}")
+        sentences = [Sentence(text=f.transcript, intent=f.intent, slots=dict(f.slots), template_id="field")
+                     for f in frames if f.intent in self.schema.intents]
+        if not sentences:
+            print(f"field teacher: round {last} kept no pool transcript with a known intent; none trained")
+            return None
+        target = self.out / "field_teacher"
+        started = time.perf_counter()
+        with dist.main_process_first():
+            teacher = field_teacher(target, sentences, self.schema, holdout_file=self.corpus / "holdout.json")
+        gold = [u.text for u in self.dev]
+        def gold_accuracy(t) -> float:
+            return sum(p[0] == u.intent for p, u in zip(t.predict(gold), self.dev)) / len(self.dev)
+        result = FieldTeacherResult(teacher_dir=str(target), from_round=last, field_sentences=len(sentences),
+                                    dev_gold_transcript_accuracy=gold_accuracy(teacher),
+                                    default_dev_gold_transcript_accuracy=gold_accuracy(self.teacher),
+                                    train_seconds=round(time.perf_counter() - started, 1))
+        print(f"field teacher: {len(sentences)} pool transcripts from round {last}; on the gold dev transcripts "
+              f"{result.dev_gold_transcript_accuracy:.4f} (the default text model {result.default_dev_gold_transcript_accuracy:.4f})")
+        return result
+
+    # ----- 5. text pass
+    def text_pass_choice(self, name: str, model_dir: Path, alpha: float | None = None,
+                         field_teacher: bool = False) -> TextPassChoice:
+        """The text pass of one speech model (with the default text model, or with ``field_teacher``'s) chosen
+        on every dev clip by the rule ``alpha`` (None: the run's ``text_pass_alpha``); the per-clip record it
+        is chosen from is kept per model folder (another rule re-reads it)."""
         from assistant.nlu.selection import bits
 
         samples = self.cfg.nlu_samples
-        path = self.out / "cache" / f"text_pass_{_slug(name)}{f'_n{samples}_seed{self.cfg.seed}' if samples else ''}.json"
-        mark = fingerprint(model_dir)
+        teacher_dir = str(self.out / "field_teacher") if field_teacher else ""
+        slug = _slug(name) + ("_field" if field_teacher else "")
+        path = self.out / "cache" / f"text_pass_{slug}{f'_n{samples}_seed{self.cfg.seed}' if samples else ''}.json"
+        mark = fingerprint(model_dir) + (f"|{fingerprint(teacher_dir)}" if field_teacher else "")
         kept = _kept(path)
         if not (kept and _same_folder(kept["model_dir"], model_dir) and kept["fingerprint"] == mark
                 and kept.get("correct_by_choice")):
-            correct = text_pass_on_dev(name, model_dir, self.dev, self.teacher, self.dev_stock, samples,
-                                       self.cfg.seed)
+            teacher = self.field_teacher_model if field_teacher else self.teacher
+            correct = text_pass_on_dev(name, model_dir, self.dev, teacher, self.dev_stock, samples, self.cfg.seed)
             kept = asdict(TextPassChoice(name=name, model_dir=str(model_dir), fingerprint=mark, dev_accuracy=0.0,
                                          weight=0.0, stock_bonus=0.0, by_choice={}, configured_samples=samples,
-                                         correct_by_choice={k: bits(v) for k, v in correct.items()}))
+                                         correct_by_choice={k: bits(v) for k, v in correct.items()},
+                                         teacher_dir=teacher_dir))
         choice = _apply_rule(TextPassChoice(**kept), self.cfg.text_pass_alpha if alpha is None else alpha)
         _write_json(path, asdict(choice))
         return choice
+
+    def text_pass_choices(self) -> list[TextPassChoice]:
+        """Every speech model with the default text model; the RSFT models also with the field teacher."""
+        choices = [self.text_pass_choice(name, d) for name, d in self.speech_models()]
+        if self.field_teacher_model is not None:
+            choices += [self.text_pass_choice(name, d, field_teacher=True)
+                        for name, d in self.speech_models() if name != "supervised"]
+        return choices
 
     def text_pass_done(self) -> bool:
         return self.result_path("text_pass").is_file() and (self.out / "final").is_dir()
@@ -426,18 +513,18 @@ class MainJob:
         if not self.cfg.nlu:
             self._ship(self._speech_choice())
             return None
-        choices = [self.text_pass_choice(name, d) for name, d in self.speech_models()]
+        choices = self.text_pass_choices()
         best = max(choices, key=lambda c: c.dev_accuracy)                 # max keeps the first of equals
         # the text model on the *gold* dev transcripts: the ceiling the speech side works under
         gold = sum(p[0] == u.intent for p, u in zip(self.teacher.predict([u.text for u in self.dev]), self.dev))
         cascade = evaluation_report(self.dev, stock_cascade_predictions(self.teacher, self.dev, self.dev_stock))
         result = TextPassResult(
             speech_model=best.name, model_dir=best.model_dir, weight=best.weight, stock_bonus=best.stock_bonus,
-            samples=best.samples,
-            dev_intent_accuracy_by_model={c.name: c.dev_accuracy for c in choices},
+            samples=best.samples, teacher_dir=best.teacher_dir, system=best.system,
+            dev_intent_accuracy_by_model={c.name if not c.teacher_dir else c.system: c.dev_accuracy for c in choices},
             dev_intent_accuracy_by_choice=best.by_choice, dev_stock_cascade_accuracy=cascade["intent_accuracy"],
             teacher_dev_gold_transcript_accuracy=gold / len(self.dev))
-        print(f"-> {best.name} + text pass (weight {best.weight:g}, stock bonus {best.stock_bonus:g}, n-best "
+        print(f"-> {best.system} (weight {best.weight:g}, stock bonus {best.stock_bonus:g}, n-best "
               f"{best.samples or 'off'}); stock Whisper "
               f"+ text NLU on dev: {result.dev_stock_cascade_accuracy:.4f}; the text model alone on the gold dev "
               f"transcripts: {result.teacher_dev_gold_transcript_accuracy:.4f}")
@@ -457,10 +544,10 @@ class MainJob:
             if choice is not None:
                 from assistant.nlu import attach
 
-                attach(final, self.teacher, choice.weight, choice.stock_bonus, choice.samples, self.cfg.seed)
+                attach(final, self.teacher_of(choice), choice.weight, choice.stock_bonus, choice.samples, self.cfg.seed)
         dist.barrier()
 
-    # ----- 5. evaluation on test
+    # ----- 6. evaluation on test
     def evaluate_done(self) -> bool:
         return self.result_path("evaluate").is_file()
 
@@ -471,9 +558,9 @@ class MainJob:
         if shipped is not None:
             # every speech model with its own text pass, not only the shipped one: RSFT's effect on what is
             # deployed is the RSFT pair against the supervised pair on the same test clips, whichever ships
-            out += [(f"{name} + text pass", d, self.text_pass_choice(name, d))
-                    for name, d in self.speech_models() if name != shipped.speech_model]
-            out.append((f"final = {shipped.speech_model} + text pass", self.out / "final", "saved"))
+            out += [(c.system, Path(c.model_dir), c) for c in self.text_pass_choices()
+                    if (c.name, c.teacher_dir) != (shipped.speech_model, shipped.teacher_dir)]
+            out.append((f"final = {shipped.system or shipped.speech_model + ' + text pass'}", self.out / "final", "saved"))
         return out
 
     def shipped_system(self, systems: list[tuple[str, Path, Any]]) -> str:
@@ -491,6 +578,7 @@ class MainJob:
         from assistant.nlu import NluPass, load_pipeline
 
         key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}|{text_pass.samples}|{self.cfg.seed}"
+                                        + (f"|{fingerprint(text_pass.teacher_dir)}" if text_pass.teacher_dir else "")
                                         if isinstance(text_pass, TextPassChoice) else f"|{text_pass}")
         path = self.out / "cache" / f"test_{_slug(name)}.json"
         kept = _kept(path)
@@ -498,7 +586,8 @@ class MainJob:
             return [Prediction(**p) for p in kept["predictions"]]
         model = load_pipeline(model_dir) if text_pass == "saved" else SLUModel.from_pretrained(model_dir)
         if isinstance(text_pass, TextPassChoice):
-            model.nlu = NluPass(self.teacher, text_pass.weight, text_pass.stock_bonus, text_pass.samples, self.cfg.seed)
+            model.nlu = NluPass(self.teacher_of(text_pass), text_pass.weight, text_pass.stock_bonus, text_pass.samples,
+                                self.cfg.seed)
         _, preds = evaluate_model(model.eval(), self.test, self.schema, desc=f"test: {name}",
                                   use_nlu=text_pass is not None, stock=stock)
         _write_json(path, {"key": key, "ids": [u.id for u in self.test], "predictions": [p.to_dict() for p in preds]})
@@ -543,7 +632,7 @@ class MainJob:
             f"{e} {w:.3f}" for e, w in stock_wer["by_engine"].items()) + "; worst Kokoro speakers: " + ", ".join(
             f"{k} {w:.3f}" for k, w in sorted(stock_wer["kokoro_speakers"].items(), key=lambda kv: -kv[1])[:3]))
 
-    # ----- 6. real human speech
+    # ----- 7. real human speech
     def real_speech_done(self) -> bool:
         return self.result_path("real_speech").is_file()
 
@@ -577,6 +666,7 @@ class MainJob:
         summary = {"final_model": str(self.out / "final"), "sft_model": self.sft_model_name(), **(asdict(evaluated) if evaluated else {}),
                    "timings_s": timings, "rsft_rounds": self.rsft.rounds if self.rsft else [],
                    "nlu": ({**asdict(text_pass), "stock_bonus": str(text_pass.stock_bonus)} if text_pass else None),
+                   "field_teacher": _read_json(self.result_path("field_teacher")),
                    "real_speech": _read_json(self.result_path("real_speech"))}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         return summary
@@ -627,7 +717,8 @@ def _apply_rule(kept: TextPassChoice, alpha: float) -> TextPassChoice:
     correct = {k: from_bits(v) for k, v in kept.correct_by_choice.items()}
     acc, w, b, n = choose_text_pass(correct, kept.configured_samples, alpha)
     by_choice = {k: float(v.mean()) for k, v in correct.items()}
-    print(f"{kept.name}: dev intent accuracy {by_choice['w=0 b=-inf']:.4f} alone, {acc:.4f} with the text pass "
+    print(f"{kept.name}: dev intent accuracy {by_choice['w=0 b=-inf']:.4f} alone, {acc:.4f} with the "
+          f"{'field ' if kept.teacher_dir else ''}text pass "
           f"(weight {w:g}, stock bonus {b:g}, n-best {n or 'off'}; dev's best {max(by_choice.values()):.4f}, "
           f"the configured pass {by_choice.get(default_choice(kept.configured_samples), float('nan')):.4f})")
     return replace(kept, dev_accuracy=acc, weight=w, stock_bonus=b, samples=n, by_choice=by_choice)

@@ -24,6 +24,17 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
     torch.manual_seed(0)
     fresh = nlu.TextTeacher.fresh(list(schema.intents), sorted(schema.slots), implied_slots={}, intent_slots={})
     monkeypatch.setattr(nlu, "default_teacher", lambda *a, **k: fresh)   # no 6-minute training here
+    taught = []                                # ... nor for the field teacher: what it would be taught is kept
+    monkeypatch.setattr("assistant.nlu.training.train_teacher", lambda sentences, *a, **k: taught.append(sentences) or fresh)
+    # a tiny random speech model keeps no readable transcript: here RSFT's kept frames are the pool's own
+    # (kept_frames itself reads a real kept set in test_field_teacher_learns_from_a_kept_set)
+    from assistant.data.manifest import read_manifest
+    from assistant.frames import Frame
+
+    def kept_frames(round_dir):
+        pool = read_manifest(tmp_path / "data" / "smoke" / "pool.jsonl")
+        return [Frame(u.intent, dict(u.slots), u.text) for u in pool]
+    monkeypatch.setattr("assistant.rsft.loop.kept_frames", kept_frames)
     sft = tmp_path / "sft.yaml"
     sft.write_text("tiny_random: true\nmax_steps: 2\nbatch_size: 4\ndev_limit: 4\nlr: 0.001\nwarmup_steps: 1\n")
     rsft = tmp_path / "rsft.yaml"
@@ -31,23 +42,30 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
                     "accept: {rule: best_of_n, k: 1}\npool_limit: 4\nlabelled_limit: 4\n"
                     "finetune: {epochs: 1, batch_size: 4, dev_limit: 4}\n")
     cfg = load_config(MainConfig, None, profile="smoke", sft=str(sft), rsft=str(rsft), real_speech=False,
-                      output_dir=str(tmp_path / "run"))     # sections given as whole recipe files
+                      field_teacher=True, output_dir=str(tmp_path / "run"))   # sections given as whole recipe files
     summary = run_main(cfg)
 
     out = tmp_path / "run"
     assert (tmp_path / "data" / "smoke" / "test.jsonl").is_file()               # the corpus was synthesised
     assert summary["sft_model"] == "tiny.en"         # the model its supervised stage started from (the report's row)
     nlu = summary["nlu"]
-    assert set(nlu["dev_intent_accuracy_by_model"]) == {"supervised", "rsft round 1"}
-    assert nlu["speech_model"] in nlu["dev_intent_accuracy_by_model"]
-    assert nlu["dev_intent_accuracy_by_model"][nlu["speech_model"]] == max(nlu["dev_intent_accuracy_by_model"].values())
+    # the RSFT model is also read by the field teacher: the default text + the pool transcripts RSFT kept
+    field = summary["field_teacher"]
+    pool_texts = sorted(json.loads(line)["text"] for line in (tmp_path / "data" / "smoke" / "pool.jsonl").open())
+    assert field["from_round"] == 1 and field["field_sentences"] == len(pool_texts) == 8
+    assert sorted(s.text for s in taught[0] if s.template_id == "field") == pool_texts
+    assert len(taught[0]) > len(pool_texts)                      # ... added to the default text, not instead
+    by_model = nlu["dev_intent_accuracy_by_model"]
+    assert set(by_model) == {"supervised", "rsft round 1", "rsft round 1 + field text pass"}
+    assert nlu["system"] in ({"rsft round 1 + field text pass"} | {f"{m} + text pass" for m in by_model})
+    assert by_model[nlu["speech_model"] if not nlu["teacher_dir"] else nlu["system"]] == max(by_model.values())
     assert 0.0 <= nlu["teacher_dev_gold_transcript_accuracy"] <= 1.0
     assert json.loads((out / "final" / "nlu" / "nlu.json").read_text())["weight"] == nlu["weight"]
-    final_row = f"final = {nlu['speech_model']} + text pass"
+    final_row = f"final = {nlu['system']}"
     peer = "peer: stock Whisper tiny.en + our text NLU"
-    other = "rsft round 1" if nlu["speech_model"] == "supervised" else "supervised"
-    # the speech model that does not ship is scored with its own text pass too (RSFT's effect on the pair)
-    assert set(summary["test"]) == {"supervised", "rsft round 1", final_row, peer, f"{other} + text pass"}
+    pairs = {"supervised + text pass", "rsft round 1 + text pass", "rsft round 1 + field text pass"}
+    # every pair that does not ship is scored too (RSFT's effect on the deployed pair, the field teacher's)
+    assert set(summary["test"]) == {"supervised", "rsft round 1", final_row, peer} | (pairs - {nlu["system"]})
     cells = summary["test_by_engine_condition"]
     assert sum(c["n"] for conds in cells.values() for c in conds.values()) == 8
     for conds in cells.values():
@@ -67,14 +85,18 @@ def test_main_job_runs_every_stage_and_picks_the_deployed_pair_on_dev(tmp_path, 
         out / "stages" / f"{name}.json" for name in STAGES}
     assert again["test"] == summary["test"] and again["nlu"] == summary["nlu"]
     # --stage evaluate runs evaluation again (from the kept predictions: same numbers), nothing before it
-    before = {n: (out / "stages" / f"{n}.json").stat().st_mtime_ns for n in STAGES[:4]}
+    earlier = STAGES[:STAGES.index("evaluate")]
+    before = {n: (out / "stages" / f"{n}.json").stat().st_mtime_ns for n in earlier}
     redo = run_main(load_config(MainConfig, None, **{**cfg.__dict__, "stage": "evaluate"}))
     assert redo["test"] == summary["test"]
-    assert {n: (out / "stages" / f"{n}.json").stat().st_mtime_ns for n in STAGES[:4]} == before
+    assert {n: (out / "stages" / f"{n}.json").stat().st_mtime_ns for n in earlier} == before
     # one more RSFT round: RSFT resumes (round 1 kept) and every later stage runs again on the new results
-    two = run_main(load_config(MainConfig, None, **{**cfg.__dict__, "rsft": {"rounds": 2}}))
+    rsft2 = tmp_path / "rsft2.yaml"                           # the same recipe, one round more
+    rsft2.write_text(rsft.read_text().replace("rounds: 1", "rounds: 2"))
+    two = run_main(load_config(MainConfig, None, **{**cfg.__dict__, "rsft": str(rsft2)}))
     assert [r["round"] for r in two["rsft_rounds"]] == [1, 2] and "rsft round 2" in two["nlu"]["dev_intent_accuracy_by_model"]
-    assert "rsft round 2" in two["test"]
+    assert "rsft round 2" in two["test"] and two["field_teacher"]["from_round"] == 2
+    assert "rsft round 2 + field text pass" in two["nlu"]["dev_intent_accuracy_by_model"]
     # a corpus built with another seed is not silently reused; --stage needs the stages before it done
     with pytest.raises(ConfigError, match="corpus-seed 0"):
         run_main(load_config(MainConfig, None, **{**cfg.__dict__, "seed": 1}))

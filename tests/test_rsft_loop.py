@@ -59,6 +59,10 @@ def test_finished_rounds_are_skipped_on_rerun(init_model, tmp_path):
     run_rsft(_cfg(init_model, tmp_path / "r"))
     assert (tmp_path / "r" / "round_1" / "report.json").stat().st_mtime == mtime
     assert (tmp_path / "r" / "round_1" / "decisions.jsonl").read_text() == before
+    # ... but only under the settings they were made with: another reward is refused, not passed off as this one
+    with pytest.raises(ConfigError, match=r"other settings \(rewards differ"):
+        run_rsft(_cfg(init_model, tmp_path / "r", rewards={"verifier": 1.0}))
+    assert (tmp_path / "r" / "round_1" / "report.json").stat().st_mtime == mtime
 
 
 def test_greedy_only_pseudo_labelling_keeps_the_argmax(init_model, tmp_path):

@@ -67,3 +67,18 @@ def test_a_run_without_the_per_clip_record_says_how_to_make_it(tmp_path):
     (cache / "text_pass_supervised.json").write_text(json.dumps({"name": "supervised", "by_choice": {}}))
     with pytest.raises(SystemExit, match="--stage text_pass"):
         load_run(tmp_path / "old")
+
+
+def test_the_field_teachers_record_is_a_choice_of_its_own_where_asked_for(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    run = _run(tmp_path, "run", {"supervised": {"w=0 b=-inf": rng.random(40) < 0.5, "w=1 b=-inf": rng.random(40) < 0.6}})
+    field = {"w=0 b=-inf": np.ones(40, bool), "w=1 b=-inf": np.ones(40, bool)}     # right everywhere: it ships
+    (run / "cache" / "text_pass_rsft_round_1_field.json").write_text(json.dumps(
+        {"name": "rsft round 1", "teacher_dir": "run/field_teacher", "configured_samples": 0,
+         "correct_by_choice": {k: bits(v) for k, v in field.items()}}))
+    assert [m[0] for m in load_run(run, field_teacher=True)] == ["supervised", "rsft round 1 + field teacher"]
+    assert [m[0] for m in load_run(run)] == ["supervised"]              # the main job's default: no field teacher
+    main([str(run), "--alphas", "1", "--splits", "5", "--field-teacher", "--json", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text())[str(run)]["1.0"]["all_dev_choice"].startswith("rsft round 1 + field")
+    main([str(run), "--alphas", "1", "--splits", "5", "--json", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text())[str(run)]["1.0"]["all_dev_choice"].startswith("supervised")

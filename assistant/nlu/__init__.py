@@ -3,7 +3,8 @@
 * ``assistant.nlu.spans``: slot values <-> word spans (BIO tags);
 * ``assistant.nlu.model``: the network (``TextTeacher``: scoring, prediction, save / load);
 * ``assistant.nlu.training``: its training (``train_teacher``) and the default teacher (``default_teacher``:
-  the grammar's text minus the corpus's held-out phrasings, trained once and cached);
+  the grammar's text minus the corpus's held-out phrasings, trained once and cached; ``field_teacher``: that
+  text plus the field pool's transcripts with the frames RSFT kept);
 * ``assistant.nlu.second_pass``: the deployed second pass (``NluPass``, ``choose_weight``, ``attach``);
 * ``assistant.nlu.pipeline``: ``load_pipeline``, the speech model with its saved second pass;
 * ``assistant.nlu.selection``: which text-pass setting ships (the configured one unless dev clearly prefers another).

@@ -58,17 +58,21 @@ def default_choice(samples: int) -> str:
 # --------------------------------------------------------------------------- measuring the rules on dev
 
 
-def load_run(run: Path) -> list[tuple[str, dict[str, np.ndarray], str]]:
-    """(speech model, {setting: per-clip correct on dev}, default setting) per speech model of a run, in
-    the main job's order (supervised first, then the RSFT rounds)."""
+def load_run(run: Path, field_teacher: bool = False) -> list[tuple[str, dict[str, np.ndarray], str]]:
+    """(speech model, {setting: per-clip correct on dev}, default setting) per speech model of a run (and per
+    RSFT model with the field teacher's text pass too, with ``field_teacher``: `assistant run --field-teacher true`), in the main job's order
+    (supervised first, then the RSFT rounds)."""
     models = []
     for path in sorted((run / "cache").glob("text_pass_*.json")):
         kept = json.loads(path.read_text())
+        if kept.get("teacher_dir") and not field_teacher:
+            continue
         if not kept.get("correct_by_choice"):
             raise SystemExit(f"{path}: no per-clip record (made before it was kept); run "
                              f"`assistant run --output-dir {run} --stage text_pass --stop-stage text_pass` to remake it")
         correct = {k: from_bits(v) for k, v in kept["correct_by_choice"].items()}
-        models.append((kept["name"], correct, default_choice(kept.get("configured_samples", 0))))
+        name = kept["name"] + (" + field teacher" if kept.get("teacher_dir") else "")
+        models.append((name, correct, default_choice(kept.get("configured_samples", 0))))
     if not models:
         raise SystemExit(f"{run}/cache: no text_pass_*.json (has the run's text_pass stage run?)")
     return sorted(models, key=lambda m: (m[0] != "supervised", m[0]))
@@ -104,9 +108,12 @@ def main(argv=None) -> None:
     ap.add_argument("--splits", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--field-teacher", action="store_true",
+                    help="also offer the RSFT models with the field teacher's text pass, where a run has one "
+                         "(as `assistant run --field-teacher true` does)")
     args = ap.parse_args(argv)
     alphas = [float(a) for a in args.alphas.split(",")]
-    runs = {str(r): load_run(r) for r in args.runs}
+    runs = {str(r): load_run(r, field_teacher=args.field_teacher) for r in args.runs}
     print(f"held-out half of dev, mean over {args.splits} random halves (chosen on the other half); "
           f"in brackets: the paired difference to alpha 1 (mean, share of halves where it is > 0 / < 0)")
     results = {}

@@ -1,13 +1,15 @@
 """Training the text model (``assistant.nlu.model.TextTeacher``), and the default one every run uses.
 
-Two parts:
+Three parts:
 
 * ``train_teacher``: fine-tune MiniLM on grammar sentences (objects with ``.text``, ``.intent``,
   ``.slots``), with ASR-like noise (``augment_words``) so imperfect transcripts still read right;
 * ``default_teacher``: the teacher of the default grammar — its training text (``default_sentences``:
   the grammar's phrasings minus the ones the corpus holds out for dev/test, read from the corpus's
   ``holdout.json``), trained once and cached under ``cache_dir()/CACHE_NAME``, retrained whenever the
-  text, the label space or the recipe change (``training_fingerprint``).
+  text, the label space or the recipe change (``training_fingerprint``);
+* ``field_teacher``: the same recipe on that text plus label-free field sentences (the pool's transcripts with
+  the frames RSFT kept), cached in the run's folder.
 """
 
 from __future__ import annotations
@@ -322,6 +324,22 @@ def default_teacher(schema: Any = None, progress: bool = True, train_if_missing:
     sentences = default_sentences(schema, holdout_file)
     fingerprint = training_fingerprint(sentences, schema, DEFAULT_EPOCHS, 0)
     return cached_teacher(cache_dir() / CACHE_NAME, fingerprint, train_if_missing,
+                          lambda: train_teacher(sentences, schema, epochs=DEFAULT_EPOCHS, seed=0, progress=progress))
+
+
+def field_teacher(target: str | Path, field_sentences: Sequence[Any], schema: Any = None,
+                  holdout_file: str | Path | None = None, progress: bool = True) -> TextTeacher:
+    """The default teacher's recipe on its own text plus ``field_sentences``: the field pool's transcripts with
+    the frames RSFT kept for them (label-free). The pool speaks phrasings the grammar text lacks (the corpus's
+    field templates); read back by the speech model and labelled by RSFT's pick, they teach the text model
+    those phrasings. Cached in ``target`` (retrained when the sentences change); sentences whose intent the
+    schema lacks are left out."""
+    if schema is None:
+        schema = load_schema()
+    known = [s for s in field_sentences if s.intent in schema.intents and text_words(s.text)]
+    sentences = default_sentences(schema, holdout_file) + known
+    fingerprint = training_fingerprint(sentences, schema, DEFAULT_EPOCHS, 0)
+    return cached_teacher(Path(target), fingerprint, True,
                           lambda: train_teacher(sentences, schema, epochs=DEFAULT_EPOCHS, seed=0, progress=progress))
 
 

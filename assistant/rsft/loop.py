@@ -23,9 +23,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from assistant import distributed as dist
 from assistant import nlu
-from assistant.config import ConfigError, parse_command, run_command, save_yaml
+from assistant.config import ConfigError, parse_command, run_command, save_yaml, to_dict
 from assistant.data.grammar import domain_vocab_texts
 from assistant.data.manifest import ManifestError, read_manifest
 from assistant.frames import format_frame, parse_frame
@@ -199,6 +201,21 @@ def kept_examples(utterances, scored_lists, decisions, transcript_target: str = 
     return out
 
 
+def kept_frames(round_dir: str | Path) -> list:
+    """The frames (with their target transcripts) a finished round kept for pool clips, full examples only
+    (not the intent-only or down-weighted ones an abstention variant keeps): label-free field text."""
+    path = Path(round_dir) / "kept.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no kept set; finish the round first (`assistant rsft` / `assistant run`)")
+    frames = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        frame = parse_frame(row["target"]).frame
+        if frame is not None and frame.transcript and row.get("scope", "frame") == "frame" and row.get("weight", 1.0) >= 1.0:
+            frames.append(frame)
+    return frames
+
+
 def label_is_right(u, target: str) -> bool:
     """Oracle only: whether a training target's frame has the utterance's hidden intent and slots."""
     f = parse_frame(target).frame
@@ -356,6 +373,21 @@ def plot_rounds(reports: list[dict], init_dev: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def check_resumable(cfg: RSFTConfig, out: Path) -> None:
+    """Finished rounds in ``out`` are resumed only under the settings they were made with (the number of
+    rounds aside): rounds made with another reward, rule or recipe would otherwise be reported as this one's."""
+    saved = out / "config.yaml"
+    if not saved.is_file() or not any(p.is_file() for p in out.glob("round_*/done.json")):
+        return
+    old = yaml.safe_load(saved.read_text()) or {}
+    new = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    changed = sorted(k for k in set(old) | set(new) if k != "rounds" and old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(f"{out} holds finished rounds made with other settings ({', '.join(changed)} differ from "
+                          f"{saved}): use a new --output-dir (`assistant run`: a new --output-dir with --sft-from "
+                          "this run) or delete its round_* folders to run them again")
+
+
 def run_rsft(cfg: RSFTConfig) -> dict:
     """All rounds; returns {"best_dir", "rounds": [per-round reports], "init_dev"}."""
     if not cfg.init_model or not Path(cfg.init_model).is_dir():
@@ -366,6 +398,7 @@ def run_rsft(cfg: RSFTConfig) -> dict:
             raise ConfigError(f"{name} is required (a manifest path)")
     out = Path(cfg.output_dir) if cfg.output_dir else runs_dir() / "rsft"
     out.mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg, out)
     if dist.is_main():
         save_yaml(cfg, out / "config.yaml")
     set_seed(cfg.seed)
