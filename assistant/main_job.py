@@ -457,16 +457,17 @@ class MainJob:
         started = time.perf_counter()
         with dist.main_process_first():
             teacher = field_teacher(target, sentences, self.schema, holdout_file=self.corpus / "holdout.json")
-        gold = [u.text for u in self.dev]
-        def gold_accuracy(t) -> float:
-            return sum(p[0] == u.intent for p, u in zip(t.predict(gold), self.dev)) / len(self.dev)
         result = FieldTeacherResult(teacher_dir=str(target), from_round=last, field_sentences=len(sentences),
-                                    dev_gold_transcript_accuracy=gold_accuracy(teacher),
-                                    default_dev_gold_transcript_accuracy=gold_accuracy(self.teacher),
+                                    dev_gold_transcript_accuracy=self.gold_dev_accuracy(teacher),
+                                    default_dev_gold_transcript_accuracy=self.gold_dev_accuracy(self.teacher),
                                     train_seconds=round(time.perf_counter() - started, 1))
         print(f"field teacher: {len(sentences)} pool transcripts from round {last}; on the gold dev transcripts "
               f"{result.dev_gold_transcript_accuracy:.4f} (the default text model {result.default_dev_gold_transcript_accuracy:.4f})")
         return result
+
+    def gold_dev_accuracy(self, teacher) -> float:
+        """A text model alone on the *gold* dev transcripts: the ceiling the speech side works under."""
+        return sum(p[0] == u.intent for p, u in zip(teacher.predict([u.text for u in self.dev]), self.dev)) / len(self.dev)
 
     # ----- 5. text pass
     def text_pass_choice(self, name: str, model_dir: Path, alpha: float | None = None,
@@ -515,15 +516,13 @@ class MainJob:
             return None
         choices = self.text_pass_choices()
         best = max(choices, key=lambda c: c.dev_accuracy)                 # max keeps the first of equals
-        # the text model on the *gold* dev transcripts: the ceiling the speech side works under
-        gold = sum(p[0] == u.intent for p, u in zip(self.teacher.predict([u.text for u in self.dev]), self.dev))
         cascade = evaluation_report(self.dev, stock_cascade_predictions(self.teacher, self.dev, self.dev_stock))
         result = TextPassResult(
             speech_model=best.name, model_dir=best.model_dir, weight=best.weight, stock_bonus=best.stock_bonus,
             samples=best.samples, teacher_dir=best.teacher_dir, system=best.system,
             dev_intent_accuracy_by_model={c.name if not c.teacher_dir else c.system: c.dev_accuracy for c in choices},
             dev_intent_accuracy_by_choice=best.by_choice, dev_stock_cascade_accuracy=cascade["intent_accuracy"],
-            teacher_dev_gold_transcript_accuracy=gold / len(self.dev))
+            teacher_dev_gold_transcript_accuracy=self.gold_dev_accuracy(self.teacher))
         print(f"-> {best.system} (weight {best.weight:g}, stock bonus {best.stock_bonus:g}, n-best "
               f"{best.samples or 'off'}); stock Whisper "
               f"+ text NLU on dev: {result.dev_stock_cascade_accuracy:.4f}; the text model alone on the gold dev "
