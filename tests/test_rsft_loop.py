@@ -1,6 +1,7 @@
 """The RSFT loop wired end to end on a tiny random model and fixture audio."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,11 @@ def test_finished_rounds_are_skipped_on_rerun(init_model, tmp_path):
     with pytest.raises(ConfigError, match=r"other settings \(rewards differ"):
         run_rsft(_cfg(init_model, tmp_path / "r", rewards={"verifier": 1.0}))
     assert (tmp_path / "r" / "round_1" / "report.json").stat().st_mtime == mtime
+    # a copied run folder resumes: its location is not a setting
+    shutil.copytree(tmp_path / "r", tmp_path / "copy")
+    copied = (tmp_path / "copy" / "round_1" / "report.json").stat().st_mtime
+    run_rsft(_cfg(init_model, tmp_path / "copy"))
+    assert (tmp_path / "copy" / "round_1" / "report.json").stat().st_mtime == copied
 
 
 def test_greedy_only_pseudo_labelling_keeps_the_argmax(init_model, tmp_path):

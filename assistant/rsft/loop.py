@@ -373,15 +373,19 @@ def plot_rounds(reports: list[dict], init_dev: dict, path: Path) -> None:
     plt.close(fig)
 
 
+_RESUMABLE_CHANGES = {"rounds", "output_dir"}
+
+
 def check_resumable(cfg: RSFTConfig, out: Path) -> None:
     """Finished rounds in ``out`` are resumed only under the settings they were made with (the number of
-    rounds aside): rounds made with another reward, rule or recipe would otherwise be reported as this one's."""
+    rounds and the folder's own location aside: a copied run folder resumes): rounds made with another
+    reward, rule or recipe would otherwise be reported as this one's."""
     saved = out / "config.yaml"
     if not saved.is_file() or not any(p.is_file() for p in out.glob("round_*/done.json")):
         return
     old = yaml.safe_load(saved.read_text()) or {}
     new = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    changed = sorted(k for k in set(old) | set(new) if k != "rounds" and old.get(k) != new.get(k))
+    changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if changed:
         raise ConfigError(f"{out} holds finished rounds made with other settings ({', '.join(changed)} differ from "
                           f"{saved}): use a new --output-dir (`assistant run`: a new --output-dir with --sft-from "
