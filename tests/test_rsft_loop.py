@@ -1,6 +1,7 @@
 """The RSFT loop wired end to end on a tiny random model and fixture audio."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -64,10 +65,10 @@ def test_finished_rounds_are_skipped_on_rerun(init_model, tmp_path):
     with pytest.raises(ConfigError, match=r"other settings \(rewards differ"):
         run_rsft(_cfg(init_model, tmp_path / "r", rewards={"verifier": 1.0}))
     assert (tmp_path / "r" / "round_1" / "report.json").stat().st_mtime == mtime
-    # a copied run folder resumes: its location is not a setting
+    # a copied run folder resumes: its location is not a setting, nor is a path's spelling (relative/absolute)
     shutil.copytree(tmp_path / "r", tmp_path / "copy")
     copied = (tmp_path / "copy" / "round_1" / "report.json").stat().st_mtime
-    run_rsft(_cfg(init_model, tmp_path / "copy"))
+    run_rsft(_cfg(init_model, tmp_path / "copy", pool_manifest=os.path.relpath(FSC)))
     assert (tmp_path / "copy" / "round_1" / "report.json").stat().st_mtime == copied
 
 

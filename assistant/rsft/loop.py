@@ -374,17 +374,23 @@ def plot_rounds(reports: list[dict], init_dev: dict, path: Path) -> None:
 
 
 _RESUMABLE_CHANGES = {"rounds", "output_dir"}
+_PATH_SETTINGS = {"init_model", "ref_model", "pool_manifest", "labelled_manifest", "dev_manifest", "holdout_file"}
+
+
+def _settings(cfg: dict) -> dict:
+    """A config's settings as compared for resuming: paths by the file they name, not their spelling."""
+    return {k: str(Path(v).resolve()) if k in _PATH_SETTINGS and isinstance(v, str) else v for k, v in cfg.items()}
 
 
 def check_resumable(cfg: RSFTConfig, out: Path) -> None:
     """Finished rounds in ``out`` are resumed only under the settings they were made with (the number of
-    rounds and the folder's own location aside: a copied run folder resumes): rounds made with another
-    reward, rule or recipe would otherwise be reported as this one's."""
+    rounds and the folder's own location aside: a copied run folder resumes; a path may be spelt relative or
+    absolute): rounds made with another reward, rule or recipe would otherwise be reported as this one's."""
     saved = out / "config.yaml"
     if not saved.is_file() or not any(p.is_file() for p in out.glob("round_*/done.json")):
         return
-    old = yaml.safe_load(saved.read_text()) or {}
-    new = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    old = _settings(yaml.safe_load(saved.read_text()) or {})
+    new = _settings(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))
     changed = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if changed:
         raise ConfigError(f"{out} holds finished rounds made with other settings ({', '.join(changed)} differ from "
