@@ -259,9 +259,9 @@ class MainJob:
         result = self.load_result("field_teacher", FieldTeacherResult)
         return TextTeacher.load(result.teacher_dir) if result is not None else None
 
-    def teacher_of(self, choice) -> Any:
-        """The text model a text-pass choice reads transcripts with."""
-        return self.field_teacher_model if getattr(choice, "teacher_dir", "") else self.teacher
+    def teacher_of(self, teacher_dir: str) -> Any:
+        """The text model a text pass reads transcripts with: the default one ("") or the field teacher."""
+        return self.field_teacher_model if teacher_dir else self.teacher
 
     @cached_property
     def stock_model(self):
@@ -485,8 +485,8 @@ class MainJob:
         kept = _kept(path)
         if not (kept and _same_folder(kept["model_dir"], model_dir) and kept["fingerprint"] == mark
                 and kept.get("correct_by_choice")):
-            teacher = self.field_teacher_model if field_teacher else self.teacher
-            correct = text_pass_on_dev(name, model_dir, self.dev, teacher, self.dev_stock, samples, self.cfg.seed)
+            correct = text_pass_on_dev(name, model_dir, self.dev, self.teacher_of(teacher_dir), self.dev_stock, samples,
+                                       self.cfg.seed)
             kept = asdict(TextPassChoice(name=name, model_dir=str(model_dir), fingerprint=mark, dev_accuracy=0.0,
                                          weight=0.0, stock_bonus=0.0, by_choice={}, configured_samples=samples,
                                          correct_by_choice={k: bits(v) for k, v in correct.items()},
@@ -543,7 +543,7 @@ class MainJob:
             if choice is not None:
                 from assistant.nlu import attach
 
-                attach(final, self.teacher_of(choice), choice.weight, choice.stock_bonus, choice.samples, self.cfg.seed)
+                attach(final, self.teacher_of(choice.teacher_dir), choice.weight, choice.stock_bonus, choice.samples, self.cfg.seed)
         dist.barrier()
 
     # ----- 6. evaluation on test
@@ -585,7 +585,7 @@ class MainJob:
             return [Prediction(**p) for p in kept["predictions"]]
         model = load_pipeline(model_dir) if text_pass == "saved" else SLUModel.from_pretrained(model_dir)
         if isinstance(text_pass, TextPassChoice):
-            model.nlu = NluPass(self.teacher_of(text_pass), text_pass.weight, text_pass.stock_bonus, text_pass.samples,
+            model.nlu = NluPass(self.teacher_of(text_pass.teacher_dir), text_pass.weight, text_pass.stock_bonus, text_pass.samples,
                                 self.cfg.seed)
         _, preds = evaluate_model(model.eval(), self.test, self.schema, desc=f"test: {name}",
                                   use_nlu=text_pass is not None, stock=stock)
