@@ -192,6 +192,11 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
+def test_predictions_file(run_dir: Path, system: str) -> Path:
+    """Where a run keeps one system's test predictions (ids + predictions, in test order)."""
+    return Path(run_dir) / "cache" / f"test_{_slug(system)}.json"
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -579,7 +584,7 @@ class MainJob:
         key = fingerprint(model_dir) + (f"|{text_pass.weight}|{text_pass.stock_bonus}|{text_pass.samples}|{self.cfg.seed}"
                                         + (f"|{fingerprint(text_pass.teacher_dir)}" if text_pass.teacher_dir else "")
                                         if isinstance(text_pass, TextPassChoice) else f"|{text_pass}")
-        path = self.out / "cache" / f"test_{_slug(name)}.json"
+        path = test_predictions_file(self.out, name)
         kept = _kept(path)
         if kept and kept["key"] == key and kept["ids"] == [u.id for u in self.test]:
             return [Prediction(**p) for p in kept["predictions"]]

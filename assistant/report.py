@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def load(run_dirs: list[str]) -> list[tuple[str, dict]]:
     out = []
@@ -146,6 +148,51 @@ def models_table(run_dirs: list[str], runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _correct(run_dir: Path, system: str, gold: dict[str, str]) -> dict[str, bool] | None:
+    """Clip id -> intent right, from the run's kept test predictions of one system (None if not kept)."""
+    from assistant.main_job import test_predictions_file
+
+    kept = _read(test_predictions_file(run_dir, system))
+    if kept is None:
+        return None
+    return {i: p.get("intent") == gold[i] for i, p in zip(kept["ids"], kept["predictions"]) if i in gold}
+
+
+def paired_lines(run_dirs: list[str], runs: list[tuple[str, dict]]) -> str:
+    """Shipped vs supervised + text pass on the same clips: the clips only one of them gets right and an exact
+    sign test on them (per run and pooled); and how many of the clips RSFT alone fixes over the supervised model
+    the text pass had already fixed (the overlap that keeps RSFT's gain over supervised + text pass small)."""
+    from assistant.nlu.selection import sign_test_p
+
+    lines, pooled = [], np.zeros((0, 2), dtype=bool)
+    for d, (name, s) in zip(run_dirs, runs):
+        shipped = next((n for n in s["test"] if n.startswith("final")), None)
+        gold_file = Path(d) / "test_predictions.jsonl"
+        if shipped is None or not gold_file.is_file():
+            lines.append(f"- {name}: no shipped system or no test_predictions.jsonl")
+            continue
+        rows = [json.loads(line) for line in gold_file.read_text().splitlines() if line.strip()]
+        gold = {r["id"]: r["gold_intent"] for r in rows}
+        speech = shipped.split(" = ", 1)[-1].removesuffix(" + text pass")
+        right = {k: _correct(Path(d), k, gold) for k in (shipped, "supervised + text pass", "supervised", speech)}
+        if any(v is None for v in right.values()):
+            lines.append(f"- {name}: test predictions not kept for " + ", ".join(k for k, v in right.items() if v is None))
+            continue
+        ids = sorted(right[shipped])
+        pair = np.array([[right["supervised + text pass"][i], right[shipped][i]] for i in ids], dtype=bool)
+        pooled = np.concatenate([pooled, pair])
+        fixed_alone = [i for i in ids if right[speech][i] and not right["supervised"][i]]
+        lines.append(f"- {name}: {shipped} right where supervised + text pass is wrong on "
+                     f"{int(np.sum(pair[:, 1] & ~pair[:, 0]))} clips, the reverse on {int(np.sum(pair[:, 0] & ~pair[:, 1]))} "
+                     f"(sign test p = {sign_test_p(pair[:, 0], pair[:, 1]):.3f}), both wrong on {int(np.sum(~pair.any(axis=1)))}; {speech} alone fixes {len(fixed_alone)} "
+                     f"clips over supervised alone, {sum(right['supervised + text pass'][i] for i in fixed_alone)} of "
+                     f"them already right with supervised + text pass")
+    if len(lines) > 1 and len(pooled):
+        lines.append(f"- pooled: {int(np.sum(pooled[:, 1] & ~pooled[:, 0]))} vs {int(np.sum(pooled[:, 0] & ~pooled[:, 1]))} "
+                     f"(sign test p = {sign_test_p(pooled[:, 0], pooled[:, 1]):.3f})")
+    return "\n".join(lines)
+
+
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -162,6 +209,7 @@ def main(argv: list[str]) -> int:
         return 2
     runs = load(argv)
     print("## test (600 clips)\n\n" + test_table(runs) + "\n\n## test per engine x condition\n\n" + cells_table(runs)
+          + "\n\n## shipped vs supervised + text pass, clip by clip\n\n" + paired_lines(argv, runs)
           + "\n\n## RSFT rounds\n\n" + rounds_table(runs) + "\n\n## dev choice\n\n" + choice_lines(runs)
           + "\n\n## speech models\n\n" + models_table(argv, runs))
     return 0

@@ -122,8 +122,10 @@ def test_default_config_is_the_issue_table():
     readings = load_config(type(cfg.rsft), ROOT / "recipes" / "configs" / "rsft_readings.yaml")
     for key in ("generate", "rewards", "accept", "transcript_target", "mix_labelled", "from_base"):
         assert getattr(cfg.rsft, key) == getattr(readings, key), key
-    # ... but each round trains with the supervised recipe's schedule (dev 0.78 vs 0.70 for one light epoch)
-    schedule = {"epochs": 5, "lr": 0.001, "warmup_steps": 30}
+    # ... but each round trains with the supervised recipe's schedule (dev 0.78 vs 0.70 for one light epoch),
+    # and (a), (e) and every round keep the 2 frozen encoder layers the ledger's rows were measured with
+    assert cfg.train.freeze_encoder_layers == 2
+    schedule = {"epochs": 5, "lr": 0.001, "warmup_steps": 30, "freeze_encoder_layers": 2}
     assert replace(cfg.rsft.finetune, dev_limit=None) == replace(readings.finetune, dev_limit=None, **schedule)
     names = condition_names(cfg)
     assert names[:6] == list(MAIN_CONDITIONS)

@@ -75,3 +75,30 @@ def test_speech_models_side_by_side(tmp_path, capsys):
     # no config.yaml: no per-epoch figure; the bench's 3 s row: 300 / 150 / 80 ms, RTF 80 / 3000
     assert rows[2] == ("| base | base | 0.8700 / 0.9100 | 0.8500 | 0.9300 | 0.8000 | 0.0900 | 2500 | 0.0500 / 0.60 "
                        "| 300 / 150 / 80 | 0.027 | 900 / 400 |")
+
+
+def test_shipped_vs_supervised_text_pass_clip_by_clip(tmp_path):
+    """Discordant clips, an exact sign test per run and pooled, and the RSFT fixes the text pass already had."""
+    from assistant.main_job import test_predictions_file
+    from assistant.report import paired_lines
+
+    shipped = "final = rsft round 1 + text pass"
+    # 10 clips, gold intent "x"; 1 = right
+    right = {"supervised": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1], "rsft round 1": [1, 1, 1, 0, 1, 1, 1, 1, 1, 0],
+             "supervised + text pass": [1, 0, 0, 0, 1, 1, 1, 1, 1, 1], shipped: [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]}
+    ids = [f"t{i}" for i in range(10)]
+    run = tmp_path / "run"
+    (run / "cache").mkdir(parents=True)
+    (run / "test_predictions.jsonl").write_text("".join(json.dumps({"id": i, "gold_intent": "x"}) + "\n" for i in ids))
+    for system, marks in right.items():
+        preds = [{"intent": "x" if m else "y"} for m in marks]
+        test_predictions_file(run, system).write_text(json.dumps({"key": "k", "ids": ids, "predictions": preds}))
+    summary = {"test": {s: {} for s in right}}
+    out = paired_lines([str(run), str(run)], [("a", summary), ("b", summary)])
+    # shipped right / supervised + text pass wrong on t1, t2, t3; the reverse on t9: p = P(X >= 3 | n 4) = 5/16
+    assert "wrong on 3 clips, the reverse on 1 (sign test p = 0.312), both wrong on 0;" in out
+    # rsft alone fixes t0, t1, t2 over supervised alone; t0 was already right with the text pass
+    assert "rsft round 1 alone fixes 3 clips over supervised alone, 1 of them already right" in out
+    assert "- pooled: 6 vs 2 (sign test p = 0.145)" in out     # P(X >= 6 | n 8) = 37/256
+    (run / "cache" / "test_supervised.json").unlink()
+    assert "test predictions not kept for supervised" in paired_lines([str(run)], [("a", summary)])
