@@ -158,12 +158,18 @@ def _correct(run_dir: Path, system: str, gold: dict[str, str]) -> dict[str, bool
     return {i: p.get("intent") == gold[i] for i, p in zip(kept["ids"], kept["predictions"]) if i in gold}
 
 
+def _wins(pair: np.ndarray) -> tuple[int, int, float]:
+    """Clips only the challenger (column 1) gets right, only the default (column 0) does, and the sign test."""
+    from assistant.nlu.selection import sign_test_p
+
+    return (int(np.sum(pair[:, 1] & ~pair[:, 0])), int(np.sum(pair[:, 0] & ~pair[:, 1])),
+            sign_test_p(pair[:, 0], pair[:, 1]))
+
+
 def paired_lines(run_dirs: list[str], runs: list[tuple[str, dict]]) -> str:
     """Shipped vs supervised + text pass on the same clips: the clips only one of them gets right and an exact
     sign test on them (per run and pooled); and how many of the clips RSFT alone fixes over the supervised model
     the text pass had already fixed (the overlap that keeps RSFT's gain over supervised + text pass small)."""
-    from assistant.nlu.selection import sign_test_p
-
     lines, pooled = [], np.zeros((0, 2), dtype=bool)
     for d, (name, s) in zip(run_dirs, runs):
         shipped = next((n for n in s["test"] if n.startswith("final")), None)
@@ -182,14 +188,14 @@ def paired_lines(run_dirs: list[str], runs: list[tuple[str, dict]]) -> str:
         pair = np.array([[right["supervised + text pass"][i], right[shipped][i]] for i in ids], dtype=bool)
         pooled = np.concatenate([pooled, pair])
         fixed_alone = [i for i in ids if right[speech][i] and not right["supervised"][i]]
-        lines.append(f"- {name}: {shipped} right where supervised + text pass is wrong on "
-                     f"{int(np.sum(pair[:, 1] & ~pair[:, 0]))} clips, the reverse on {int(np.sum(pair[:, 0] & ~pair[:, 1]))} "
-                     f"(sign test p = {sign_test_p(pair[:, 0], pair[:, 1]):.3f}), both wrong on {int(np.sum(~pair.any(axis=1)))}; {speech} alone fixes {len(fixed_alone)} "
+        won, lost, p = _wins(pair)
+        lines.append(f"- {name}: {shipped} right where supervised + text pass is wrong on {won} clips, the reverse on "
+                     f"{lost} (sign test p = {p:.3f}), both wrong on {int(np.sum(~pair.any(axis=1)))}; {speech} alone fixes {len(fixed_alone)} "
                      f"clips over supervised alone, {sum(right['supervised + text pass'][i] for i in fixed_alone)} of "
                      f"them already right with supervised + text pass")
     if len(lines) > 1 and len(pooled):
-        lines.append(f"- pooled: {int(np.sum(pooled[:, 1] & ~pooled[:, 0]))} vs {int(np.sum(pooled[:, 0] & ~pooled[:, 1]))} "
-                     f"(sign test p = {sign_test_p(pooled[:, 0], pooled[:, 1]):.3f})")
+        won, lost, p = _wins(pooled)
+        lines.append(f"- pooled: {won} vs {lost} (sign test p = {p:.3f})")
     return "\n".join(lines)
 
 
